@@ -1,0 +1,5 @@
+import sys
+
+from shardguard.cli import main
+
+sys.exit(main())

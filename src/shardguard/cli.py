@@ -1,0 +1,233 @@
+"""Command line: parses arguments, prints progress and summaries. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import yaml
+
+from shardguard import __version__
+from shardguard.config import ConfigError, load_config
+from shardguard.detectors import REGISTRY
+from shardguard.io.readers import UsageError
+
+log = logging.getLogger("shardguard")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parse_set(values: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def _scan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="scan shards and write quarantine lists",
+        description="Scan dataset shards (Parquet, Arrow IPC, JSON Lines[.gz]) for invalid rows, "
+        "near-duplicates, duplicate floods, outliers and backdoor clusters; write OUT/quarantine/<shard>.parquet "
+        "for every shard, OUT/manifest.json and OUT/report.json. Exit 0 when every shard was scanned, "
+        "1 when any failed, 2 for usage or config errors. Rerunning into the same OUT resumes.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="shard files or folders (searched recursively)")
+    p.add_argument("--out", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--config", metavar="FILE", help="YAML config (see configs/default.yaml)")
+    g = p.add_argument_group("columns")
+    g.add_argument("--id-column", metavar="C", help="unique row id column (default: '<shard>:<row>')")
+    g.add_argument("--text-column", metavar="C", help="text column (default: text)")
+    g.add_argument("--label-column", metavar="C", help="label column (optional; per-label detectors use it)")
+    g.add_argument("--text-template", metavar="T",
+                   help=r"build the text from several columns, e.g. '{instruction}\n{input}\n{output}'")
+    g.add_argument("--embedding-column", metavar="C",
+                   help="precomputed embedding column (list of floats); implies --embedder precomputed")
+    g.add_argument("--max-text-chars", type=int, metavar="N", help="longer texts are invalid (default 100000)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="rows per record batch (default 8192)")
+    g = p.add_argument_group("near-duplicates")
+    g.add_argument("--no-near-duplicates", action="store_true", help="switch the near-duplicate detector off")
+    g.add_argument("--dup-threshold", type=float, metavar="J", help="MinHash Jaccard threshold (default 0.5)")
+    g.add_argument("--num-perm", type=int, metavar="N", help="MinHash permutations (default 128)")
+    g.add_argument("--ngram", type=int, metavar="N", help="character n-gram size for shingles (default 3)")
+    g.add_argument("--flood-size", type=int, metavar="N",
+                   help="a cluster with more members than this is a duplicate_flood (default 20)")
+    g = p.add_argument_group("embedding detectors")
+    g.add_argument("--embedder", choices=["sentence-transformers", "hashing", "precomputed", "none"],
+                   help="how rows become vectors (default sentence-transformers; 'none' skips the embedding detectors)")
+    g.add_argument("--model", metavar="PATH", help="local sentence-transformers model folder (default: packaged all-MiniLM-L6-v2)")
+    g.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N (default auto)")
+    g.add_argument("--disable", action="append", default=[], metavar="NAME",
+                   help=f"switch a detector off (repeatable): {', '.join(sorted(REGISTRY))}")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config knob by dotted key, e.g. detectors.spectral.threshold_z=5 (repeatable)")
+    g.add_argument("--random-state", type=int, metavar="N", help="seed for every random choice (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.set_defaults(func=_cmd_scan)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    simple = {
+        "id_column": "input.id_column",
+        "text_column": "input.text_column",
+        "label_column": "input.label_column",
+        "text_template": "input.text_template",
+        "embedding_column": "input.embedding_column",
+        "max_text_chars": "input.max_text_chars",
+        "batch_size": "input.batch_size",
+        "dup_threshold": "near_duplicates.threshold",
+        "num_perm": "near_duplicates.num_perm",
+        "ngram": "near_duplicates.ngram",
+        "flood_size": "near_duplicates.flood_size",
+        "embedder": "embed.embedder",
+        "model": "embed.model",
+        "device": "embed.device",
+        "random_state": "random_state",
+    }
+    for attr, key in simple.items():
+        v = getattr(args, attr, None)
+        if v is not None:
+            o[key] = v
+    if args.text_template is not None:
+        # Let users type \n and \t on the command line.
+        o["input.text_template"] = args.text_template.encode().decode("unicode_escape")
+    if args.embedding_column and args.embedder is None:
+        o["embed.embedder"] = "precomputed"
+    if args.no_near_duplicates:
+        o["near_duplicates.enabled"] = False
+    for name in args.disable:
+        if name not in REGISTRY and name not in ("near_duplicate", "near_duplicates"):
+            raise ConfigError(f"--disable {name}: unknown detector; known: {', '.join(sorted(REGISTRY))}, near_duplicate")
+        if name in REGISTRY:
+            o[f"detectors.{name}.enabled"] = False
+        else:
+            o["near_duplicates.enabled"] = False
+    o.update(_parse_set(args.set))
+    return o
+
+
+class _BarProgress:
+    """A rich progress bar with rows/s (on a terminal)."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._columns = (TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+        self._Progress = Progress
+        self.console = console
+        self._p = None
+
+    def start(self, stage: str, total_rows: int | None) -> None:
+        self._p = self._Progress(*self._columns, console=self.console, transient=False)
+        self._p.start()
+        self._task = self._p.add_task(stage, total=total_rows, rate="")
+        self._t0 = time.perf_counter()
+        self._n = 0
+
+    def advance(self, rows: int) -> None:
+        self._n += rows
+        dt = max(time.perf_counter() - self._t0, 1e-9)
+        self._p.update(self._task, advance=rows, rate=f"{self._n / dt:,.0f} rows/s")
+
+    def finish(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+            self._p = None
+
+
+class _LogProgress:
+    """Plain log lines when not on a terminal: one per stage, and every ~10 s."""
+
+    def start(self, stage: str, total_rows: int | None) -> None:
+        self.stage, self.total, self.n = stage, total_rows, 0
+        self.t0 = self.last = time.perf_counter()
+        log.info("%s ...", stage)
+
+    def advance(self, rows: int) -> None:
+        self.n += rows
+        now = time.perf_counter()
+        if now - self.last >= 10:
+            self.last = now
+            of = f"/{self.total:,}" if self.total else ""
+            log.info("%s: %s%s rows, %.0f rows/s", self.stage, f"{self.n:,}", of, self.n / (now - self.t0))
+
+    def finish(self) -> None:
+        dt = time.perf_counter() - self.t0
+        log.info("%s: %s rows in %.1f s", self.stage, f"{self.n:,}", dt)
+
+
+def _summary(console, result) -> None:
+    from rich.table import Table
+
+    reasons = sorted({r for o in result.shards for r in o.reasons})
+    t = Table(title=f"shardguard scan -> {result.out_dir}")
+    for col in ["shard", "rows", "clean", "quarantined", *reasons, "status"]:
+        t.add_column(col, justify="left" if col in ("shard", "status") else "right")
+    for o in result.shards:
+        t.add_row(o.shard.name, f"{o.rows:,}", f"{o.clean:,}", f"{o.quarantined:,}",
+                  *[f"{o.reasons.get(r, 0):,}" for r in reasons],
+                  "ok" + (" (resumed)" if o.resumed else "") if o.status == "ok" else "[red]FAILED[/red]")
+    tot = result.report["totals"]
+    t.add_row("[b]total[/b]", f"{tot['rows']:,}", f"{tot['clean']:,}", f"{tot['quarantined']:,}",
+              *[f"{result.report['reasons'].get(r, 0):,}" for r in reasons],
+              f"{result.report['wall_s']:.1f} s")
+    console.print(t)
+    for o in result.failed:
+        console.print(f"[red]failed:[/red] {o.status}")
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from shardguard.pipeline import ScanPipeline
+
+    config = load_config(args.config, _overrides(args))
+    # Off a terminal (CI logs, pipes) rich would fold the table to 80 columns.
+    console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
+    tty = sys.stderr.isatty() and not args.no_progress
+    progress = _BarProgress(Console(stderr=True)) if tty else _LogProgress()
+    result = ScanPipeline(config, args.out, progress).run(args.paths)
+    _summary(console, result)
+    return EXIT_FAILED if result.failed else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardguard",
+        description="Find poisoned training samples (near-duplicate floods, outliers, backdoor clusters) "
+        "in dataset shards before fine-tuning. Runs offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"shardguard {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _scan_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except (ConfigError, UsageError) as exc:
+        print(f"shardguard: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

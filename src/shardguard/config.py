@@ -1,0 +1,287 @@
+"""Run configuration: dataclasses, YAML loading and validation.
+
+Every knob has a default here and is documented in ``configs/default.yaml``
+(a test keeps the two in step). YAML is read with ``yaml.safe_load`` only.
+Detector knobs live under ``detectors.<name>`` and are the keyword arguments
+of the registered detector class, so a new detector needs no change here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class InputConfig:
+    """How rows are read from shards."""
+
+    id_column: str | None = None
+    text_column: str = "text"
+    label_column: str | None = None
+    text_template: str | None = None
+    embedding_column: str | None = None
+    max_text_chars: int = 100_000
+    batch_size: int = 8192
+
+    def validate(self) -> None:
+        if self.max_text_chars < 1:
+            raise ConfigError("input.max_text_chars must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("input.batch_size must be >= 1")
+        if self.text_template is not None and "{" not in self.text_template:
+            raise ConfigError(
+                "input.text_template must name at least one column as {column}, "
+                f"got {self.text_template!r}"
+            )
+
+
+@dataclass
+class NearDuplicateConfig:
+    """MinHash LSH near-duplicate detection across all shards of a run."""
+
+    enabled: bool = True
+    threshold: float = 0.5
+    num_perm: int = 128
+    ngram: int = 3
+    flood_size: int = 20
+    seed: int = 1
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError("near_duplicates.threshold must be in (0, 1]")
+        if self.num_perm < 16 or self.num_perm > 1024:
+            raise ConfigError("near_duplicates.num_perm must be in [16, 1024]")
+        if self.ngram < 1:
+            raise ConfigError("near_duplicates.ngram must be >= 1")
+        if self.flood_size < 2:
+            raise ConfigError("near_duplicates.flood_size must be >= 2")
+
+
+@dataclass
+class EmbedConfig:
+    """Which embedder turns rows into vectors."""
+
+    embedder: str = "sentence-transformers"  # or "hashing", "precomputed", "none"
+    model: str | None = None  # local path; None = the packaged all-MiniLM-L6-v2
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    batch_size: int = 64
+    max_seq_length: int | None = None
+    hashing_dim: int = 384
+    cache: bool = True
+
+    EMBEDDERS = ("sentence-transformers", "hashing", "precomputed", "none")
+
+    def validate(self) -> None:
+        if self.embedder not in self.EMBEDDERS:
+            raise ConfigError(
+                f"embed.embedder must be one of {', '.join(self.EMBEDDERS)}, got {self.embedder!r}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError("embed.batch_size must be >= 1")
+        if self.hashing_dim < 2:
+            raise ConfigError("embed.hashing_dim must be >= 2")
+
+
+@dataclass
+class FitConfig:
+    """The fit between the two passes."""
+
+    reservoir_size: int = 50_000
+
+    def validate(self) -> None:
+        if self.reservoir_size < 100:
+            raise ConfigError("fit.reservoir_size must be >= 100")
+
+
+def _default_detectors() -> dict[str, dict[str, Any]]:
+    from shardguard.detectors import REGISTRY
+
+    return {name: {"enabled": True} for name in REGISTRY}
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of a run."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    near_duplicates: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    detectors: dict[str, dict[str, Any]] = field(default_factory=_default_detectors)
+    random_state: int = 0
+
+    def validate(self) -> "Config":
+        self.input.validate()
+        self.near_duplicates.validate()
+        self.embed.validate()
+        self.fit.validate()
+        from shardguard.detectors import REGISTRY
+
+        for name, params in self.detectors.items():
+            if name not in REGISTRY:
+                raise ConfigError(
+                    f"detectors.{name}: unknown detector; known: {', '.join(sorted(REGISTRY))}"
+                )
+            if not isinstance(params, dict):
+                raise ConfigError(f"detectors.{name} must be a mapping, got {type(params).__name__}")
+            allowed = set(REGISTRY[name]._get_param_names()) | {"enabled"}
+            unknown = set(params) - allowed
+            if unknown:
+                raise ConfigError(
+                    f"detectors.{name}: unknown knob(s) {', '.join(sorted(unknown))}; "
+                    f"known: {', '.join(sorted(allowed))}"
+                )
+        if self.embed.embedder == "precomputed" and not self.input.embedding_column:
+            raise ConfigError("embed.embedder 'precomputed' needs input.embedding_column")
+        return self
+
+    def enabled_detectors(self) -> dict[str, dict[str, Any]]:
+        """Detector name -> constructor kwargs, for the detectors switched on."""
+        if self.embed.embedder == "none":
+            return {}
+        out = {}
+        for name, params in self.detectors.items():
+            params = dict(params)
+            if params.pop("enabled", True):
+                out[name] = params
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form; two runs with equal digests score alike."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+_SECTIONS = {
+    "input": InputConfig,
+    "near_duplicates": NearDuplicateConfig,
+    "embed": EmbedConfig,
+    "fit": FitConfig,
+}
+
+
+def _build_section(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        kwargs[key] = _coerce(value, default, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a YAML value against the type of its default; ints widen to floats."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(data: Mapping[str, Any] | None) -> Config:
+    """Build and validate a :class:`Config` from a plain mapping (parsed YAML)."""
+    data = dict(data or {})
+    allowed = set(_SECTIONS) | {"detectors", "random_state"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(
+            f"unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; "
+            f"known: {', '.join(sorted(allowed))}"
+        )
+    kwargs: dict[str, Any] = {
+        name: _build_section(cls, data.get(name), name) for name, cls in _SECTIONS.items()
+    }
+    detectors = _default_detectors()
+    given = data.get("detectors")
+    if given is not None:
+        if not isinstance(given, Mapping):
+            raise ConfigError("detectors must be a mapping of detector name -> knobs")
+        for name, params in given.items():
+            if params is None:
+                params = {}
+            if not isinstance(params, Mapping):
+                raise ConfigError(f"detectors.{name} must be a mapping, got {params!r}")
+            detectors.setdefault(str(name), {}).update(params)
+    kwargs["detectors"] = detectors
+    rs = data.get("random_state", 0)
+    kwargs["random_state"] = _coerce(rs, 0, "random_state")
+    return Config(**kwargs).validate()
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a YAML config (``yaml.safe_load``), apply dotted overrides, validate.
+
+    ``overrides`` maps dotted keys (``"near_duplicates.threshold"``) to values;
+    the CLI's flags and ``--set`` arrive here.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        node = data
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"cannot set {dotted}: {part} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise

@@ -1,0 +1,157 @@
+"""The per-shard work file: pass 1's output, read by the index replay and pass 2.
+
+``OUT/.work/<shard>.arrow`` (Arrow IPC, LZ4) holds every row of the shard in
+order: ``row``, ``id``, ``text`` (null for invalid rows), ``label``,
+``detail`` (why a row is invalid, null otherwise) and, when an embedder ran,
+``embedding`` as float16 (the embedding cache: embedding is the expensive step
+and happens once). A JSON sidecar records the key it was made under (tool
+version, shard sha256, input and embedding config); a later run with the same
+key reuses the file instead of reading and embedding the shard again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from shardguard.io.writers import _commit, _tmp_path, atomic_write_json
+
+
+def work_schema(dim: int | None) -> pa.Schema:
+    fields = [
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+    if dim is not None:
+        fields.append(pa.field("embedding", pa.list_(pa.float16(), dim)))
+    return pa.schema(fields)
+
+
+def embeddings_to_arrow(x: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, dim) -> fixed_size_list<float16>[dim] without a per-row loop."""
+    x16 = np.ascontiguousarray(x, dtype=np.float16)
+    return pa.FixedSizeListArray.from_arrays(pa.array(x16.reshape(-1)), x16.shape[1])
+
+
+def embeddings_from_arrow(col: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
+    """fixed_size_list<float16> (valid rows only) -> (n, dim) float32."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, dim).astype(np.float32)
+
+
+class WorkFileWriter:
+    """Streams one shard's rows into its work file; the file appears on ``commit``."""
+
+    def __init__(self, path: Path, dim: int | None):
+        self.path = path
+        self.dim = dim
+        self.schema = work_schema(dim)
+        self.tmp = _tmp_path(path)
+        self._sink = pa.OSFile(str(self.tmp), "wb")
+        opts = pa.ipc.IpcWriteOptions(compression="lz4")
+        self._writer = pa.ipc.new_file(self._sink, self.schema, options=opts)
+        self.rows = 0
+        self.valid = 0
+
+    def write(self, valid: pa.RecordBatch, embeddings: np.ndarray | None, invalid: pa.Table) -> None:
+        """Add one batch: the valid rows (with their embeddings) and the invalid ones, in row order."""
+        n_valid = valid.num_rows
+        cols: dict[str, Any] = {
+            "row": pa.concat_arrays([valid.column("row"), invalid.column("row").combine_chunks()]),
+            "id": pa.concat_arrays([valid.column("id"), invalid.column("id").combine_chunks()]),
+            "text": pa.concat_arrays([valid.column("text"), pa.nulls(invalid.num_rows, pa.string())]),
+            "label": pa.concat_arrays([valid.column("label"), pa.nulls(invalid.num_rows, pa.string())]),
+            "detail": pa.concat_arrays(
+                [pa.nulls(n_valid, pa.string()), invalid.column("detail").combine_chunks()]
+            ),
+        }
+        if self.dim is not None:
+            if embeddings is None or embeddings.shape != (n_valid, self.dim):
+                got = None if embeddings is None else embeddings.shape
+                raise ValueError(f"expected embeddings of shape ({n_valid}, {self.dim}), got {got}")
+            emb = embeddings_to_arrow(embeddings)
+            empty = pa.nulls(invalid.num_rows, emb.type)
+            cols["embedding"] = pa.concat_arrays([emb, empty])
+        table = pa.table(cols, schema=self.schema)
+        order = np.argsort(table.column("row").to_numpy(), kind="stable")
+        table = table.take(pa.array(order))
+        for batch in table.to_batches():
+            self._writer.write_batch(batch)
+        self.rows += table.num_rows
+        self.valid += n_valid
+
+    def commit(self, meta: dict[str, Any]) -> None:
+        self._writer.close()
+        self._sink.close()
+        _commit(self.tmp, self.path)
+        atomic_write_json(meta_path(self.path), {**meta, "rows": self.rows, "valid": self.valid, "dim": self.dim})
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            self._sink.close()
+        except Exception:  # noqa: BLE001 - the file is discarded anyway
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+def meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def read_meta(path: Path) -> dict[str, Any] | None:
+    """The sidecar of a complete work file, or None when there is none."""
+    mp = meta_path(path)
+    if not path.exists() or not mp.exists():
+        return None
+    try:
+        return json.loads(mp.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class WorkFileReader:
+    """Reads a work file batch by batch (memory-mapped)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._source = pa.memory_map(str(path))
+        self._reader = pa.ipc.open_file(self._source)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._reader.schema
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for i in range(self._reader.num_record_batches):
+            yield self._reader.get_batch(i)
+
+    def read_columns(self, columns: list[str]) -> pa.Table:
+        return self._reader.read_all().select(columns)
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> "WorkFileReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def remove(path: Path) -> None:
+    for p in (path, meta_path(path)):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass

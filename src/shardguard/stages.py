@@ -1,0 +1,107 @@
+"""Small pipeline stages shared by ``scan`` (pipeline.py) and the library ``Guard``.
+
+Each class has one job: keep a seeded reservoir sample, track near-duplicate
+clusters, turn scores into verdicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+#: Reasons written by the near-duplicate stage and the validator.
+INVALID = "invalid"
+NEAR_DUPLICATE = "near_duplicate"
+DUPLICATE_FLOOD = "duplicate_flood"
+
+
+class ReservoirSample:
+    """Uniform fixed-size sample of a stream (Vitter's algorithm R), seeded, vectorised per batch.
+
+    Holds at most ``size`` rows of embeddings (float32, ``(size, dim)``) and labels.
+    """
+
+    def __init__(self, size: int, random_state: int = 0):
+        self.size = size
+        self.rng = np.random.default_rng(random_state)
+        self.seen = 0
+        self.X: np.ndarray | None = None
+        self.y = np.full(size, None, dtype=object)
+
+    def add(self, X: np.ndarray, y: np.ndarray) -> None:
+        n = X.shape[0]
+        if n == 0:
+            return
+        if self.X is None:
+            self.X = np.zeros((self.size, X.shape[1]), dtype=np.float32)
+        pos = self.seen + np.arange(n)
+        fill = pos < self.size
+        self.X[pos[fill]] = X[fill]
+        self.y[pos[fill]] = y[fill]
+        rest = np.flatnonzero(~fill)
+        if rest.size:
+            j = self.rng.integers(0, pos[rest] + 1)  # one draw per row, as in algorithm R
+            keep = j < self.size
+            # Later rows overwrite earlier ones at the same slot, as sequential R would.
+            self.X[j[keep]] = X[rest[keep]]
+            self.y[j[keep]] = y[rest[keep]]
+        self.seen += n
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        k = min(self.seen, self.size)
+        if self.X is None:
+            return np.zeros((0, 0), np.float32), np.zeros(0, dtype=object)
+        return self.X[:k], self.y[:k]
+
+
+@dataclass
+class DuplicateClusters:
+    """Near-duplicate bookkeeping over a run, in scan order.
+
+    ``roots`` are global sequence numbers (over valid rows, in scan order) of
+    first occurrences that something duplicates; members point at them.
+    Memory grows with the number of duplicates, not with the data.
+    """
+
+    flood_size: int
+    members: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)
+
+    def record(self, shard: str, rows: np.ndarray, root: np.ndarray, sim: np.ndarray) -> None:
+        """Keep the duplicates among ``rows`` (root >= 0) of one shard."""
+        dup = root >= 0
+        if not dup.any():
+            return
+        r, ro, s = rows[dup], root[dup], sim[dup]
+        if shard in self.members:
+            a, b, c = self.members[shard]
+            r, ro, s = np.concatenate([a, r]), np.concatenate([b, ro]), np.concatenate([c, s])
+        self.members[shard] = (r, ro, s)
+        uniq, cnt = np.unique(root[dup], return_counts=True)
+        for u, c in zip(uniq.tolist(), cnt.tolist()):
+            self.counts[u] = self.counts.get(u, 0) + c
+
+    def flood_roots(self) -> np.ndarray:
+        """Roots of clusters with more than ``flood_size`` members in all (root included)."""
+        return np.array(sorted(k for k, c in self.counts.items() if c + 1 > self.flood_size), dtype=np.int64)
+
+    def all_roots(self) -> np.ndarray:
+        return np.array(sorted(self.counts), dtype=np.int64)
+
+    def cluster_size(self, root: int) -> int:
+        return self.counts.get(root, 0) + 1
+
+
+def reasons_column(flags: Mapping[str, np.ndarray], n: int) -> pa.ListArray:
+    """Per-row list of reasons, in the order of ``flags``, built without a per-row Python loop."""
+    names = list(flags)
+    if not names:
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
+    mat = np.stack([np.asarray(flags[k], dtype=bool) for k in names], axis=1)  # (n, k)
+    counts = mat.sum(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    values = np.array(names, dtype=object)[np.nonzero(mat)[1]]
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.tolist(), pa.string()))

@@ -1,0 +1,136 @@
+"""The command line as a user runs it: exit codes, help, summary, and a killed run resuming."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardguard.cli import build_parser, main
+
+FAST = ["--embedder", "hashing", "--id-column", "id", "--label-column", "label", "--no-progress"]
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["scan", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    scan = build_parser()._subparsers._group_actions[0].choices["scan"]
+    for action in scan._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{action.option_strings} has no help text"
+
+
+def test_scan_prints_summary_and_exits_0(tmp_path, samples_dir, capsys):
+    code = main(["scan", str(samples_dir), "--out", str(tmp_path / "out"), *FAST])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "sms_000.parquet" in out and "quarantined" in out and "total" in out
+    assert "duplicate_flood" in out
+
+
+def test_usage_and_config_errors_exit_2(tmp_path, capsys):
+    assert main(["scan", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("near_duplicates: {threshold: 7}\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    assert main(["scan", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    assert "threshold must be in (0, 1]" in capsys.readouterr().err
+    assert main(["scan", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--disable", "nope"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["scan"])
+    assert exc.value.code == 2
+
+
+def test_failed_shard_exits_1_and_others_complete(tmp_path, samples_dir):
+    data = tmp_path / "in"
+    data.mkdir()
+    for p in samples_dir.glob("*.parquet"):
+        (data / p.name).write_bytes(p.read_bytes())
+    (data / "broken.jsonl").write_text('{"id": "1", "text": "fine", "label": "ham"}\n{oops\n')
+    out = tmp_path / "out"
+    assert main(["scan", str(data), "--out", str(out), *FAST]) == 1
+    assert (out / "quarantine" / "sms_000.parquet").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    bad = [s for s in manifest["shards"] if s["status"] != "ok"]
+    assert len(bad) == 1 and "broken.jsonl" in bad[0]["status"] and "line 2" in bad[0]["status"]
+
+
+def test_flags_reach_the_config(tmp_path, samples_dir):
+    out = tmp_path / "out"
+    code = main(["scan", str(samples_dir), "--out", str(out), *FAST, "--flood-size", "1000",
+                 "--disable", "spectral", "--set", "detectors.outlier.threshold_z=50"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["near_duplicates"]["flood_size"] == 1000
+    assert manifest["config"]["detectors"]["spectral"]["enabled"] is False
+    report = json.loads((out / "report.json").read_text())
+    assert "duplicate_flood" not in report["reasons"]
+    assert "spectral" not in report["thresholds"]
+
+
+def _make_shards(src, folder, n_shards=6):
+    table = pq.read_table(src)
+    folder.mkdir()
+    per = table.num_rows // n_shards
+    for i in range(n_shards):
+        pq.write_table(table.slice(i * per, per), folder / f"part-{i:03d}.parquet", row_group_size=4096)
+
+
+def _run_until(args, env, ready, timeout=120):
+    """Start a scan and SIGKILL it as soon as ``ready()`` holds."""
+    proc = subprocess.Popen([sys.executable, "-m", "shardguard", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    return proc.returncode
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["pass1", "pass2"])
+def test_killed_scan_resumes_to_identical_lists(tmp_path, shared_data, when):
+    data = tmp_path / "data"
+    _make_shards(shared_data / "sst2_glue" / "train.parquet", data)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["scan", str(data), "--out", None, "--embedder", "hashing", "--id-column", "id",
+            "--label-column", "label", "--no-progress", "-q"]
+
+    ref = tmp_path / "ref"
+    args[2] = str(ref)
+    assert subprocess.run([sys.executable, "-m", "shardguard", *args], env=env).returncode == 0
+
+    out = tmp_path / "killed"
+    args[2] = str(out)
+
+    def ready():
+        if when == "pass1":
+            return len(list((out / ".work").glob("*.arrow"))) >= 2 if (out / ".work").exists() else False
+        try:
+            return len(json.loads((out / "manifest.json").read_text())["shards"]) >= 2
+        except (OSError, ValueError, KeyError):
+            return False
+
+    code = _run_until(args, env, ready)
+    assert code == -signal.SIGKILL, "the scan finished before it could be killed"
+    manifest_before = (out / "manifest.json").exists()
+    assert subprocess.run([sys.executable, "-m", "shardguard", *args], env=env).returncode == 0
+    if when == "pass2":
+        assert manifest_before
+    for p in sorted((ref / "quarantine").glob("*.parquet")):
+        assert pq.read_table(p).equals(pq.read_table(out / "quarantine" / p.name)), p.name
+        assert pq.read_table(ref / "scores" / p.name).equals(pq.read_table(out / "scores" / p.name))
+    assert not list(out.rglob(".tmp-*"))

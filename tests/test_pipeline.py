@@ -1,0 +1,145 @@
+"""End to end: ``scan`` on the committed samples and on broken inputs."""
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardguard.config import load_config
+from shardguard.pipeline import scan
+
+FAST = {"embed.embedder": "hashing", "input.id_column": "id", "input.label_column": "label"}
+
+
+@pytest.fixture(scope="module")
+def sample_scan(tmp_path_factory, samples_dir):
+    out = tmp_path_factory.mktemp("scan")
+    result = scan([samples_dir], out, load_config(None, FAST))
+    return out, result
+
+
+def _lists(out):
+    return {p.relative_to(out / "quarantine").as_posix(): pq.read_table(p)
+            for p in sorted((out / "quarantine").rglob("*.parquet"))}
+
+
+def test_every_shard_gets_a_list_and_the_counts_add_up(sample_scan, planted):
+    out, result = sample_scan
+    manifest = json.loads((out / "manifest.json").read_text())
+    lists = _lists(out)
+    assert sorted(lists) == sorted(s.replace(".jsonl.gz", ".parquet").replace(".jsonl", ".parquet")
+                                   .replace(".arrow", ".parquet") for s in planted["scan_order"])
+    assert manifest["complete"] is True
+    for entry in manifest["shards"]:
+        assert entry["status"] == "ok"
+        assert entry["rows"] == planted["shards"][entry["name"]]["rows"]
+        assert entry["rows"] == entry["clean"] + entry["quarantined"]
+        assert entry["invalid"] <= entry["quarantined"]
+        q = pq.read_table(out / entry["output"])
+        assert q.num_rows == entry["quarantined"]
+        scores = pq.read_table(out / "scores" / entry["output"].split("/", 1)[1])
+        assert scores.num_rows == entry["rows"]
+        assert len(set(entry["sha256"])) > 1 and len(entry["sha256"]) == 64
+    totals = result.report["totals"]
+    assert totals["rows"] == sum(p["rows"] for p in planted["shards"].values())
+    assert totals["rows"] == totals["clean"] + totals["quarantined"]
+
+
+def test_output_contract_columns(sample_scan):
+    out, _ = sample_scan
+    schema = pq.read_schema(out / "quarantine" / "sms_000.parquet")
+    assert schema.field("id").type == pa.string()
+    assert schema.field("row").type == pa.int64()
+    assert schema.field("reasons").type == pa.list_(pa.string())
+    assert schema.field("duplicate_of").type == pa.string()
+    for c in ("near_duplicate_score", "outlier_score", "spectral_score"):
+        assert schema.field(c).type == pa.float64()
+
+
+def test_planted_invalid_rows_and_floods_are_quarantined_with_reasons(sample_scan, planted):
+    out, _ = sample_scan
+    lists = _lists(out)
+    for shard, info in planted["shards"].items():
+        q = lists[shard.rsplit(".jsonl", 1)[0].rsplit(".arrow", 1)[0].rsplit(".parquet", 1)[0] + ".parquet"]
+        reasons = dict(zip(q.column("id").to_pylist(), q.column("reasons").to_pylist()))
+        for rid in info["invalid"]:
+            assert reasons[rid] == ["invalid"], rid
+        for flood in ("flood-a", "flood-b"):
+            for rid in info[flood]:
+                assert "duplicate_flood" in reasons.get(rid, []), (shard, rid)
+        for rid in info["exact_duplicates"]:
+            assert "near_duplicate" in reasons.get(rid, []), rid
+
+
+def test_duplicate_of_points_at_the_first_occurrence_in_scan_order(sample_scan, planted):
+    out, _ = sample_scan
+    lists = _lists(out)
+    everything = pa.concat_tables([t.select(["id", "reasons", "duplicate_of", "near_duplicate_score"])
+                                   for t in lists.values()]).to_pylist()
+    by_id = {r["id"]: r for r in everything}
+    # the exact duplicates' originals, as PLANTED.json records them
+    assert planted["exact_duplicates"]
+    for entry in planted["exact_duplicates"]:
+        row = by_id[entry["id"]]
+        assert row["duplicate_of"] == entry["duplicate_of"]
+        assert row["near_duplicate_score"] == pytest.approx(1.0)
+    # every near_duplicate has a duplicate_of, and nothing else has one
+    for r in everything:
+        assert (r["duplicate_of"] is not None) == ("near_duplicate" in r["reasons"])
+
+
+def test_report_has_totals_thresholds_timings(sample_scan, planted):
+    out, _ = sample_scan
+    report = json.loads((out / "report.json").read_text())
+    assert report["totals"]["failed_shards"] == 0
+    assert set(report["thresholds"]) >= {"near_duplicate", "duplicate_flood", "outlier", "spectral"}
+    assert report["throughput_rows_per_s"] > 0
+    assert {"read", "embed", "index", "fit", "score_write"} <= set(report["timings_s"])
+    assert report["reasons"]["invalid"] == sum(len(i["invalid"]) for i in planted["shards"].values())
+
+
+def test_same_inputs_same_lists(sample_scan, tmp_path, samples_dir):
+    out, _ = sample_scan
+    again = tmp_path / "again"
+    scan([samples_dir], again, load_config(None, FAST))
+    a, b = _lists(out), _lists(again)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].equals(b[k]), k
+
+
+def test_corrupt_shard_fails_alone(tmp_path, samples_dir):
+    data = tmp_path / "in"
+    shutil.copytree(samples_dir, data)
+    (data / "zz_broken.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    out = tmp_path / "out"
+    result = scan([data], out, load_config(None, FAST))
+    assert [o.shard.name for o in result.failed] == ["zz_broken.parquet"]
+    assert "zz_broken.parquet" in result.failed[0].status
+    manifest = json.loads((out / "manifest.json").read_text())
+    statuses = {s["name"]: s["status"] for s in manifest["shards"]}
+    assert statuses.pop("zz_broken.parquet") != "ok"
+    assert set(statuses.values()) == {"ok"}
+    assert len(list((out / "quarantine").rglob("*.parquet"))) == 4
+    assert result.report["totals"]["failed_shards"] == 1
+
+
+def test_missing_column_fails_the_shard_naming_file_and_column(tmp_path):
+    pq.write_table(pa.table({"text": ["a b c d e", "f g h i j"]}), tmp_path / "good.parquet")
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "other.parquet")
+    result = scan([tmp_path], tmp_path / "out", load_config(None, {"embed.embedder": "hashing"}))
+    (failed,) = result.failed
+    assert "other.parquet" in failed.status and "'text'" in failed.status
+
+
+def test_unlabelled_text_template_data(tmp_path):
+    rows = [{"instruction": f"Task number {i} about topic {i * 7 % 13}", "input": "", "output": f"Answer {i}"}
+            for i in range(300)]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    result = scan([tmp_path / "a.jsonl"], out, load_config(None, {
+        "embed.embedder": "hashing", "input.text_template": "{instruction}\n{input}\n{output}"}))
+    assert not result.failed
+    assert result.report["totals"]["rows"] == 300
