@@ -40,11 +40,11 @@ from shardguard.io.readers import Shard, ShardError, ShardReader, discover_shard
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
 from shardguard.stages import (
     DUPLICATE_FLOOD,
-    INVALID,
     NEAR_DUPLICATE,
     DuplicateClusters,
+    DuplicateVerdict,
     ReservoirSample,
-    reasons_column,
+    verdict_table,
 )
 from shardguard.validate import RowNormalizer
 
@@ -83,11 +83,12 @@ class ShardOutcome:
     status: str = "ok"
     reasons: Counter = field(default_factory=Counter)
     resumed: bool = False
+    done: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.shard.name,
-            "input": str(self.shard.path),
+            "input": str(self.shard.path.resolve()),
             "format": self.shard.format,
             "output": f"quarantine/{self.shard.output_name}",
             "sha256": self.sha256,
@@ -109,6 +110,33 @@ class ScanResult:
     @property
     def failed(self) -> list[ShardOutcome]:
         return [s for s in self.shards if s.status != "ok"]
+
+
+@dataclass
+class ScanState:
+    """What pass 1 and the fit leave for pass 2 (and for a :class:`~shardguard.guard.Guard`)."""
+
+    outcomes: list[ShardOutcome]
+    work_dir: Path
+    embedder: Any
+    embedder_info: dict[str, Any] | None
+    detectors: dict[str, EmbeddingDetector]
+    dup_index: NearDuplicateIndex | None
+    clusters: DuplicateClusters
+    run_key: str
+    input_bytes: int
+    seq_start: dict[str, int] = field(default_factory=dict)
+    #: With ``prepare(remember_roots=True)``: sequence numbers and ids of the indexed rows.
+    root_seqs: list[np.ndarray] = field(default_factory=list)
+    root_ids: list[pa.Array] | None = None
+
+
+def _work_path(work_dir: Path, shard: Shard) -> Path:
+    return work_dir / (shard.output_name[: -len(".parquet")] + ".arrow")
+
+
+def _embedding_dim(schema: pa.Schema) -> int | None:
+    return schema.field("embedding").type.list_size if "embedding" in schema.names else None
 
 
 def _digest(obj: Any) -> str:
@@ -161,7 +189,51 @@ class ScanPipeline:
 
     # -- the run --------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> ScanResult:
+        """Scan ``paths`` into the output folder; see the module docstring."""
         t_start = time.perf_counter()
+        state = self.prepare(paths)
+        ok = [o for o in state.outcomes if o.status == "ok"]
+        previous = self._previous_manifest(state.run_key)
+
+        # Pass 2: verdicts and lists.
+        t = time.perf_counter()
+        root_ids = self._root_ids(state.clusters, ok, state.seq_start, state.work_dir)
+        flood_roots = state.clusters.flood_roots()
+        columns = score_columns(self.config, list(state.detectors))
+        manifest = self._manifest_base(state.run_key, state.embedder_info)
+        self.progress.start("score + write", sum(o.rows for o in ok))
+        for o in ok:
+            done = previous.get(o.shard.name)
+            complete = (self.out_dir / "quarantine" / o.shard.output_name).exists() and (
+                self.out_dir / "scores" / o.shard.output_name
+            ).exists()
+            if done is not None and complete:
+                self._restore(o, done)
+                self.progress.advance(o.rows)
+            else:
+                self._pass2_shard(o, state, flood_roots, root_ids, columns)
+            o.done = True
+            manifest["shards"] = [x.to_json() for x in state.outcomes if x.done or x.status != "ok"]
+            atomic_write_json(self.out_dir / "manifest.json", manifest)
+        self.progress.finish()
+        self.timings["score_write"] += time.perf_counter() - t
+
+        wall = time.perf_counter() - t_start
+        report = self._report(state.outcomes, state.detectors, state.clusters, wall, state.input_bytes)
+        manifest["shards"] = [x.to_json() for x in state.outcomes]
+        manifest["complete"] = True
+        manifest["totals"] = report["totals"]
+        atomic_write_json(self.out_dir / "manifest.json", manifest)
+        atomic_write_json(self.out_dir / "report.json", report)
+        return ScanResult(self.out_dir, state.outcomes, report)
+
+    def prepare(self, paths: Sequence[str | Path], remember_roots: bool = False) -> "ScanState":
+        """Pass 1 and the fit: everything but the lists. ``Guard.fit`` stops here.
+
+        With ``remember_roots`` the state also keeps the id of every indexed
+        (first-occurrence) row, so a guard can tell a fitted row from a repeat
+        of it and name what a repeat duplicates.
+        """
         shards = discover_shards(paths)
         cfg = self.config
         (self.out_dir / "quarantine").mkdir(parents=True, exist_ok=True)
@@ -186,10 +258,8 @@ class ScanPipeline:
                 "shards": [(o.shard.name, o.sha256) for o in outcomes],
             }
         )
-        previous = self._previous_manifest(run_key)
 
         # Pass 1a: read, validate, embed each shard into its work file.
-        total_bytes = sum(o.shard.path.stat().st_size for o in outcomes)
         self.progress.start("read + embed", None)
         for o in outcomes:
             self._pass1_shard(o, embedder, embedder_info, work_dir)
@@ -208,14 +278,24 @@ class ScanPipeline:
             if cfg.near_duplicates.enabled
             else None
         )
-        clusters = DuplicateClusters(cfg.near_duplicates.flood_size)
+        state = ScanState(
+            outcomes=outcomes,
+            work_dir=work_dir,
+            embedder=embedder,
+            embedder_info=embedder_info,
+            detectors=detectors,
+            dup_index=dup_index,
+            clusters=DuplicateClusters(cfg.near_duplicates.flood_size),
+            run_key=run_key,
+            input_bytes=sum(o.shard.path.stat().st_size for o in outcomes),
+            root_ids=[] if remember_roots else None,
+        )
         reservoir = ReservoirSample(cfg.fit.reservoir_size, cfg.random_state)
-        seq_start: dict[str, int] = {}
         seq = 0
         self.progress.start("index", sum(o.rows for o in ok))
         for o in ok:
-            seq_start[o.shard.name] = seq
-            seq += self._replay_shard(o, dup_index, clusters, reservoir, detectors, work_dir)
+            state.seq_start[o.shard.name] = seq
+            seq += self._replay_shard(o, state, reservoir)
         self.progress.finish()
         self.timings["index"] += time.perf_counter() - t
 
@@ -225,49 +305,20 @@ class ScanPipeline:
             X, y = reservoir.sample()
             if X.shape[0] < 2:
                 log.warning("too few valid rows (%d) to fit the embedding detectors; they are skipped", X.shape[0])
-                detectors = {}
+                detectors.clear()
             for name, det in detectors.items():
                 if det.streaming:
                     det.calibrate(X, y)
                 else:
                     det.fit(X, y)
-                log.info("fitted %s: %s", name, det.threshold_info())
+                log.debug("fitted %s: %s", name, det.threshold_info())
         self.timings["fit"] += time.perf_counter() - t
-
-        # Pass 2: verdicts and lists.
-        t = time.perf_counter()
-        root_ids = self._root_ids(clusters, ok, seq_start, work_dir)
-        flood_roots = clusters.flood_roots()
-        columns = score_columns(cfg, list(detectors))
-        manifest = self._manifest_base(run_key, embedder_info, outcomes)
-        self.progress.start("score + write", sum(o.rows for o in ok))
-        for o in ok:
-            done = previous.get(o.shard.name)
-            qpath = self.out_dir / "quarantine" / o.shard.output_name
-            if done is not None and qpath.exists() and (self.out_dir / "scores" / o.shard.output_name).exists():
-                self._restore(o, done)
-                self.progress.advance(o.rows)
-            else:
-                self._pass2_shard(o, detectors, clusters, flood_roots, root_ids, seq_start[o.shard.name],
-                                  columns, work_dir)
-            manifest["shards"] = [x.to_json() for x in outcomes if x.status != "pending"]
-            atomic_write_json(self.out_dir / "manifest.json", manifest)
-        self.progress.finish()
-        self.timings["score_write"] += time.perf_counter() - t
-
-        wall = time.perf_counter() - t_start
-        report = self._report(outcomes, detectors, clusters, wall, total_bytes)
-        manifest["shards"] = [x.to_json() for x in outcomes]
-        manifest["complete"] = True
-        manifest["totals"] = report["totals"]
-        atomic_write_json(self.out_dir / "manifest.json", manifest)
-        atomic_write_json(self.out_dir / "report.json", report)
-        return ScanResult(self.out_dir, outcomes, report)
+        return state
 
     # -- pass 1a ------------------------------------------------------------------------------
     def _pass1_shard(self, o: ShardOutcome, embedder, embedder_info, work_dir: Path) -> None:
         cfg = self.config
-        path = work_dir / (o.shard.output_name[: -len(".parquet")] + ".arrow")
+        path = _work_path(work_dir, o.shard)
         key = self._pass1_key(o.sha256, embedder_info)
         meta = workfile.read_meta(path)
         if meta is not None and meta.get("key") == key:
@@ -350,24 +401,26 @@ class ScanPipeline:
             yield item
 
     # -- pass 1b ------------------------------------------------------------------------------
-    def _replay_shard(self, o, dup_index, clusters, reservoir, detectors, work_dir) -> int:
+    def _replay_shard(self, o: ShardOutcome, state: "ScanState", reservoir: ReservoirSample) -> int:
         """Feed one shard's valid rows to the global state; returns how many there were."""
-        path = work_dir / (o.shard.output_name[: -len(".parquet")] + ".arrow")
+        path = _work_path(state.work_dir, o.shard)
         n_valid = 0
-        streaming = [d for d in detectors.values() if d.streaming]
+        streaming = [d for d in state.detectors.values() if d.streaming]
         with workfile.WorkFileReader(path) as reader:
-            dim = reader.schema.field("embedding").type.list_size if "embedding" in reader.schema.names else None
+            dim = _embedding_dim(reader.schema)
             for batch in reader:
-                valid_mask = batch.column("detail").is_null()
-                vb = batch.filter(valid_mask)
+                vb = batch.filter(batch.column("detail").is_null())
                 n_valid += vb.num_rows
-                if vb.num_rows == 0:
-                    self.progress.advance(batch.num_rows)
-                    continue
-                if dup_index is not None:
-                    root, sim = dup_index.add(vb.column("text").to_pylist())
-                    clusters.record(o.shard.name, vb.column("row").to_numpy(), np.asarray(root), np.asarray(sim))
-                if detectors and dim is not None:
+                if vb.num_rows and state.dup_index is not None:
+                    root, sim = state.dup_index.add(vb.column("text").to_pylist())
+                    root = np.asarray(root)
+                    state.clusters.record(o.shard.name, vb.column("row").to_numpy(), root, np.asarray(sim))
+                    if state.root_ids is not None:
+                        is_root = root < 0
+                        first = state.dup_index.n_docs - vb.num_rows
+                        state.root_seqs.append(first + np.flatnonzero(is_root))
+                        state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
+                if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
                     reservoir.add(X, y)
@@ -387,8 +440,7 @@ class ScanPipeline:
         out: dict[int, str] = {}
         for k in np.unique(which):
             o = ok[int(k)]
-            path = work_dir / (o.shard.output_name[: -len(".parquet")] + ".arrow")
-            with workfile.WorkFileReader(path) as r:
+            with workfile.WorkFileReader(_work_path(work_dir, o.shard)) as r:
                 t = r.read_columns(["id", "detail"])
             ids = t.filter(t.column("detail").is_null()).column("id")
             mine = roots[which == k]
@@ -398,9 +450,9 @@ class ScanPipeline:
         return out
 
     # -- pass 2 ---------------------------------------------------------------------------------
-    def _pass2_shard(self, o, detectors, clusters, flood_roots, root_ids, start, columns, work_dir) -> None:
-        path = work_dir / (o.shard.output_name[: -len(".parquet")] + ".arrow")
-        members = clusters.members.get(o.shard.name)
+    def _pass2_shard(self, o: ShardOutcome, state: "ScanState", flood_roots: np.ndarray,
+                     root_ids: dict[int, str], columns: list[str]) -> None:
+        members = state.clusters.members.get(o.shard.name)
         if members is not None:
             order = np.argsort(members[0])
             m_rows, m_root, m_sim = members[0][order], members[1][order], members[2][order]
@@ -409,79 +461,50 @@ class ScanPipeline:
             m_sim = np.zeros(0, np.float32)
         o.clean = o.quarantined = o.invalid = 0
         o.reasons = Counter()
-        seq = start
-        with workfile.WorkFileReader(path) as reader, QuarantineWriter(
+        seq = state.seq_start[o.shard.name]
+        detectors = state.detectors
+        thresholds = {name: det.threshold_ for name, det in detectors.items()}
+        with workfile.WorkFileReader(_work_path(state.work_dir, o.shard)) as reader, QuarantineWriter(
             self.out_dir, o.shard.output_name, columns
         ) as writer:
-            dim = reader.schema.field("embedding").type.list_size if "embedding" in reader.schema.names else None
+            dim = _embedding_dim(reader.schema)
             for batch in reader:
                 n = batch.num_rows
                 rows = batch.column("row").to_numpy()
                 valid = batch.column("detail").is_null().to_numpy(zero_copy_only=False)
                 vidx = np.flatnonzero(valid)
-                flags: dict[str, np.ndarray] = {INVALID: ~valid}
-                scores: dict[str, np.ndarray] = {}
-                dup_of = np.full(n, None, dtype=object)
-                if self.config.near_duplicates.enabled:
-                    vseq = seq + np.arange(vidx.size)
-                    pos = np.searchsorted(m_rows, rows)
-                    pos = np.minimum(pos, max(m_rows.size - 1, 0))
-                    is_member = (m_rows.size > 0) & (m_rows[pos] == rows) if m_rows.size else np.zeros(n, bool)
-                    nd_score = np.full(n, np.nan)
-                    nd_score[is_member] = m_sim[pos[is_member]]
+                dups = None
+                if state.dup_index is not None:
+                    pos = np.minimum(np.searchsorted(m_rows, rows), max(m_rows.size - 1, 0))
+                    is_member = (m_rows[pos] == rows) if m_rows.size else np.zeros(n, bool)
+                    score = np.full(n, np.nan)
+                    score[is_member] = m_sim[pos[is_member]]
                     member_root = np.full(n, -1, np.int64)
                     member_root[is_member] = m_root[pos[is_member]]
-                    all_seq = np.full(n, -1, np.int64)
-                    all_seq[vidx] = vseq
-                    flood = np.isin(all_seq, flood_roots) & (all_seq >= 0)
-                    flood |= is_member & np.isin(member_root, flood_roots)
-                    flags[NEAR_DUPLICATE] = is_member
-                    flags[DUPLICATE_FLOOD] = flood
+                    own_seq = np.full(n, -1, np.int64)
+                    own_seq[vidx] = seq + np.arange(vidx.size)
+                    flood = ((own_seq >= 0) & np.isin(own_seq, flood_roots)) | (
+                        is_member & np.isin(member_root, flood_roots)
+                    )
+                    dup_of = np.full(n, None, dtype=object)
                     dup_of[is_member] = [root_ids[r] for r in member_root[is_member].tolist()]
-                    scores[f"{NEAR_DUPLICATE}_score"] = nd_score
-                    seq += vidx.size
+                    dups = DuplicateVerdict(is_member, score, dup_of, flood)
+                seq += vidx.size
+                det_scores: dict[str, np.ndarray] = {name: np.full(n, np.nan) for name in detectors}
                 if detectors and dim is not None and vidx.size:
                     vb = batch.take(pa.array(vidx))
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
                     for name, det in detectors.items():
-                        s = np.full(n, np.nan)
-                        s[vidx] = det.score_samples(X, y)
-                        scores[f"{name}_score"] = s
-                        flags[name] = np.zeros(n, bool)
-                        flags[name][vidx] = s[vidx] > det.threshold_
-                elif detectors:
-                    for name in detectors:
-                        scores[f"{name}_score"] = np.full(n, np.nan)
-                        flags[name] = np.zeros(n, bool)
-                flagged = np.zeros(n, bool)
+                        det_scores[name][vidx] = det.score_samples(X, y)
+                verdicts, flags = verdict_table(batch, valid, dups, det_scores, thresholds, columns)
+                q = verdicts.filter(pc.not_equal(verdicts.column("status"), "clean"))
+                writer.add(q, verdicts)
                 for name, f in flags.items():
-                    flagged |= f
                     o.reasons[name] += int(f.sum())
-                status = np.where(~valid, "invalid", np.where(flagged, "quarantined", "clean"))
-                o.rows_seen = getattr(o, "rows_seen", 0)
-                o.clean += int((status == "clean").sum())
-                o.quarantined += int(flagged.sum())
+                o.quarantined += q.num_rows
                 o.invalid += int((~valid).sum())
-                score_arrays = {c: pa.array(scores.get(c, np.full(n, np.nan)), pa.float64(), from_pandas=True)
-                                for c in columns}
-                all_rows = pa.table(
-                    {"id": batch.column("id"), "row": batch.column("row"), "label": batch.column("label"),
-                     "status": pa.array(status.tolist(), pa.string()), **score_arrays}
-                )
-                sel = pa.array(flagged)
-                q = pa.table(
-                    {
-                        "id": batch.column("id"),
-                        "row": batch.column("row"),
-                        "reasons": reasons_column(flags, n),
-                        "duplicate_of": pa.array(dup_of.tolist(), pa.string()),
-                        "label": batch.column("label"),
-                        "detail": batch.column("detail"),
-                        **score_arrays,
-                    }
-                ).filter(sel)
-                writer.add(q, all_rows)
+                o.clean += n - q.num_rows
                 self.progress.advance(n)
         o.reasons = Counter({k: v for k, v in o.reasons.items() if v})
 
@@ -502,7 +525,7 @@ class ScanPipeline:
             return {}
         return {s["name"]: s for s in data.get("shards", []) if s.get("status") == "ok"}
 
-    def _manifest_base(self, run_key, embedder_info, outcomes) -> dict[str, Any]:
+    def _manifest_base(self, run_key, embedder_info) -> dict[str, Any]:
         return {
             "tool": "shardguard",
             "version": __version__,

@@ -11,11 +11,17 @@ from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 #: Reasons written by the near-duplicate stage and the validator.
 INVALID = "invalid"
 NEAR_DUPLICATE = "near_duplicate"
 DUPLICATE_FLOOD = "duplicate_flood"
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """64-bit xxh3 hashes of row ids, ``(n,)`` uint64: ids kept at 8 bytes each instead of as strings."""
+    return np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), dtype=np.uint64, count=len(ids))
 
 
 class ReservoirSample:
@@ -105,3 +111,61 @@ def reasons_column(flags: Mapping[str, np.ndarray], n: int) -> pa.ListArray:
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     values = np.array(names, dtype=object)[np.nonzero(mat)[1]]
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.tolist(), pa.string()))
+
+
+@dataclass
+class DuplicateVerdict:
+    """Near-duplicate findings for the rows of one batch, each array of shape ``(n,)``."""
+
+    is_member: np.ndarray  # bool: a later copy of an earlier row
+    score: np.ndarray  # float64: estimated Jaccard to the root, NaN elsewhere
+    duplicate_of: np.ndarray  # object: the root's id where is_member, None elsewhere
+    flood: np.ndarray  # bool: member or root of a cluster larger than the flood size
+
+
+def verdict_table(
+    batch: pa.RecordBatch | pa.Table,
+    valid: np.ndarray,
+    duplicates: DuplicateVerdict | None,
+    detector_scores: Mapping[str, np.ndarray],
+    thresholds: Mapping[str, float],
+    columns: list[str],
+) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """Turn one batch's findings into every row's verdict, and the flags by reason.
+
+    ``batch`` has ``id``, ``row``, ``label`` and ``detail`` columns; ``valid``
+    is a bool mask of shape ``(n,)``; ``detector_scores`` holds float64 scores
+    of shape ``(n,)`` (NaN for rows not scored); a row is flagged by a detector
+    when its score is above that detector's threshold. The table has the
+    quarantine list's columns plus ``status`` (clean, quarantined or invalid).
+    """
+    n = batch.num_rows
+    flags: dict[str, np.ndarray] = {INVALID: ~valid}
+    scores: dict[str, np.ndarray] = {}
+    dup_of = np.full(n, None, dtype=object)
+    if duplicates is not None:
+        flags[NEAR_DUPLICATE] = duplicates.is_member & valid
+        flags[DUPLICATE_FLOOD] = duplicates.flood & valid
+        dup_of = np.where(flags[NEAR_DUPLICATE], duplicates.duplicate_of, None)
+        scores[f"{NEAR_DUPLICATE}_score"] = duplicates.score
+    for name, s in detector_scores.items():
+        scores[f"{name}_score"] = s
+        with np.errstate(invalid="ignore"):
+            flags[name] = valid & (s > thresholds[name])
+    flagged = np.zeros(n, bool)
+    for f in flags.values():
+        flagged |= f
+    status = np.where(~valid, "invalid", np.where(flagged, "quarantined", "clean"))
+    table = pa.table(
+        {
+            "id": batch.column("id"),
+            "row": batch.column("row"),
+            "status": pa.array(status.tolist(), pa.string()),
+            "reasons": reasons_column(flags, n),
+            "duplicate_of": pa.array(dup_of.tolist(), pa.string()),
+            "label": batch.column("label"),
+            "detail": batch.column("detail"),
+            **{c: pa.array(scores.get(c, np.full(n, np.nan)), pa.float64(), from_pandas=True) for c in columns},
+        }
+    )
+    return table, flags

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
-
 from shardguard.config import InputConfig
 from shardguard.io.readers import NONSTRING_PREFIX, Shard, ShardError
+from shardguard.stages import id_hashes
 
 INVALID_SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("detail", pa.string())])
 
@@ -202,11 +201,7 @@ class RowNormalizer:
 
     def _remember_ids(self, ids: pa.Array, rows: np.ndarray, skip: np.ndarray) -> None:
         keep = ~skip
-        values = ids.to_pylist()
-        h = np.fromiter(
-            (xxhash.xxh3_64_intdigest(v.encode()) for v, k in zip(values, keep) if k), dtype=np.uint64
-        )
-        self._id_hashes.append(h)
+        self._id_hashes.append(id_hashes(pc.filter(ids, pa.array(keep)).to_pylist()))
         self._id_rows.append(rows[keep])
 
     def check_unique_ids(self, lookup) -> None:

@@ -1,0 +1,389 @@
+"""The library object for data-loading code: a fitted :class:`Guard`.
+
+``Guard.fit`` runs the same pass 1 and fit as ``shardguard scan`` (one
+implementation, not two) and keeps what scoring needs: the embedder, the fitted
+detectors, the near-duplicate index with the ids of the rows it indexed, and
+the duplicate clusters' sizes. Scoring a batch then follows pass 2 row for row,
+so ``Guard.filter`` drops exactly what ``scan`` quarantines for the same data
+and config.
+
+Identity of rows: with ``input.id_column`` configured, a row whose id equals
+the id of the fitted row it matches IS that row (not a repeat), so filtering
+the training data itself, epoch after epoch, drops only what scan flagged.
+Without an id column, a row that is an exact copy (after normalisation) of an
+indexed row is taken to be that row; near-copies are repeats.
+
+Streams: every row the guard has not seen before is added to the index, so a
+stream filtered through a guard also drops later repeats of what it let
+through. Duplicate-flood status uses the cluster sizes known at fit time.
+
+Profiles (``save``/``load``) hold JSON and one ``.npz`` of plain numeric arrays
+(loaded with ``allow_pickle=False``; the isolation forest travels as skops
+bytes checked against a list of trusted types), with a sha256 of the arrays in
+the JSON: loading a profile never runs code, and a tampered one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shardguard import __version__
+from shardguard.config import Config, config_from_dict
+from shardguard.detectors import REGISTRY, EmbeddingDetector
+from shardguard.detectors.near_duplicates import NearDuplicateIndex
+from shardguard.embed import make_embedder
+from shardguard.io.readers import Shard
+from shardguard.io.workfile import embeddings_to_arrow, embeddings_from_arrow
+from shardguard.stages import DuplicateVerdict, verdict_table
+from shardguard.validate import RowNormalizer
+
+log = logging.getLogger(__name__)
+
+PROFILE_FORMAT = "shardguard-profile"
+PROFILE_FORMAT_VERSION = 1
+
+
+class ProfileError(ValueError):
+    """A saved profile cannot be loaded: wrong format, version, model, or tampered."""
+
+
+def _strings_to_arrays(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    arr = arr.cast(pa.large_string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    return (offsets - offsets[0]).copy(), data[offsets[0]: offsets[-1]].copy()
+
+
+def _arrays_to_strings(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
+    n = len(offsets) - 1
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data.astype(np.uint8)))
+
+
+class Guard:
+    """A fitted poisoning filter. Build with :meth:`fit` or :meth:`load`, not directly."""
+
+    def __init__(
+        self,
+        config: Config,
+        detectors: Mapping[str, EmbeddingDetector],
+        dup_index: NearDuplicateIndex | None,
+        root_seqs: np.ndarray,
+        root_ids: pa.Array,
+        cluster_roots: np.ndarray,
+        cluster_counts: np.ndarray,
+        embedder_info: dict[str, Any] | None,
+        embedder: Any = None,
+    ):
+        self.config = config
+        self.detectors = dict(detectors)
+        self.dup_index = dup_index
+        self._root_seqs = np.asarray(root_seqs, dtype=np.int64)
+        self._root_ids = root_ids.cast(pa.large_string())
+        self._cluster_roots = np.asarray(cluster_roots, dtype=np.int64)
+        self._cluster_counts = np.asarray(cluster_counts, dtype=np.int64)
+        self.embedder_info = embedder_info
+        self._embedder = embedder
+        self._new_seqs: list[np.ndarray] = []
+        self._new_ids: list[pa.Array] = []
+        self._shard = Shard(Path("<stream>"), Path("."), "<stream>", "arrow")
+
+    # -- building -----------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, paths: str | Path | Sequence[str | Path], config: Config | None = None,
+            work_dir: str | Path | None = None) -> "Guard":
+        """Fit on shards (files or folders) exactly as ``scan`` would.
+
+        ``work_dir`` keeps pass 1's work files (the embedding cache) for reuse;
+        by default a temporary folder is used and removed.
+        """
+        from shardguard.pipeline import ScanPipeline
+
+        config = config or Config()
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        tmp = None
+        if work_dir is None:
+            tmp = work_dir = tempfile.mkdtemp(prefix="shardguard-fit-")
+        try:
+            pipeline = ScanPipeline(config, work_dir)
+            state = pipeline.prepare(paths, remember_roots=True)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        failed = [o.status for o in state.outcomes if o.status != "ok"]
+        if failed:
+            raise ValueError("cannot fit on shards that failed to read:\n" + "\n".join(failed))
+        roots = state.clusters.all_roots()
+        counts = np.array([state.clusters.counts[int(r)] for r in roots], dtype=np.int64)
+        root_ids = pa.concat_arrays([a.cast(pa.large_string()) for a in state.root_ids]) if state.root_ids \
+            else pa.array([], pa.large_string())
+        root_seqs = np.concatenate(state.root_seqs) if state.root_seqs else np.zeros(0, np.int64)
+        return cls(config, state.detectors, state.dup_index, root_seqs, root_ids, roots, counts,
+                   state.embedder_info, state.embedder)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            self._embedder = make_embedder(self.config.embed, self.config.random_state)
+        return self._embedder
+
+    @property
+    def score_columns(self) -> list[str]:
+        from shardguard.pipeline import score_columns
+
+        return score_columns(self.config, list(self.detectors))
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def score(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """Every row's verdict: ``id``, ``row`` (0-based in ``batch``), ``status``, ``reasons``,
+        ``duplicate_of``, ``label``, ``detail`` and one ``<detector>_score`` column per detector.
+
+        The batch carries the configured columns (text or template fields, and id,
+        label, embedding columns where configured). Rows not seen before join the
+        near-duplicate index.
+        """
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], batch.schema)
+        normalizer = RowNormalizer(self._shard, self.config.input)
+        nb = normalizer(batch)
+        n = batch.num_rows
+        # Put the valid and invalid rows back in input order.
+        detail = np.full(n, None, dtype=object)
+        inv_rows = nb.invalid.column("row").to_numpy()
+        detail[inv_rows] = nb.invalid.column("detail").to_pylist()
+        valid = np.ones(n, bool)
+        valid[inv_rows] = False
+        vidx = np.flatnonzero(valid)
+        ids = np.empty(n, dtype=object)
+        ids[vidx] = nb.valid.column("id").to_pylist()
+        ids[inv_rows] = nb.invalid.column("id").to_pylist()
+        labels = np.full(n, None, dtype=object)
+        labels[vidx] = nb.valid.column("label").to_pylist()
+        rows_tbl = pa.table({"id": pa.array(ids.tolist(), pa.string()), "row": pa.array(np.arange(n)),
+                             "label": pa.array(labels.tolist(), pa.string()),
+                             "detail": pa.array(detail.tolist(), pa.string())})
+        dups = self._duplicates(nb.valid, vidx, n) if self.dup_index is not None else None
+        det_scores = {name: np.full(n, np.nan) for name in self.detectors}
+        if self.detectors and vidx.size:
+            X = self.embedder.embed_batch(nb.valid)
+            # The same float16 rounding as scan's embedding cache, so scores match it exactly.
+            X = embeddings_from_arrow(embeddings_to_arrow(X), X.shape[1])
+            y = nb.valid.column("label").to_numpy(zero_copy_only=False)
+            for name, det in self.detectors.items():
+                det_scores[name][vidx] = det.score_samples(X, y)
+        thresholds = {name: det.threshold_ for name, det in self.detectors.items()}
+        table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns)
+        return table
+
+    def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
+        texts = valid_batch.column("text").to_pylist()
+        row_ids = valid_batch.column("id").to_pylist()
+        first = self.dup_index.n_docs
+        root, sim = self.dup_index.add(texts)
+        root, sim = np.asarray(root), np.asarray(sim, dtype=np.float64)
+        # Rows new to the index are remembered with their ids.
+        is_root = root < 0
+        self._new_seqs.append(first + np.flatnonzero(is_root))
+        self._new_ids.append(pa.array([row_ids[i] for i in np.flatnonzero(is_root)], pa.large_string()))
+        member = root >= 0
+        root_id = np.full(root.size, None, dtype=object)
+        root_id[member] = self._ids_of(root[member])
+        if self.config.input.id_column:
+            is_self = member & (root_id == np.array(row_ids, dtype=object))
+        else:
+            is_self = member & (sim >= 1.0)
+        is_member_v = member & ~is_self
+        own = np.where(is_self, root, first + np.arange(root.size))  # the row's own cluster key if it is a root
+        cl_pos = np.searchsorted(self._cluster_roots, np.where(is_member_v, root, own))
+        ok = cl_pos < self._cluster_roots.size
+        ok[ok] = self._cluster_roots[cl_pos[ok]] == np.where(is_member_v, root, own)[ok]
+        sizes = np.ones(root.size, np.int64)
+        sizes[ok] = self._cluster_counts[cl_pos[ok]] + 1
+        flood_v = sizes > self.config.near_duplicates.flood_size
+
+        is_member = np.zeros(n, bool)
+        is_member[vidx] = is_member_v
+        score = np.full(n, np.nan)
+        score[vidx] = np.where(is_member_v, sim, np.nan)
+        dup_of = np.full(n, None, dtype=object)
+        dup_of[vidx[is_member_v]] = root_id[is_member_v]
+        flood = np.zeros(n, bool)
+        flood[vidx] = flood_v
+        return DuplicateVerdict(is_member, score, dup_of, flood)
+
+    def _ids_of(self, seqs: np.ndarray) -> list[str | None]:
+        """Ids of indexed rows by sequence number (fitted ones, then the stream's)."""
+        if sum(a.size for a in self._new_seqs) > 4096:
+            self._fold_new()
+        out: list[str | None] = [None] * seqs.size
+        for table_seqs, table_ids in ((self._root_seqs, self._root_ids), *self._pending()):
+            if table_seqs.size == 0:
+                continue
+            pos = np.minimum(np.searchsorted(table_seqs, seqs), table_seqs.size - 1)
+            hit = table_seqs[pos] == seqs
+            if hit.any():
+                vals = table_ids.take(pa.array(pos[hit])).to_pylist()
+                for i, v in zip(np.flatnonzero(hit).tolist(), vals):
+                    out[i] = v
+        return out
+
+    def _pending(self) -> list[tuple[np.ndarray, pa.Array]]:
+        if not self._new_seqs:
+            return []
+        return [(np.concatenate(self._new_seqs), pa.concat_arrays(self._new_ids))]
+
+    def _fold_new(self) -> None:
+        """Append the rows remembered from the stream to the root table (sequence numbers only grow)."""
+        if not self._new_seqs:
+            return
+        (seqs, ids), = self._pending()
+        self._root_seqs = np.concatenate([self._root_seqs, seqs])
+        self._root_ids = pa.concat_arrays([self._root_ids, ids])
+        self._new_seqs, self._new_ids = [], []
+
+    def filter(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+        """The rows of ``batch`` that are clean, with all their columns (same type out as in)."""
+        verdicts = self.score(batch)
+        return batch.filter(pc.equal(verdicts.column("status"), "clean"))
+
+    def iter_clean(self, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.RecordBatch | pa.Table]:
+        """Filter a stream of Arrow batches; empty results are skipped."""
+        for batch in batches:
+            out = self.filter(batch)
+            if out.num_rows:
+                yield out
+
+    def keep_mask(self, columns: Mapping[str, Sequence[Any]]) -> list[bool]:
+        """True for each clean row of a column-oriented batch (dict of lists)."""
+        needed = RowNormalizer(self._shard, self.config.input).source_columns()
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise KeyError(f"samples lack the configured column(s) {', '.join(map(repr, missing))}")
+        verdicts = self.score(pa.RecordBatch.from_pydict({k: list(columns[k]) for k in needed}))
+        return pc.equal(verdicts.column("status"), "clean").to_pylist()
+
+    def hf_filter(self) -> Callable[[Mapping[str, Sequence[Any]]], list[bool]]:
+        """A function for ``datasets.Dataset.filter(guard.hf_filter(), batched=True)``."""
+        return self.keep_mask
+
+    def wrap(self, dataset: Iterable[Mapping[str, Any]], batch_size: int = 256):
+        """A torch ``IterableDataset`` yielding only the clean samples of ``dataset``.
+
+        ``dataset`` yields dict samples holding the configured columns (any
+        iterable works, a torch IterableDataset included); samples are scored in
+        batches of ``batch_size`` and yielded unchanged, in order.
+        """
+        from shardguard.torch_data import GuardedIterableDataset
+
+        return GuardedIterableDataset(self, dataset, batch_size)
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the profile folder: ``profile.json`` and ``arrays.npz``; no pickle."""
+        self._fold_new()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        det_meta = {}
+        for name, det in self.detectors.items():
+            meta, arrs = det.get_state()
+            det_meta[name] = {"class": type(det).__name__, "params": det.get_params(), "meta": meta}
+            for k, v in arrs.items():
+                arrays[f"detector.{name}.{k}"] = np.asarray(v)
+        nd_meta = None
+        if self.dup_index is not None:
+            nd_meta, arrs = self.dup_index.get_state()
+            for k, v in arrs.items():
+                arrays[f"near_duplicates.{k}"] = np.asarray(v)
+        offsets, data = _strings_to_arrays(self._root_ids)
+        arrays["roots.seqs"] = self._root_seqs
+        arrays["roots.id_offsets"] = offsets
+        arrays["roots.id_data"] = data
+        arrays["clusters.roots"] = self._cluster_roots
+        arrays["clusters.counts"] = self._cluster_counts
+        for k, v in arrays.items():
+            if v.dtype == object:
+                raise TypeError(f"profile array {k} has dtype object; only numeric arrays are saved")
+        npz = path / "arrays.npz"
+        np.savez_compressed(npz, **arrays)
+        profile = {
+            "format": PROFILE_FORMAT,
+            "format_version": PROFILE_FORMAT_VERSION,
+            "shardguard_version": __version__,
+            "config": self.config.to_dict(),
+            "embedder": self.embedder_info,
+            "detectors": det_meta,
+            "near_duplicates": nd_meta,
+            "arrays_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
+        }
+        (path / "profile.json").write_text(json.dumps(profile, indent=2, default=str) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, check_model: bool = True) -> "Guard":
+        """Load a profile written by :meth:`save`; refuses anything it cannot trust.
+
+        With ``check_model`` (default) the configured embedder is built and its
+        identity (model name and weights sha256) must equal the profile's.
+        """
+        path = Path(path)
+        try:
+            profile = json.loads((path / "profile.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ProfileError(f"{path}: no readable profile.json ({exc})") from exc
+        if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
+            raise ProfileError(f"{path}: not a shardguard profile")
+        if profile.get("format_version") != PROFILE_FORMAT_VERSION:
+            raise ProfileError(f"{path}: profile format {profile.get('format_version')} is not supported "
+                               f"(this shardguard reads format {PROFILE_FORMAT_VERSION})")
+        saved = str(profile.get("shardguard_version", ""))
+        if saved.split(".")[:2] != __version__.split(".")[:2]:
+            raise ProfileError(f"{path}: profile written by shardguard {saved}; this is {__version__}: fit it again")
+        npz = path / "arrays.npz"
+        try:
+            blob = npz.read_bytes()
+        except OSError as exc:
+            raise ProfileError(f"{path}: arrays.npz missing ({exc})") from exc
+        if hashlib.sha256(blob).hexdigest() != profile.get("arrays_sha256"):
+            raise ProfileError(f"{npz}: sha256 does not match profile.json: the profile was altered")
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except ValueError as exc:
+            raise ProfileError(f"{npz}: refused ({exc}); profiles hold plain arrays only") from exc
+        config = config_from_dict(profile["config"])
+        detectors = {}
+        for name, d in profile.get("detectors", {}).items():
+            if name not in REGISTRY or REGISTRY[name].__name__ != d.get("class"):
+                raise ProfileError(f"{path}: unknown detector {name!r} ({d.get('class')})")
+            prefix = f"detector.{name}."
+            arrs = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            detectors[name] = REGISTRY[name].from_state(d["params"], d["meta"], arrs)
+        dup_index = None
+        if profile.get("near_duplicates") is not None:
+            arrs = {k[len("near_duplicates."):]: v for k, v in arrays.items() if k.startswith("near_duplicates.")}
+            dup_index = NearDuplicateIndex.from_state(profile["near_duplicates"], arrs)
+        root_ids = _arrays_to_strings(arrays["roots.id_offsets"], arrays["roots.id_data"])
+        embedder = None
+        if check_model and detectors:
+            embedder = make_embedder(config.embed, config.random_state)
+            current = embedder.describe()
+            saved_e = profile.get("embedder") or {}
+            for key in ("kind", "model", "weights_sha256", "dim"):
+                if key in saved_e and key in current and saved_e[key] != current[key] and saved_e[key] is not None:
+                    raise ProfileError(
+                        f"{path}: fitted with embedder {key}={saved_e[key]!r}, but this machine's configured "
+                        f"embedder has {key}={current[key]!r}; use the same model or fit again"
+                    )
+        return cls(config, detectors, dup_index, arrays["roots.seqs"], root_ids, arrays["clusters.roots"],
+                   arrays["clusters.counts"], profile.get("embedder"), embedder)

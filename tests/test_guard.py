@@ -1,0 +1,173 @@
+"""The library API: a fitted Guard inside data-loading code."""
+
+import json
+import pickle
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from shardguard.config import load_config
+from shardguard.guard import Guard, ProfileError
+from shardguard.io.readers import ShardReader, discover_shards
+from shardguard.pipeline import scan
+
+OPTS = {"embed.embedder": "hashing", "input.id_column": "id", "input.label_column": "label"}
+
+
+@pytest.fixture(scope="module")
+def fitted(samples_dir, tmp_path_factory):
+    cfg = load_config(None, OPTS)
+    out = tmp_path_factory.mktemp("scan")
+    scan([samples_dir], out, load_config(None, OPTS))
+    guard = Guard.fit(samples_dir, cfg)
+    profile = guard.save(tmp_path_factory.mktemp("profile") / "p")
+    return guard, out, profile
+
+
+def _batches(samples_dir, size=200):
+    for shard in discover_shards([samples_dir]):
+        for b in ShardReader(shard, size, ["id", "text", "label"]):
+            yield shard, b
+
+
+def test_filter_drops_exactly_what_scan_quarantines(fitted, samples_dir):
+    _, out, profile = fitted
+    guard = Guard.load(profile)  # a fresh copy: filtering remembers what it sees
+    kept: dict[str, set] = {}
+    for shard, batch in _batches(samples_dir):
+        clean = guard.filter(batch)
+        assert clean.schema == batch.schema
+        kept.setdefault(shard.output_name, set()).update(clean.column("id").to_pylist())
+    for name, ids in kept.items():
+        scores = pq.read_table(out / "scores" / name)
+        expected = set(scores.filter(pc.equal(scores.column("status"), "clean")).column("id").to_pylist())
+        assert ids == expected, name
+
+
+def test_score_reports_reasons_and_scores(fitted, samples_dir, planted):
+    _, _, profile = fitted
+    guard = Guard.load(profile)
+    tables = [guard.score(b) for _, b in _batches(samples_dir)]
+    v = pa.concat_tables(tables)
+    assert {"id", "row", "status", "reasons", "duplicate_of", "outlier_score", "spectral_score",
+            "near_duplicate_score"} <= set(v.column_names)
+    by_id = dict(zip(v.column("id").to_pylist(), v.column("reasons").to_pylist()))
+    for rid in (r for s in planted["shards"].values() for r in s["flood-a"]):
+        assert "duplicate_flood" in by_id[rid]
+    statuses = set(v.column("status").to_pylist())
+    assert statuses == {"clean", "quarantined", "invalid"}
+
+
+def test_save_load_gives_identical_scores(fitted, samples_dir):
+    _, _, profile = fitted
+    a, b = Guard.load(profile), Guard.load(profile)
+    for _, batch in _batches(samples_dir):
+        assert a.score(batch).equals(b.score(batch))
+
+
+def test_a_stream_also_drops_repeats_of_what_it_has_seen(fitted, planted, samples_dir):
+    _, _, profile = fitted
+    guard = Guard.load(profile)
+    new = "Completely fresh sentence about the weather in Lisbon, written for this test only"
+    batch = pa.RecordBatch.from_pydict({
+        "id": ["n1", "n2", "n3"],
+        "text": [new, new.replace("weather", "waether"), new],
+        "label": ["ham", "ham", "ham"],
+    })
+    v = guard.score(batch)
+    assert v.column("status").to_pylist()[0] == "clean"
+    assert v.column("reasons").to_pylist()[1] == ["near_duplicate"]
+    assert v.column("duplicate_of").to_pylist()[1:] == ["n1", "n1"]
+    # and a near-copy of a fitted row is dropped, naming the fitted row
+    shard = next(s for s in discover_shards([samples_dir]) if s.name == "sms_000.parquet")
+    first = next(iter(ShardReader(shard, 10, ["id", "text", "label"])))
+    text, rid = first.column("text")[0].as_py(), first.column("id")[0].as_py()
+    v = guard.score(pa.RecordBatch.from_pydict({"id": ["x"], "text": [text + "!"], "label": ["ham"]}))
+    assert v.column("duplicate_of").to_pylist() == [rid]
+
+
+def test_iter_clean_and_torch_wrapper_yield_only_clean_rows(fitted, samples_dir):
+    torch = pytest.importorskip("torch")
+    _, out, profile = fitted
+    shard = next(s for s in discover_shards([samples_dir]) if s.name == "sms_000.parquet")
+    table = pa.Table.from_batches(list(ShardReader(shard, 100, ["id", "text", "label"])))
+    scores = pq.read_table(out / "scores" / "sms_000.parquet")
+    expected = scores.filter(pc.equal(scores.column("status"), "clean")).column("id").to_pylist()
+
+    got = [i for b in Guard.load(profile).iter_clean(table.to_batches(max_chunksize=64))
+           for i in b.column("id").to_pylist()]
+    assert got == expected
+
+    class Source(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for row in table.to_pylist():
+                yield {**row, "tensor": torch.tensor([len(row["text"] or "")])}
+
+    ds = Guard.load(profile).wrap(Source(), batch_size=50)
+    assert isinstance(ds, torch.utils.data.IterableDataset)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None)
+    samples = list(loader)
+    assert [s["id"] for s in samples] == expected
+    assert all(isinstance(s["tensor"], torch.Tensor) for s in samples)
+
+
+def test_hugging_face_filter_keeps_only_clean_rows(fitted, samples_dir):
+    datasets = pytest.importorskip("datasets")
+    _, out, profile = fitted
+    path = samples_dir / "sms_000.parquet"
+    ds = datasets.Dataset.from_parquet(str(path))
+    clean = ds.filter(Guard.load(profile).hf_filter(), batched=True, batch_size=128)
+    scores = pq.read_table(out / "scores" / "sms_000.parquet")
+    expected = scores.filter(pc.equal(scores.column("status"), "clean")).column("id").to_pylist()
+    assert clean["id"] == expected
+
+
+def test_tampered_profile_is_refused(fitted, tmp_path):
+    guard, _, profile = fitted
+    p = guard.save(tmp_path / "t")
+    data = bytearray((p / "arrays.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (p / "arrays.npz").write_bytes(bytes(data))
+    with pytest.raises(ProfileError, match="altered"):
+        Guard.load(p)
+
+
+def test_pickled_profile_is_refused_even_with_a_matching_digest(fitted, tmp_path):
+    import hashlib
+
+    guard, _, profile = fitted
+    p = guard.save(tmp_path / "pk")
+    with np.load(p / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["roots.seqs"] = np.array([object()], dtype=object)  # an array only pickle can hold
+    np.savez(p / "arrays.npz", **arrays)
+    meta = json.loads((p / "profile.json").read_text())
+    meta["arrays_sha256"] = hashlib.sha256((p / "arrays.npz").read_bytes()).hexdigest()
+    (p / "profile.json").write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match="plain arrays only"):
+        Guard.load(p)
+    # a bare pickle in place of the arrays is refused the same way
+    (p / "arrays.npz").write_bytes(pickle.dumps({"x": 1}))
+    meta["arrays_sha256"] = hashlib.sha256((p / "arrays.npz").read_bytes()).hexdigest()
+    (p / "profile.json").write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match="refused"):
+        Guard.load(p)
+
+
+def test_profile_from_another_version_or_model_fails_clearly(fitted, tmp_path):
+    guard, _, profile = fitted
+    p = guard.save(tmp_path / "v")
+    meta = json.loads((p / "profile.json").read_text())
+    meta["shardguard_version"] = "9.9.0"
+    (p / "profile.json").write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match="shardguard 9.9.0"):
+        Guard.load(p)
+    p = guard.save(tmp_path / "m")
+    meta = json.loads((p / "profile.json").read_text())
+    meta["embedder"]["model"] = "some-other-model"
+    (p / "profile.json").write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match="some-other-model"):
+        Guard.load(p)
