@@ -201,6 +201,37 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+def _apply_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="write the scanned shards again without their quarantined rows",
+        description="Write every shard of a finished scan to CLEAN_DIR without its quarantined rows, in the "
+        "same format and schema (JSON Lines lines are kept byte for byte), with CLEAN_DIR/manifest.json. "
+        "Inputs must be unchanged since the scan (sha256). Exit 1 when a shard could not be written.",
+    )
+    p.add_argument("out", metavar="OUT", help="the scan's output folder")
+    p.add_argument("--to", required=True, metavar="CLEAN_DIR", help="folder for the cleaned shards")
+    p.set_defaults(func=_cmd_apply)
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shardguard.apply import apply_quarantine
+
+    results = apply_quarantine(args.out, args.to)
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    t = Table(title=f"shardguard apply -> {args.to}")
+    for col in ("shard", "rows in", "removed", "rows out", "status"):
+        t.add_column(col, justify="left" if col in ("shard", "status") else "right")
+    for r in results:
+        t.add_row(r.name, f"{r.rows_in:,}", f"{r.removed:,}", f"{r.rows_out:,}",
+                  "ok" if r.status == "ok" else f"[red]{r.status}[/red]")
+    console.print(t)
+    return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardguard",
@@ -212,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _scan_parser(sub)
+    _apply_parser(sub)
     return parser
 
 
