@@ -44,7 +44,7 @@ from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.readers import Shard
 from shardguard.io.workfile import embeddings_to_arrow, embeddings_from_arrow
-from shardguard.stages import DuplicateVerdict, verdict_table
+from shardguard.stages import DuplicateVerdict, text_kwargs, verdict_table
 from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,9 @@ class Guard:
             # The same float16 rounding as scan's embedding cache, so scores match it exactly.
             X = embeddings_from_arrow(embeddings_to_arrow(X), X.shape[1])
             y = nb.valid.column("label").to_numpy(zero_copy_only=False)
+            texts = nb.valid.column("text").to_numpy(zero_copy_only=False)
             for name, det in self.detectors.items():
-                det_scores[name][vidx] = det.score_samples(X, y)
+                det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
         thresholds = {name: det.threshold_ for name, det in self.detectors.items()}
         table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns)
         return table

@@ -44,6 +44,7 @@ from shardguard.stages import (
     DuplicateClusters,
     DuplicateVerdict,
     ReservoirSample,
+    text_kwargs,
     verdict_table,
 )
 from shardguard.validate import RowNormalizer
@@ -290,7 +291,8 @@ class ScanPipeline:
             input_bytes=sum(o.shard.path.stat().st_size for o in outcomes),
             root_ids=[] if remember_roots else None,
         )
-        reservoir = ReservoirSample(cfg.fit.reservoir_size, cfg.random_state)
+        needs_text = any(getattr(d, "needs_text", False) for d in detectors.values())
+        reservoir = ReservoirSample(cfg.fit.reservoir_size, cfg.random_state, keep_text=needs_text)
         seq = 0
         self.progress.start("index", sum(o.rows for o in ok))
         for o in ok:
@@ -302,15 +304,15 @@ class ScanPipeline:
         # Fit.
         t = time.perf_counter()
         if detectors:
-            X, y = reservoir.sample()
+            X, y, texts = reservoir.sample()
             if X.shape[0] < 2:
                 log.warning("too few valid rows (%d) to fit the embedding detectors; they are skipped", X.shape[0])
                 detectors.clear()
             for name, det in detectors.items():
                 if det.streaming:
-                    det.calibrate(X, y)
+                    det.calibrate(X, y, **text_kwargs(det, texts))
                 else:
-                    det.fit(X, y)
+                    det.fit(X, y, **text_kwargs(det, texts))
                 log.debug("fitted %s: %s", name, det.threshold_info())
         self.timings["fit"] += time.perf_counter() - t
         return state
@@ -423,9 +425,10 @@ class ScanPipeline:
                 if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
-                    reservoir.add(X, y)
+                    texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
+                    reservoir.add(X, y, texts)
                     for det in streaming:
-                        det.partial_fit(X, y)
+                        det.partial_fit(X, y, **text_kwargs(det, texts))
                 self.progress.advance(batch.num_rows)
         return n_valid
 
@@ -495,8 +498,9 @@ class ScanPipeline:
                     vb = batch.take(pa.array(vidx))
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
+                    texts = vb.column("text").to_numpy(zero_copy_only=False)
                     for name, det in detectors.items():
-                        det_scores[name][vidx] = det.score_samples(X, y)
+                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
                 verdicts, flags = verdict_table(batch, valid, dups, det_scores, thresholds, columns)
                 q = verdicts.filter(pc.not_equal(verdicts.column("status"), "clean"))
                 writer.add(q, verdicts)

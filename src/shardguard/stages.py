@@ -7,7 +7,7 @@ clusters, turn scores into verdicts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -27,17 +27,19 @@ def id_hashes(ids: list[str]) -> np.ndarray:
 class ReservoirSample:
     """Uniform fixed-size sample of a stream (Vitter's algorithm R), seeded, vectorised per batch.
 
-    Holds at most ``size`` rows of embeddings (float32, ``(size, dim)``) and labels.
+    Holds at most ``size`` rows of embeddings (float32, ``(size, dim)``), labels
+    and, with ``keep_text``, texts (for detectors that read the text).
     """
 
-    def __init__(self, size: int, random_state: int = 0):
+    def __init__(self, size: int, random_state: int = 0, keep_text: bool = False):
         self.size = size
         self.rng = np.random.default_rng(random_state)
         self.seen = 0
         self.X: np.ndarray | None = None
         self.y = np.full(size, None, dtype=object)
+        self.texts = np.full(size, None, dtype=object) if keep_text else None
 
-    def add(self, X: np.ndarray, y: np.ndarray) -> None:
+    def add(self, X: np.ndarray, y: np.ndarray, texts: np.ndarray | None = None) -> None:
         n = X.shape[0]
         if n == 0:
             return
@@ -47,6 +49,8 @@ class ReservoirSample:
         fill = pos < self.size
         self.X[pos[fill]] = X[fill]
         self.y[pos[fill]] = y[fill]
+        if self.texts is not None:
+            self.texts[pos[fill]] = texts[fill]
         rest = np.flatnonzero(~fill)
         if rest.size:
             j = self.rng.integers(0, pos[rest] + 1)  # one draw per row, as in algorithm R
@@ -54,13 +58,21 @@ class ReservoirSample:
             # Later rows overwrite earlier ones at the same slot, as sequential R would.
             self.X[j[keep]] = X[rest[keep]]
             self.y[j[keep]] = y[rest[keep]]
+            if self.texts is not None:
+                self.texts[j[keep]] = texts[rest[keep]]
         self.seen += n
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(X, y, texts) of the rows kept so far; texts is None unless ``keep_text``."""
         k = min(self.seen, self.size)
         if self.X is None:
-            return np.zeros((0, 0), np.float32), np.zeros(0, dtype=object)
-        return self.X[:k], self.y[:k]
+            return np.zeros((0, 0), np.float32), np.zeros(0, dtype=object), None
+        return self.X[:k], self.y[:k], None if self.texts is None else self.texts[:k]
+
+
+def text_kwargs(detector: Any, texts: np.ndarray | None) -> dict[str, Any]:
+    """``{"texts": texts}`` for detectors that declare ``needs_text = True``, else nothing."""
+    return {"texts": texts} if getattr(detector, "needs_text", False) else {}
 
 
 @dataclass
