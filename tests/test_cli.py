@@ -106,15 +106,16 @@ def test_killed_scan_resumes_to_identical_lists(tmp_path, shared_data, when):
     data = tmp_path / "data"
     _make_shards(shared_data / "sst2_glue" / "train.parquet", data)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = ["scan", str(data), "--out", None, "--embedder", "hashing", "--id-column", "id",
-            "--label-column", "label", "--no-progress", "-q"]
+    def args_for(out):
+        return ["scan", str(data), "--out", str(out), "--embedder", "hashing", "--id-column", "id",
+                "--label-column", "label", "--no-progress", "-q"]
 
     ref = tmp_path / "ref"
-    args[2] = str(ref)
+    args = args_for(ref)
     assert subprocess.run([sys.executable, "-m", "shardguard", *args], env=env).returncode == 0
 
     out = tmp_path / "killed"
-    args[2] = str(out)
+    args = args_for(out)
 
     def ready():
         if when == "pass1":

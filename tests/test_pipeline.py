@@ -20,6 +20,13 @@ def sample_scan(tmp_path_factory, samples_dir):
     return out, result
 
 
+def lists_name(shard):
+    for ext in (".jsonl.gz", ".jsonl", ".arrow", ".parquet"):
+        if shard.endswith(ext):
+            return shard[: -len(ext)] + ".parquet"
+    raise ValueError(shard)
+
+
 def _lists(out):
     return {p.relative_to(out / "quarantine").as_posix(): pq.read_table(p)
             for p in sorted((out / "quarantine").rglob("*.parquet"))}
@@ -76,7 +83,8 @@ def test_planted_invalid_rows_and_floods_are_quarantined_with_reasons(sample_sca
 def test_duplicate_of_points_at_the_first_occurrence_in_scan_order(sample_scan, planted):
     out, _ = sample_scan
     lists = _lists(out)
-    everything = pa.concat_tables([t.select(["id", "reasons", "duplicate_of", "near_duplicate_score"])
+    everything = pa.concat_tables([t.select(["id", "reasons", "duplicate_of", "duplicate_of_shard",
+                                            "duplicate_of_row", "near_duplicate_score"])
                                    for t in lists.values()]).to_pylist()
     by_id = {r["id"]: r for r in everything}
     # the exact duplicates' originals, as PLANTED.json records them
@@ -84,6 +92,9 @@ def test_duplicate_of_points_at_the_first_occurrence_in_scan_order(sample_scan, 
     for entry in planted["exact_duplicates"]:
         row = by_id[entry["id"]]
         assert row["duplicate_of"] == entry["duplicate_of"]
+        assert row["duplicate_of_shard"] == entry["duplicate_of_shard"]
+        original = pq.read_table(out / "scores" / lists_name(entry["duplicate_of_shard"]))
+        assert original.column("id")[row["duplicate_of_row"]].as_py() == entry["duplicate_of"]
         assert row["near_duplicate_score"] == pytest.approx(1.0)
     # every near_duplicate has a duplicate_of, and nothing else has one
     for r in everything:
@@ -94,6 +105,8 @@ def test_report_has_totals_thresholds_timings(sample_scan, planted):
     out, _ = sample_scan
     report = json.loads((out / "report.json").read_text())
     assert report["totals"]["failed_shards"] == 0
+    largest = report["largest_duplicate_clusters"][0]
+    assert largest["size"] == 40 and largest["flood"] is True and largest["root_id"].startswith("flood-a")
     assert set(report["thresholds"]) >= {"near_duplicate", "duplicate_flood", "outlier", "spectral"}
     assert report["throughput_rows_per_s"] > 0
     assert {"read", "embed", "index", "fit", "score_write"} <= set(report["timings_s"])

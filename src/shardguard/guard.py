@@ -83,12 +83,19 @@ class Guard:
         cluster_counts: np.ndarray,
         embedder_info: dict[str, Any] | None,
         embedder: Any = None,
+        root_rows: np.ndarray | None = None,
+        root_shards: np.ndarray | None = None,
+        shard_names: Sequence[str] = (),
     ):
         self.config = config
         self.detectors = dict(detectors)
         self.dup_index = dup_index
         self._root_seqs = np.asarray(root_seqs, dtype=np.int64)
         self._root_ids = root_ids.cast(pa.large_string())
+        n_roots = self._root_seqs.size
+        self._root_rows = np.full(n_roots, -1, np.int64) if root_rows is None else np.asarray(root_rows, np.int64)
+        self._root_shards = np.full(n_roots, -1, np.int32) if root_shards is None else np.asarray(root_shards, np.int32)
+        self.shard_names = list(shard_names)
         self._cluster_roots = np.asarray(cluster_roots, dtype=np.int64)
         self._cluster_counts = np.asarray(cluster_counts, dtype=np.int64)
         self.embedder_info = embedder_info
@@ -128,8 +135,11 @@ class Guard:
         root_ids = pa.concat_arrays([a.cast(pa.large_string()) for a in state.root_ids]) if state.root_ids \
             else pa.array([], pa.large_string())
         root_seqs = np.concatenate(state.root_seqs) if state.root_seqs else np.zeros(0, np.int64)
+        root_rows = np.concatenate(state.root_rows) if state.root_rows else np.zeros(0, np.int64)
+        root_shards = np.concatenate(state.root_shards) if state.root_shards else np.zeros(0, np.int32)
+        names = [o.shard.name for o in state.outcomes if o.status == "ok"]
         return cls(config, state.detectors, state.dup_index, root_seqs, root_ids, roots, counts,
-                   state.embedder_info, state.embedder)
+                   state.embedder_info, state.embedder, root_rows, root_shards, names)
 
     @property
     def embedder(self):
@@ -198,7 +208,12 @@ class Guard:
         self._new_ids.append(pa.array([row_ids[i] for i in np.flatnonzero(is_root)], pa.large_string()))
         member = root >= 0
         root_id = np.full(root.size, None, dtype=object)
-        root_id[member] = self._ids_of(root[member])
+        root_shard = np.full(root.size, None, dtype=object)
+        root_row = np.full(root.size, None, dtype=object)
+        found = self._roots_of(root[member])
+        for i, hit in zip(np.flatnonzero(member).tolist(), found):
+            if hit is not None:
+                root_id[i], root_shard[i], root_row[i] = hit
         if self.config.input.id_column:
             is_self = member & (root_id == np.array(row_ids, dtype=object))
         else:
@@ -218,38 +233,50 @@ class Guard:
         score[vidx] = np.where(is_member_v, sim, np.nan)
         dup_of = np.full(n, None, dtype=object)
         dup_of[vidx[is_member_v]] = root_id[is_member_v]
+        of_shard = np.full(n, None, dtype=object)
+        of_shard[vidx[is_member_v]] = root_shard[is_member_v]
+        of_row = np.full(n, None, dtype=object)
+        of_row[vidx[is_member_v]] = root_row[is_member_v]
         flood = np.zeros(n, bool)
         flood[vidx] = flood_v
-        return DuplicateVerdict(is_member, score, dup_of, flood)
+        return DuplicateVerdict(is_member, score, dup_of, flood, of_shard, of_row)
 
-    def _ids_of(self, seqs: np.ndarray) -> list[str | None]:
-        """Ids of indexed rows by sequence number (fitted ones, then the stream's)."""
+    def _roots_of(self, seqs: np.ndarray) -> list[tuple[str, str | None, int | None] | None]:
+        """(id, shard, row) of indexed rows by sequence number: fitted ones, then the stream's."""
         if sum(a.size for a in self._new_seqs) > 4096:
             self._fold_new()
-        out: list[str | None] = [None] * seqs.size
-        for table_seqs, table_ids in ((self._root_seqs, self._root_ids), *self._pending()):
+        out: list[tuple[str, str | None, int | None] | None] = [None] * seqs.size
+        for table_seqs, table_ids, rows, shards in (
+            (self._root_seqs, self._root_ids, self._root_rows, self._root_shards),
+            *self._pending(),
+        ):
             if table_seqs.size == 0:
                 continue
             pos = np.minimum(np.searchsorted(table_seqs, seqs), table_seqs.size - 1)
             hit = table_seqs[pos] == seqs
             if hit.any():
-                vals = table_ids.take(pa.array(pos[hit])).to_pylist()
-                for i, v in zip(np.flatnonzero(hit).tolist(), vals):
-                    out[i] = v
+                p = pos[hit]
+                vals = table_ids.take(pa.array(p)).to_pylist()
+                for i, v, r, sh in zip(np.flatnonzero(hit).tolist(), vals, rows[p].tolist(), shards[p].tolist()):
+                    out[i] = (v, self.shard_names[sh] if sh >= 0 else None, r if sh >= 0 else None)
         return out
 
-    def _pending(self) -> list[tuple[np.ndarray, pa.Array]]:
+    def _pending(self) -> list[tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray]]:
         if not self._new_seqs:
             return []
-        return [(np.concatenate(self._new_seqs), pa.concat_arrays(self._new_ids))]
+        seqs = np.concatenate(self._new_seqs)
+        return [(seqs, pa.concat_arrays(self._new_ids), np.full(seqs.size, -1, np.int64),
+                 np.full(seqs.size, -1, np.int32))]
 
     def _fold_new(self) -> None:
         """Append the rows remembered from the stream to the root table (sequence numbers only grow)."""
         if not self._new_seqs:
             return
-        (seqs, ids), = self._pending()
+        (seqs, ids, rows, shards), = self._pending()
         self._root_seqs = np.concatenate([self._root_seqs, seqs])
         self._root_ids = pa.concat_arrays([self._root_ids, ids])
+        self._root_rows = np.concatenate([self._root_rows, rows])
+        self._root_shards = np.concatenate([self._root_shards, shards])
         self._new_seqs, self._new_ids = [], []
 
     def filter(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
@@ -310,6 +337,8 @@ class Guard:
         arrays["roots.seqs"] = self._root_seqs
         arrays["roots.id_offsets"] = offsets
         arrays["roots.id_data"] = data
+        arrays["roots.rows"] = self._root_rows
+        arrays["roots.shards"] = self._root_shards
         arrays["clusters.roots"] = self._cluster_roots
         arrays["clusters.counts"] = self._cluster_counts
         for k, v in arrays.items():
@@ -325,6 +354,7 @@ class Guard:
             "embedder": self.embedder_info,
             "detectors": det_meta,
             "near_duplicates": nd_meta,
+            "shards": self.shard_names,
             "arrays_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
         }
         (path / "profile.json").write_text(json.dumps(profile, indent=2, default=str) + "\n")
@@ -387,4 +417,5 @@ class Guard:
                         f"embedder has {key}={current[key]!r}; use the same model or fit again"
                     )
         return cls(config, detectors, dup_index, arrays["roots.seqs"], root_ids, arrays["clusters.roots"],
-                   arrays["clusters.counts"], profile.get("embedder"), embedder)
+                   arrays["clusters.counts"], profile.get("embedder"), embedder, arrays["roots.rows"],
+                   arrays["roots.shards"], profile.get("shards", []))

@@ -130,6 +130,8 @@ class ScanState:
     #: With ``prepare(remember_roots=True)``: sequence numbers and ids of the indexed rows.
     root_seqs: list[np.ndarray] = field(default_factory=list)
     root_ids: list[pa.Array] | None = None
+    root_rows: list[np.ndarray] = field(default_factory=list)
+    root_shards: list[np.ndarray] = field(default_factory=list)  # index into the ok shards, in scan order
 
 
 def _work_path(work_dir: Path, shard: Shard) -> Path:
@@ -220,7 +222,7 @@ class ScanPipeline:
         self.timings["score_write"] += time.perf_counter() - t
 
         wall = time.perf_counter() - t_start
-        report = self._report(state.outcomes, state.detectors, state.clusters, wall, state.input_bytes)
+        report = self._report(state.outcomes, state.detectors, state.clusters, wall, state.input_bytes, root_ids)
         manifest["shards"] = [x.to_json() for x in state.outcomes]
         manifest["complete"] = True
         manifest["totals"] = report["totals"]
@@ -422,6 +424,8 @@ class ScanPipeline:
                         first = state.dup_index.n_docs - vb.num_rows
                         state.root_seqs.append(first + np.flatnonzero(is_root))
                         state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
+                        state.root_rows.append(vb.column("row").to_numpy()[is_root])
+                        state.root_shards.append(np.full(int(is_root.sum()), len(state.seq_start) - 1, np.int32))
                 if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
@@ -432,8 +436,8 @@ class ScanPipeline:
                 self.progress.advance(batch.num_rows)
         return n_valid
 
-    def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, str]:
-        """Global sequence number of every cluster root -> its id (for ``duplicate_of``)."""
+    def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, tuple[str, str, int]]:
+        """Global sequence number of every cluster root -> (id, shard, row), for ``duplicate_of*``."""
         roots = clusters.all_roots()
         if roots.size == 0:
             return {}
@@ -444,12 +448,14 @@ class ScanPipeline:
         for k in np.unique(which):
             o = ok[int(k)]
             with workfile.WorkFileReader(_work_path(work_dir, o.shard)) as r:
-                t = r.read_columns(["id", "detail"])
-            ids = t.filter(t.column("detail").is_null()).column("id")
+                t = r.read_columns(["id", "row", "detail"])
+            t = t.filter(t.column("detail").is_null())
             mine = roots[which == k]
-            local = mine - starts[k]
-            for s, i in zip(mine.tolist(), ids.take(pa.array(local)).to_pylist()):
-                out[s] = i
+            local = pa.array(mine - starts[k])
+            ids = t.column("id").take(local).to_pylist()
+            rows = t.column("row").take(local).to_pylist()
+            for s, i, r in zip(mine.tolist(), ids, rows):
+                out[s] = (i, o.shard.name, r)
         return out
 
     # -- pass 2 ---------------------------------------------------------------------------------
@@ -490,8 +496,12 @@ class ScanPipeline:
                         is_member & np.isin(member_root, flood_roots)
                     )
                     dup_of = np.full(n, None, dtype=object)
-                    dup_of[is_member] = [root_ids[r] for r in member_root[is_member].tolist()]
-                    dups = DuplicateVerdict(is_member, score, dup_of, flood)
+                    of_shard = np.full(n, None, dtype=object)
+                    of_row = np.full(n, None, dtype=object)
+                    where = np.flatnonzero(is_member)
+                    for i, r in zip(where.tolist(), member_root[where].tolist()):
+                        dup_of[i], of_shard[i], of_row[i] = root_ids[r]
+                    dups = DuplicateVerdict(is_member, score, dup_of, flood, of_shard, of_row)
                 seq += vidx.size
                 det_scores: dict[str, np.ndarray] = {name: np.full(n, np.nan) for name in detectors}
                 if detectors and dim is not None and vidx.size:
@@ -540,7 +550,8 @@ class ScanPipeline:
             "shards": [],
         }
 
-    def _report(self, outcomes, detectors, clusters, wall, total_bytes) -> dict[str, Any]:
+    def _report(self, outcomes, detectors, clusters, wall, total_bytes,
+                root_ids: dict[int, tuple[str, str, int]] | None = None) -> dict[str, Any]:
         reasons: Counter = Counter()
         for o in outcomes:
             reasons.update(o.reasons)
@@ -557,17 +568,32 @@ class ScanPipeline:
         nd = self.config.near_duplicates
         thresholds: dict[str, Any] = {}
         if nd.enabled:
-            thresholds[NEAR_DUPLICATE] = {"jaccard": nd.threshold, "num_perm": nd.num_perm, "ngram": nd.ngram}
-            thresholds[DUPLICATE_FLOOD] = {"cluster_size_over": nd.flood_size}
+            thresholds[NEAR_DUPLICATE] = {
+                "threshold": nd.threshold,
+                "rule": "estimated Jaccard similarity of character n-gram sets to an earlier row >= threshold",
+                "jaccard": nd.threshold, "num_perm": nd.num_perm, "ngram": nd.ngram,
+            }
+            thresholds[DUPLICATE_FLOOD] = {"threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
+                                           "rule": "every member of a cluster with more rows than the threshold"}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
-        largest = sorted(clusters.counts.items(), key=lambda kv: -kv[1])[:10]
+        largest = sorted(clusters.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        where = root_ids or {}
         return {
             "version": __version__,
             "totals": totals,
             "reasons": dict(sorted(reasons.items())),
             "thresholds": thresholds,
-            "largest_duplicate_clusters": [{"root_seq": k, "size": v + 1} for k, v in largest],
+            "largest_duplicate_clusters": [
+                {
+                    "root_id": where.get(k, (None, None, None))[0],
+                    "root_shard": where.get(k, (None, None, None))[1],
+                    "root_row": where.get(k, (None, None, None))[2],
+                    "size": v + 1,
+                    "flood": v + 1 > nd.flood_size,
+                }
+                for k, v in largest
+            ],
             "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
             "wall_s": round(wall, 3),
             "throughput_rows_per_s": round(rows / wall, 1) if wall > 0 else None,

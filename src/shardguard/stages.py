@@ -133,6 +133,8 @@ class DuplicateVerdict:
     score: np.ndarray  # float64: estimated Jaccard to the root, NaN elsewhere
     duplicate_of: np.ndarray  # object: the root's id where is_member, None elsewhere
     flood: np.ndarray  # bool: member or root of a cluster larger than the flood size
+    duplicate_of_shard: np.ndarray | None = None  # object: the root's shard, None elsewhere / unknown
+    duplicate_of_row: np.ndarray | None = None  # object: the root's row in its shard
 
 
 def verdict_table(
@@ -155,10 +157,15 @@ def verdict_table(
     flags: dict[str, np.ndarray] = {INVALID: ~valid}
     scores: dict[str, np.ndarray] = {}
     dup_of = np.full(n, None, dtype=object)
+    of_shard = np.full(n, None, dtype=object)
+    of_row = np.full(n, None, dtype=object)
     if duplicates is not None:
         flags[NEAR_DUPLICATE] = duplicates.is_member & valid
         flags[DUPLICATE_FLOOD] = duplicates.flood & valid
         dup_of = np.where(flags[NEAR_DUPLICATE], duplicates.duplicate_of, None)
+        if duplicates.duplicate_of_shard is not None:
+            of_shard = np.where(flags[NEAR_DUPLICATE], duplicates.duplicate_of_shard, None)
+            of_row = np.where(flags[NEAR_DUPLICATE], duplicates.duplicate_of_row, None)
         scores[f"{NEAR_DUPLICATE}_score"] = duplicates.score
     for name, s in detector_scores.items():
         scores[f"{name}_score"] = s
@@ -175,6 +182,8 @@ def verdict_table(
             "status": pa.array(status.tolist(), pa.string()),
             "reasons": reasons_column(flags, n),
             "duplicate_of": pa.array(dup_of.tolist(), pa.string()),
+            "duplicate_of_shard": pa.array(of_shard.tolist(), pa.string()),
+            "duplicate_of_row": pa.array(of_row.tolist(), pa.int64()),
             "label": batch.column("label"),
             "detail": batch.column("detail"),
             **{c: pa.array(scores.get(c, np.full(n, np.nan)), pa.float64(), from_pandas=True) for c in columns},

@@ -71,6 +71,8 @@ def quarantine_schema(score_columns: Sequence[str]) -> pa.Schema:
         pa.field("row", pa.int64(), nullable=False),
         pa.field("reasons", pa.list_(pa.string()), nullable=False),
         pa.field("duplicate_of", pa.string()),
+        pa.field("duplicate_of_shard", pa.string()),
+        pa.field("duplicate_of_row", pa.int64()),
         pa.field("label", pa.string()),
         pa.field("detail", pa.string()),
     ]
