@@ -201,6 +201,33 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="summarise a finished scan; --html writes a static page with plots",
+        description="Print a short summary of a finished scan (totals, rows per shard and reason, thresholds, "
+        "largest duplicate clusters) from OUT/report.json, OUT/manifest.json and the quarantine lists. With "
+        "--html, write one self-contained HTML page instead: counts, score histograms with thresholds, a 2-D "
+        "map of the embeddings, the top flagged samples with their text, duplicate clusters and mined triggers. "
+        "Exit 2 when OUT is not a finished scan's output folder.",
+    )
+    p.add_argument("out", metavar="OUT", help="the scan's output folder")
+    p.add_argument("--html", metavar="FILE", help="write the HTML report to FILE (PNG plots embedded)")
+    p.add_argument("--top", type=int, default=50, metavar="N", help="flagged samples listed in the page (default 50)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from shardguard import report_html
+
+    if args.html:
+        path = report_html.write_report(args.out, args.html, top=args.top)
+        print(f"wrote {path}")
+    else:
+        print(report_html.text_summary(args.out), end="")
+    return EXIT_OK
+
+
 def _apply_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "apply",
@@ -243,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _scan_parser(sub)
+    _report_parser(sub)
     _apply_parser(sub)
     return parser
 

@@ -1,0 +1,1040 @@
+"""Explore what a scan flagged: counts, samples with their text, score histograms,
+a 2-D map of the embeddings, duplicate clusters and mined triggers.
+
+Everything here reads only what ``shardguard scan`` wrote under OUT (``manifest.json``,
+``report.json``, ``quarantine/``, ``scores/`` and the work files in ``.work/``, which
+hold the texts and the embeddings). ``notebooks/explore_flagged.ipynb`` and
+``shardguard report`` are thin layers over it::
+
+    from shardguard.explore import ScanOutput
+    scan = ScanOutput.load("OUT")
+    scan.counts()                       # plain dicts
+    scan.flagged(reason="duplicate_flood", top=10)   # pyarrow Table with the text joined
+    scan.plot_score_histograms()        # matplotlib Figure
+    scan.duplicate_clusters(top=4)      # root and members, with their texts
+
+Tables are pyarrow Tables, figures are matplotlib Figures made without pyplot (no
+global state, no GUI backend; they render with Agg), HTML fragments are ``Html``
+strings with every piece of data escaped (texts are untrusted input) that Jupyter
+displays as HTML.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from shardguard.io.readers import UsageError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ScanOutput",
+    "ScanOutputError",
+    "ShardInfo",
+    "Sample",
+    "DuplicateCluster",
+    "Projection",
+    "Html",
+    "REASON_COLORS",
+    "primary_reason",
+    "figure_png",
+    "table_html",
+    "clusters_html",
+    "triggers_html",
+    "thresholds_html",
+    "STYLE",
+]
+
+# A row with several reasons is drawn in the colour of the first of these it has
+# (the most specific poisoning signal first); unknown reasons come after, by name.
+PRIMARY_ORDER = ("trigger", "duplicate_flood", "spectral", "outlier", "near_duplicate", "invalid")
+REASON_COLORS = {
+    "clean": "#c7c7c7",
+    "trigger": "#2ca02c",
+    "duplicate_flood": "#d62728",
+    "spectral": "#9467bd",
+    "outlier": "#ff7f0e",
+    "near_duplicate": "#1f77b4",
+    "invalid": "#7f7f7f",
+}
+_EXTRA_COLORS = ["#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39"]
+_MARKERS = ["o", "^", "s", "D", "v", "P", "X", "*"]
+
+
+class ScanOutputError(UsageError):
+    """OUT is not a finished scan's output folder (or a file in it is unreadable)."""
+
+
+class Html(str):
+    """An HTML fragment; Jupyter displays it as HTML, ``str()`` gives the markup."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:  # what a terminal shows instead of the markup
+        return f"<Html fragment, {len(self):,} characters>"
+
+
+def _reason_sort_key(reason: str) -> tuple[int, str]:
+    try:
+        return (PRIMARY_ORDER.index(reason), reason)
+    except ValueError:
+        return (len(PRIMARY_ORDER), reason)
+
+
+def primary_reason(reasons: Sequence[str] | None) -> str:
+    """The reason a row is coloured by: the first of ``PRIMARY_ORDER`` it has; 'clean' for none."""
+    if not reasons:
+        return "clean"
+    return min(reasons, key=_reason_sort_key)
+
+
+def reason_color(reason: str) -> str:
+    if reason in REASON_COLORS:
+        return REASON_COLORS[reason]
+    return _EXTRA_COLORS[sum(map(ord, reason)) % len(_EXTRA_COLORS)]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One scanned shard, as the manifest lists it."""
+
+    name: str
+    input: str
+    output: str  # quarantine list, relative to OUT
+    rows: int
+    clean: int
+    quarantined: int
+    invalid: int
+    reasons: dict[str, int]
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def _stem(self) -> str:
+        rel = self.output[len("quarantine/"):] if self.output.startswith("quarantine/") else self.output
+        return rel[: -len(".parquet")] if rel.endswith(".parquet") else rel
+
+    def quarantine_path(self, out: Path) -> Path:
+        return out / "quarantine" / (self._stem + ".parquet")
+
+    def scores_path(self, out: Path) -> Path:
+        return out / "scores" / (self._stem + ".parquet")
+
+    def work_path(self, out: Path) -> Path:
+        return out / ".work" / (self._stem + ".arrow")
+
+
+@dataclass
+class Sample:
+    """One row, with its text (None when invalid or when the work files are gone)."""
+
+    shard: str
+    id: str
+    row: int
+    label: str | None
+    text: str | None
+    reasons: list[str] = field(default_factory=list)
+    similarity: float | None = None  # near-duplicate score against the cluster root (members only)
+    detail: str | None = None
+
+
+@dataclass
+class DuplicateCluster:
+    """A near-duplicate cluster: the first occurrence in scan order and the rows that repeat it.
+
+    ``root`` is None when no row with ``root_id`` was found; ``root_ambiguous`` is True when
+    several shards hold a row with that id (``duplicate_of`` names an id, and ids are only
+    unique within a shard) and the root was picked as the last such row before the first member.
+    """
+
+    root_id: str
+    root: Sample | None
+    members: list[Sample]
+    flood: bool
+    root_ambiguous: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.members) + 1
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Label counts over the whole cluster (root included)."""
+        out: dict[str, int] = {}
+        rows = ([self.root] if self.root is not None else []) + self.members
+        for s in rows:
+            key = "(none)" if s.label is None else s.label
+            out[key] = out.get(key, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclass
+class Projection:
+    """Rows of a seeded sample mapped to 2-D by PCA."""
+
+    xy: np.ndarray  # (n, 2)
+    shard: list[str]
+    row: np.ndarray
+    id: list[str]
+    label: list[str | None]
+    reason: list[str]  # primary reason, or "clean"
+    explained_variance_ratio: tuple[float, float]
+    rows_total: int  # rows with an embedding in the whole scan
+    fitted_on: str  # "clean rows of the sample" or "the whole sample"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ScanOutputError(
+            f"{path} not found: {path.parent} is not the output folder of a finished `shardguard scan`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ScanOutputError(f"cannot read {path}: {exc}") from None
+
+
+class ScanOutput:
+    """A finished scan's OUT folder, loaded for exploration (nothing is written)."""
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        if not self.out_dir.is_dir():
+            raise ScanOutputError(f"{self.out_dir} is not a folder")
+        self.manifest = _read_json(self.out_dir / "manifest.json")
+        self.report = _read_json(self.out_dir / "report.json")
+        self.all_shards = [
+            ShardInfo(
+                name=s["name"],
+                input=s.get("input", ""),
+                output=s.get("output", ""),
+                rows=int(s.get("rows", 0)),
+                clean=int(s.get("clean", 0)),
+                quarantined=int(s.get("quarantined", 0)),
+                invalid=int(s.get("invalid", 0)),
+                reasons=dict(s.get("reasons", {})),
+                status=s.get("status", "?"),
+            )
+            for s in self.manifest.get("shards", [])
+        ]
+        self.shards = [s for s in self.all_shards if s.ok]
+        self._by_name = {s.name: s for s in self.shards}
+        self._cache: dict[tuple, Any] = {}
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "ScanOutput":
+        return cls(out_dir)
+
+    def __repr__(self) -> str:
+        t = self.report.get("totals", {})
+        return (f"ScanOutput({str(self.out_dir)!r}: {len(self.shards)} shards, {t.get('rows', 0):,} rows, "
+                f"{t.get('quarantined', 0):,} quarantined)")
+
+    # -- what is there ---------------------------------------------------------------------
+    @property
+    def failed(self) -> list[dict[str, str]]:
+        return [{"name": s.name, "error": s.status} for s in self.all_shards if not s.ok]
+
+    @property
+    def reasons(self) -> list[str]:
+        """Reasons that flagged at least one row, most specific first."""
+        return sorted(self.report.get("reasons", {}), key=_reason_sort_key)
+
+    @property
+    def detectors(self) -> list[str]:
+        """Detectors with a score column (``<name>_score``), in the order of the columns."""
+        for s in self.shards:
+            p = s.scores_path(self.out_dir)
+            if p.exists():
+                names = pq.read_schema(p).names
+                return [c[: -len("_score")] for c in names if c.endswith("_score")]
+        return [k for k in self.report.get("thresholds", {}) if k != "duplicate_flood"]
+
+    @property
+    def embedder(self) -> dict[str, Any]:
+        return dict(self.manifest.get("embedder") or {})
+
+    @property
+    def has_texts(self) -> bool:
+        return any(s.work_path(self.out_dir).exists() for s in self.shards)
+
+    @property
+    def has_embeddings(self) -> bool:
+        for s in self.shards:
+            p = s.work_path(self.out_dir)
+            if p.exists():
+                return "embedding" in ds.dataset(p, format="ipc").schema.names
+        return False
+
+    def threshold(self, detector: str) -> float | None:
+        """The threshold of a detector in the units of its score column (None if it has none)."""
+        info = self.report.get("thresholds", {}).get(detector)
+        if not isinstance(info, dict):
+            return None
+        for key in ("threshold", "jaccard"):
+            v = info.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                return float(v)
+        return None
+
+    def thresholds(self) -> dict[str, float | None]:
+        return {d: self.threshold(d) for d in self.detectors}
+
+    def triggers(self) -> list[dict[str, Any]] | None:
+        """Mined triggers from report.json; None when this scan has no trigger miner's output."""
+        t = self.report.get("triggers")
+        if t is None:
+            return None
+        return [dict(x) if isinstance(x, dict) else {"trigger": x} for x in t]
+
+    # -- counts ----------------------------------------------------------------------------
+    def counts(self) -> dict[str, Any]:
+        """``{"totals": {...}, "reasons": {reason: rows}, "shards": {name: {rows, clean, ..., reasons}}}``."""
+        return {
+            "totals": dict(self.report.get("totals", {})),
+            "reasons": {r: self.report["reasons"][r] for r in self.reasons},
+            "shards": {
+                s.name: {"rows": s.rows, "clean": s.clean, "quarantined": s.quarantined, "invalid": s.invalid,
+                         "reasons": dict(s.reasons), "status": s.status}
+                for s in self.all_shards
+            },
+        }
+
+    def counts_table(self) -> pa.Table:
+        """One row per shard (and a final ``total`` row): rows, clean, quarantined, one column per reason."""
+        reasons = self.reasons
+        cols: dict[str, list] = {k: [] for k in ["shard", "rows", "clean", "quarantined", *reasons, "status"]}
+        for s in self.all_shards:
+            for k, v in (("shard", s.name), ("rows", s.rows), ("clean", s.clean), ("quarantined", s.quarantined),
+                         ("status", s.status)):
+                cols[k].append(v)
+            for r in reasons:
+                cols[r].append(int(s.reasons.get(r, 0)))
+        tot = self.report.get("totals", {})
+        cols["shard"].append("total")
+        for k in ("rows", "clean", "quarantined"):
+            cols[k].append(int(tot.get(k, 0)))
+        for r in reasons:
+            cols[r].append(int(self.report["reasons"].get(r, 0)))
+        cols["status"].append("ok" if not self.failed else f"{len(self.failed)} failed")
+        return pa.table({k: pa.array(v, pa.string() if k in ("shard", "status") else pa.int64())
+                         for k, v in cols.items()})
+
+    # -- tables ----------------------------------------------------------------------------
+    def _shard_list(self, shard: str | Iterable[str] | None) -> list[ShardInfo]:
+        if shard is None:
+            return list(self.shards)
+        names = [shard] if isinstance(shard, str) else list(shard)
+        unknown = [n for n in names if n not in self._by_name]
+        if unknown:
+            raise KeyError(f"no scanned shard named {unknown[0]!r}; shards: {', '.join(self._by_name)}")
+        return [self._by_name[n] for n in names]
+
+    def _read_parquet(self, path: Path, columns: list[str] | None = None) -> pa.Table | None:
+        if not path.exists():
+            return None
+        t = pq.read_table(path)
+        if columns is not None:
+            t = t.select([c for c in columns if c in t.column_names])
+        return t
+
+    def quarantine(self, shard: str | Iterable[str] | None = None, with_text: bool = False) -> pa.Table:
+        """The quarantine lists of ``shard`` (default: all), with a leading ``shard`` column."""
+        key = ("quarantine", None if shard is None else tuple([shard] if isinstance(shard, str) else shard))
+        if key not in self._cache:
+            parts = []
+            for s in self._shard_list(shard):
+                t = self._read_parquet(s.quarantine_path(self.out_dir))
+                if t is None:
+                    continue
+                parts.append(t.add_column(0, "shard", pa.array([s.name] * t.num_rows, pa.string())))
+            self._cache[key] = _concat(parts, _empty_quarantine(self.detectors))
+        t = self._cache[key]
+        return self._join_text(t) if with_text else t
+
+    def scores(self, shard: str | Iterable[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+        """Every row's status and scores (``scores/<shard>.parquet``), with a leading ``shard`` column."""
+        parts = []
+        for s in self._shard_list(shard):
+            t = self._read_parquet(s.scores_path(self.out_dir), columns)
+            if t is None:
+                continue
+            parts.append(t.add_column(0, "shard", pa.array([s.name] * t.num_rows, pa.string())))
+        empty = pa.table({"shard": pa.array([], pa.string()), "id": pa.array([], pa.string()),
+                          "row": pa.array([], pa.int64()), "status": pa.array([], pa.string())})
+        return _concat(parts, empty)
+
+    def texts(self, shard: str, rows: Sequence[int] | np.ndarray | None = None) -> pa.Table:
+        """``row, id, text, label, detail`` from the shard's work file (all rows, or those in ``rows``).
+
+        Raises ScanOutputError when the work file is gone (deleted after the scan)."""
+        s = self._shard_list(shard)[0]
+        p = s.work_path(self.out_dir)
+        if not p.exists():
+            raise ScanOutputError(f"{p} not found: the texts of {s.name} are only in the scan's work files")
+        d = ds.dataset(p, format="ipc")
+        flt = None if rows is None else pc.field("row").isin(pa.array(np.asarray(rows, np.int64)))
+        return d.to_table(columns=["row", "id", "text", "label", "detail"], filter=flt)
+
+    def _join_text(self, t: pa.Table) -> pa.Table:
+        """Add a ``text`` column (from the work files) to a table with ``shard`` and ``row``."""
+        text = np.full(t.num_rows, None, dtype=object)
+        if t.num_rows:
+            shards = t.column("shard").to_numpy(zero_copy_only=False)
+            rows = t.column("row").to_numpy()
+            for name in dict.fromkeys(shards.tolist()):
+                idx = np.flatnonzero(shards == name)
+                try:
+                    w = self.texts(name, rows[idx])
+                except ScanOutputError:
+                    continue
+                lookup = dict(zip(w.column("row").to_pylist(), w.column("text").to_pylist()))
+                text[idx] = [lookup.get(r) for r in rows[idx].tolist()]
+        return t.append_column("text", pa.array(text.tolist(), pa.string()))
+
+    def flagged(self, reason: str | None = None, shard: str | Iterable[str] | None = None, top: int | None = 20,
+                sort_by: str | None = None, with_text: bool = True) -> pa.Table:
+        """The top flagged rows with their text.
+
+        ``reason`` keeps rows flagged for it; ``shard`` one shard (or several). Order: by
+        ``sort_by`` (a column, descending) when given; else, for a detector's reason, by its
+        score (descending); else by the number of reasons, then by how far the row's largest
+        score is past its detector's threshold (score / threshold). Ties keep scan order.
+        Columns: shard, id, row, label, reasons, duplicate_of, detail, the score columns and
+        ``text`` (null for invalid rows).
+        """
+        t = self.quarantine(shard)
+        if reason is not None:
+            t = t.filter(pa.array(_has_reason(t.column("reasons"), reason)))
+        if t.num_rows:
+            order = self._rank(t, reason, sort_by)
+            if top is not None:
+                order = order[: max(int(top), 0)]
+            t = t.take(pa.array(order, pa.int64()))
+        elif top is not None:
+            t = t.slice(0, 0)
+        if with_text:
+            t = self._join_text(t)
+        return t
+
+    def _rank(self, t: pa.Table, reason: str | None, sort_by: str | None) -> np.ndarray:
+        n = t.num_rows
+        scan_pos = np.arange(n)
+        if sort_by is not None:
+            if sort_by not in t.column_names:
+                raise KeyError(f"no column {sort_by!r}; columns: {', '.join(t.column_names)}")
+            v = pc.fill_null(t.column(sort_by).cast(pa.float64()), float("-inf")).to_numpy()
+            v = np.where(np.isnan(v), -np.inf, v)
+            return np.lexsort((scan_pos, -v))
+        if reason is not None and f"{reason}_score" in t.column_names:
+            v = _floats(t.column(f"{reason}_score"))
+            v = np.where(np.isnan(v), -np.inf, v)
+            return np.lexsort((scan_pos, -v))
+        n_reasons = pc.list_value_length(t.column("reasons")).to_numpy(zero_copy_only=False).astype(float)
+        margin = np.full(n, -np.inf)
+        for det, thr in self.thresholds().items():
+            col = f"{det}_score"
+            if col not in t.column_names or thr is None or thr <= 0:
+                continue
+            v = _floats(t.column(col)) / thr
+            margin = np.fmax(margin, np.where(np.isnan(v), -np.inf, v))
+        return np.lexsort((scan_pos, -margin, -n_reasons))
+
+    # -- duplicate clusters --------------------------------------------------------------------
+    def duplicate_clusters(self, top: int | None = 5) -> list[DuplicateCluster]:
+        """The largest near-duplicate clusters, rebuilt from the quarantine lists.
+
+        Every member has ``duplicate_of`` = its root's id. The root is the first occurrence in
+        scan order: clean for an ordinary cluster, quarantined as ``duplicate_flood`` (without
+        ``duplicate_of``) when the cluster is a flood. Largest first; ties by root id.
+        """
+        q = self.quarantine()
+        if q.num_rows == 0 or "duplicate_of" not in q.column_names:
+            return []
+        m = q.filter(pc.is_valid(q.column("duplicate_of")))
+        if m.num_rows == 0:
+            return []
+        dup_of = m.column("duplicate_of").to_pylist()
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(dup_of):
+            groups.setdefault(r, []).append(i)
+        ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        if top is not None:
+            ranked = ranked[: max(int(top), 0)]
+        if not ranked:
+            return []
+        order = {s.name: k for k, s in enumerate(self.shards)}
+        member_keys = set(zip(m.column("shard").to_pylist(), m.column("row").to_pylist()))
+
+        # Root candidates: rows whose id is a chosen root id and which are not members themselves.
+        root_ids = [k for k, _ in ranked]
+        cand: dict[str, list[tuple[int, int, str]]] = {}
+        sc = self.scores(columns=["id", "row"])
+        if sc.num_rows:
+            hit = sc.filter(pc.is_in(sc.column("id"), pa.array(root_ids, pa.string())))
+            for sh, rid, row in zip(hit.column("shard").to_pylist(), hit.column("id").to_pylist(),
+                                    hit.column("row").to_pylist()):
+                if (sh, row) not in member_keys:
+                    cand.setdefault(rid, []).append((order[sh], row, sh))
+
+        members_tbl = m
+        texts = self._join_text(members_tbl).column("text").to_pylist()
+        cols = {c: members_tbl.column(c).to_pylist() for c in ("shard", "id", "row", "label", "reasons")}
+        sims = (members_tbl.column("near_duplicate_score").to_pylist()
+                if "near_duplicate_score" in members_tbl.column_names else [None] * members_tbl.num_rows)
+
+        chosen: dict[str, tuple[str, int, bool] | None] = {}
+        for rid, idx in ranked:
+            first = min((order[cols["shard"][i]], cols["row"][i]) for i in idx)
+            options = sorted(c for c in cand.get(rid, []) if (c[0], c[1]) < first)
+            if not options:
+                options = sorted(cand.get(rid, []))
+            chosen[rid] = None if not options else (options[-1][2], options[-1][1], len(options) > 1)
+
+        # Root rows' text, label and reasons, read per shard.
+        root_rows: dict[tuple[str, int], Sample] = {}
+        by_shard: dict[str, list[int]] = {}
+        for c in chosen.values():
+            if c is not None:
+                by_shard.setdefault(c[0], []).append(c[1])
+        qkeys = {(sh, row): rs for sh, row, rs in zip(q.column("shard").to_pylist(), q.column("row").to_pylist(),
+                                                       q.column("reasons").to_pylist())}
+        for sh, rows in by_shard.items():
+            try:
+                w = self.texts(sh, rows)
+                recs = w.to_pylist()
+            except ScanOutputError:
+                s = self.scores(sh, columns=["id", "row", "label"])
+                s = s.filter(pc.is_in(s.column("row"), pa.array(rows, pa.int64())))
+                recs = [dict(r, text=None, detail=None) for r in s.to_pylist()]
+            for r in recs:
+                root_rows[(sh, r["row"])] = Sample(sh, r["id"], r["row"], r["label"], r.get("text"),
+                                                   list(qkeys.get((sh, r["row"]), []) or []), None, r.get("detail"))
+
+        out = []
+        for rid, idx in ranked:
+            idx = sorted(idx, key=lambda i: (order[cols["shard"][i]], cols["row"][i]))
+            members = [Sample(cols["shard"][i], cols["id"][i], cols["row"][i], cols["label"][i], texts[i],
+                              list(cols["reasons"][i] or []), sims[i]) for i in idx]
+            c = chosen[rid]
+            root = None if c is None else root_rows.get((c[0], c[1]))
+            flood = any("duplicate_flood" in s.reasons for s in members)
+            out.append(DuplicateCluster(rid, root, members, flood, bool(c and c[2])))
+        return out
+
+    # -- embeddings ------------------------------------------------------------------------------
+    def projection(self, max_rows: int = 5000, seed: int = 0) -> Projection:
+        """PCA to 2-D of a seeded sample of at most ``max_rows`` rows that have an embedding.
+
+        Every flagged row is in the sample (a seeded subset of them if they alone exceed
+        ``max_rows``); clean rows fill the rest. PCA is fitted on the sample's clean rows (so
+        that a large flood does not claim a component for itself) and applied to all of it.
+        """
+        from sklearn.decomposition import PCA
+        from threadpoolctl import threadpool_limits
+
+        if not self.has_embeddings:
+            raise ScanOutputError("this scan has no embeddings (embedder 'none', or the .work folder was removed)")
+        q = self.quarantine()
+        qreasons = {(sh, row): rs for sh, row, rs in zip(q.column("shard").to_pylist(), q.column("row").to_pylist(),
+                                                          q.column("reasons").to_pylist())}
+        shards, rows, flagged = [], [], []
+        for s in self.shards:
+            p = s.work_path(self.out_dir)
+            if not p.exists():
+                continue
+            w = ds.dataset(p, format="ipc").to_table(columns=["row", "detail"])
+            r = w.filter(pc.is_null(w.column("detail"))).column("row").to_numpy()
+            shards.append(np.full(r.size, self.shards.index(s), np.int32))
+            rows.append(r)
+            qrows = q.filter(pc.equal(q.column("shard"), s.name)).column("row").to_numpy()
+            flagged.append(np.isin(r, qrows))
+        if not rows:
+            raise ScanOutputError("no rows with an embedding")
+        sh_all, row_all, fl_all = np.concatenate(shards), np.concatenate(rows), np.concatenate(flagged)
+        rng = np.random.default_rng(seed)
+        fl_idx, cl_idx = np.flatnonzero(fl_all), np.flatnonzero(~fl_all)
+        if fl_idx.size > max_rows:
+            fl_idx = np.sort(rng.choice(fl_idx, max_rows, replace=False))
+        k = min(cl_idx.size, max(max_rows - fl_idx.size, 0))
+        cl_idx = np.sort(rng.choice(cl_idx, k, replace=False)) if k < cl_idx.size else cl_idx
+        pick = np.sort(np.concatenate([fl_idx, cl_idx]))
+
+        X_parts, sh_out, row_out, id_out, label_out = [], [], [], [], []
+        for k_shard in np.unique(sh_all[pick]).tolist():
+            s = self.shards[k_shard]
+            want = row_all[pick][sh_all[pick] == k_shard]
+            t = ds.dataset(s.work_path(self.out_dir), format="ipc").to_table(
+                columns=["row", "id", "label", "embedding"], filter=pc.field("row").isin(pa.array(want)))
+            dim = t.schema.field("embedding").type.list_size
+            emb = t.column("embedding").combine_chunks()
+            X_parts.append(emb.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32))
+            sh_out += [s.name] * t.num_rows
+            row_out.append(t.column("row").to_numpy())
+            id_out += t.column("id").to_pylist()
+            label_out += t.column("label").to_pylist()
+        X = np.concatenate(X_parts)
+        rows_np = np.concatenate(row_out)
+        reason = [primary_reason(qreasons.get((sh, r))) for sh, r in zip(sh_out, rows_np.tolist())]
+        clean = np.array([x == "clean" for x in reason])
+        fit_on, fitted_on = (X[clean], "clean rows of the sample") if clean.sum() >= 3 else (X, "the whole sample")
+        n_comp = 2 if min(fit_on.shape) >= 2 else 1
+        # A few thousand rows: one BLAS thread is as fast, and immune to oversubscription on a busy machine.
+        with threadpool_limits(limits=1, user_api="blas"):
+            pca = PCA(n_components=n_comp, random_state=seed).fit(fit_on)
+            xy = pca.transform(X)
+        if n_comp == 1:
+            xy = np.column_stack([xy[:, 0], np.zeros(len(xy))])
+        evr = tuple(float(v) for v in pca.explained_variance_ratio_) + (0.0,) * (2 - n_comp)
+        return Projection(xy, sh_out, rows_np, id_out, label_out, reason, evr[:2], int(row_all.size), fitted_on)
+
+    # -- figures ---------------------------------------------------------------------------------
+    def plot_counts(self, max_shards: int = 20) -> "Figure":
+        """Rows per reason (left) and a shard x reason table of counts (right; the shards with
+        the most quarantined rows, at most ``max_shards``)."""
+        fig = _figure(11, max(3.0, 1.2 + 0.32 * min(len(self.all_shards) + 1, max_shards + 1)))
+        reasons = self.reasons
+        ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+        counts = [self.report["reasons"][r] for r in reasons]
+        tot = self.report.get("totals", {})
+        if reasons:
+            y = np.arange(len(reasons))[::-1]
+            ax1.barh(y, counts, color=[reason_color(r) for r in reasons])
+            ax1.set_yticks(y, reasons)
+            for yi, c in zip(y, counts):
+                ax1.text(c, yi, f" {c:,}", va="center", fontsize=9)
+            ax1.set_xlim(0, max(counts) * 1.25)
+        else:
+            ax1.text(0.5, 0.5, "nothing flagged", ha="center", va="center", transform=ax1.transAxes)
+            ax1.set_yticks([])
+        ax1.set_xlabel("rows (a row can have several reasons)")
+        ax1.set_title(f"{tot.get('quarantined', 0):,} of {tot.get('rows', 0):,} rows quarantined", fontsize=11)
+        shards = sorted(self.all_shards, key=lambda s: (-s.quarantined, s.name))
+        rest = shards[max_shards:]
+        shards = shards[:max_shards]
+        labels = [s.name if s.ok else f"{s.name} (FAILED)" for s in shards]
+        mat = np.array([[s.reasons.get(r, 0) for r in reasons] + [s.quarantined, s.rows] for s in shards], float)
+        if rest:
+            labels.append(f"{len(rest)} other shards")
+            mat = np.vstack([mat, [[sum(s.reasons.get(r, 0) for s in rest) for r in reasons]
+                                   + [sum(s.quarantined for s in rest), sum(s.rows for s in rest)]]])
+        cols = [*reasons, "quarantined", "rows"]
+        if mat.size:
+            share = mat / np.maximum(mat[:, -1:], 1)
+            share[:, -1] = 0
+            ax2.imshow(share, aspect="auto", cmap="Reds", vmin=0, vmax=max(0.05, float(share[:, :-1].max())))
+            for i in range(mat.shape[0]):
+                for j in range(mat.shape[1]):
+                    dark = j < len(reasons) + 1 and share[i, j] > 0.6 * max(0.05, float(share[:, :-1].max()))
+                    ax2.text(j, i, f"{int(mat[i, j]):,}", ha="center", va="center", fontsize=8,
+                             color="white" if dark else "black")
+            ax2.set_yticks(range(len(labels)), labels, fontsize=8)
+            ax2.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+        ax2.set_title("rows per shard and reason (shade: share of the shard)", fontsize=11)
+        fig.tight_layout()
+        return fig
+
+    def plot_score_histograms(self, bins: int = 50) -> "Figure":
+        """One histogram per detector score over every scored row, clean and quarantined rows
+        stacked, the threshold drawn; counts on a log scale, and scores too when they span
+        more than three orders of magnitude."""
+        dets = self.detectors
+        sc = self.scores(columns=["status", *[f"{d}_score" for d in dets]])
+        dets = [d for d in dets if f"{d}_score" in sc.column_names
+                and np.isfinite(_floats(sc.column(f"{d}_score"))).any()]
+        ncols = min(max(len(dets), 1), 3)
+        nrows = max(1, math.ceil(len(dets) / ncols))
+        fig = _figure(4.2 * ncols, 3.3 * nrows)
+        if not dets:
+            ax = fig.subplots()
+            ax.text(0.5, 0.5, "no detector scores in this scan", ha="center", va="center")
+            ax.set_axis_off()
+            return fig
+        axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+        status = np.asarray(sc.column("status").to_pylist(), dtype=object)
+        for ax, det in zip(axes, dets):
+            v = _floats(sc.column(f"{det}_score"))
+            ok = np.isfinite(v)
+            thr = self.threshold(det)
+            vals, st = v[ok], status[ok]
+            pos = vals[vals > 0]
+            logx = pos.size > 0 and vals.min() >= 0 and pos.max() / pos.min() > 1e3
+            note = ""
+            if logx:
+                lo = max(pos.min(), pos.max() / 1e8)
+                n_low = int((vals < lo).sum())
+                vals = np.maximum(vals, lo)
+                edges = np.geomspace(lo, pos.max() * 1.0001, bins + 1)
+                if thr is not None and thr > 0:
+                    edges = np.geomspace(min(lo, thr), max(pos.max(), thr) * 1.0001, bins + 1)
+                ax.set_xscale("log")
+                if n_low:
+                    note = f"{n_low:,} scores below {lo:.1e} in the first bin"
+            else:
+                hi, lo = float(vals.max()), float(vals.min())
+                if thr is not None:
+                    lo, hi = min(lo, thr), max(hi, thr)
+                edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+            groups = [vals[st == "clean"], vals[st != "clean"]]
+            ax.hist(groups, bins=edges, stacked=True, color=[REASON_COLORS["clean"], reason_color(det)],
+                    label=[f"clean ({groups[0].size:,})", f"quarantined ({groups[1].size:,})"])
+            ax.set_yscale("log")
+            if thr is not None:
+                ax.axvline(thr, color="black", linestyle="--", linewidth=1.2, label=f"threshold {thr:.4g}")
+            ax.set_title(f"{det}_score  ({ok.sum():,} rows)", fontsize=10)
+            ax.set_xlabel(note or ("score (log)" if logx else "score"), fontsize=8)
+            ax.set_ylabel("rows (log)", fontsize=8)
+            ax.legend(fontsize=7, loc="upper center" if det == "near_duplicate" else "upper right")
+        for ax in axes[len(dets):]:
+            ax.set_axis_off()
+        fig.tight_layout()
+        return fig
+
+    def plot_projection(self, max_rows: int = 5000, seed: int = 0, projection: Projection | None = None) -> "Figure":
+        """The 2-D PCA map of ``projection()``: colour = a row's primary reason (clean in grey),
+        marker = its label."""
+        fig = _figure(9.5, 6.2)
+        ax = fig.subplots()
+        try:
+            p = projection or self.projection(max_rows, seed)
+        except ScanOutputError as exc:
+            ax.text(0.5, 0.5, str(exc), ha="center", va="center", wrap=True)
+            ax.set_axis_off()
+            return fig
+        labels = ["(no label)" if x is None else str(x) for x in p.label]
+        by_count: dict[str, int] = {}
+        for x in labels:
+            by_count[x] = by_count.get(x, 0) + 1
+        top_labels = sorted(by_count, key=lambda x: (-by_count[x], x))[: len(_MARKERS) - 1]
+        marker_of = {x: _MARKERS[i] for i, x in enumerate(top_labels)}
+        lab = np.array([x if x in marker_of else "other labels" for x in labels], dtype=object)
+        if (lab == "other labels").any():
+            marker_of["other labels"] = _MARKERS[-1]
+        reason = np.array(p.reason, dtype=object)
+        order = ["clean", *sorted({r for r in p.reason if r != "clean"}, key=_reason_sort_key, reverse=True)]
+        from matplotlib.lines import Line2D
+
+        for r in order:
+            for lb, mk in marker_of.items():
+                sel = (reason == r) & (lab == lb)
+                if not sel.any():
+                    continue
+                clean = r == "clean"
+                ax.scatter(p.xy[sel, 0], p.xy[sel, 1], s=10 if clean else 26, marker=mk, c=reason_color(r),
+                           alpha=0.45 if clean else 0.85, linewidths=0.3 if not clean else 0,
+                           edgecolors="black" if not clean else "none", zorder=1 if clean else 3)
+        counts = {r: int((reason == r).sum()) for r in order}
+        h1 = [Line2D([], [], linestyle="", marker="o", color=reason_color(r), label=f"{r} ({counts[r]:,})")
+              for r in reversed(order)]
+        h2 = [Line2D([], [], linestyle="", marker=mk, color="#444444", label=lb) for lb, mk in marker_of.items()]
+        fig.subplots_adjust(left=0.09, right=0.72, top=0.88, bottom=0.09)
+        fig.legend(handles=h1, title="reason (colour)", fontsize=8, title_fontsize=8, loc="upper left",
+                   bbox_to_anchor=(0.735, 0.88), frameon=False)
+        fig.legend(handles=h2, title="label (marker)", fontsize=8, title_fontsize=8, loc="lower left",
+                   bbox_to_anchor=(0.735, 0.09), frameon=False)
+        ev = p.explained_variance_ratio
+        ax.set_xlabel(f"PC1 ({ev[0]:.1%} of the variance of {p.fitted_on})", fontsize=9)
+        ax.set_ylabel(f"PC2 ({ev[1]:.1%})", fontsize=9)
+        model = self.embedder.get("model") or self.embedder.get("kind") or "?"
+        ax.set_title(f"PCA of {len(p.id):,} of {p.rows_total:,} embedded rows (all flagged included)\n"
+                     f"embedder: {_shorten(str(model), 70)}", fontsize=10)
+        return fig
+
+    # -- text ------------------------------------------------------------------------------------
+    def summary(self, clusters: int = 3) -> str:
+        """A short plain-text summary: totals, reasons, shards, thresholds, largest clusters, triggers."""
+        tot = self.report.get("totals", {})
+        rows = int(tot.get("rows", 0))
+        q = int(tot.get("quarantined", 0))
+        lines = [
+            f"shardguard scan in {self.out_dir} (shardguard {self.manifest.get('version', '?')}, "
+            f"embedder {self.embedder.get('kind', 'none')})",
+            f"{tot.get('shards', len(self.all_shards)):,} shards, {rows:,} rows: {tot.get('clean', 0):,} clean, "
+            f"{q:,} quarantined ({q / max(rows, 1):.1%}), {tot.get('invalid', 0):,} invalid"
+            + (f"; {self.report['wall_s']:.1f} s" if isinstance(self.report.get("wall_s"), (int, float)) else ""),
+            "",
+        ]
+        ct = self.counts_table().to_pylist()
+        head = ["shard", "rows", "clean", "quarantined", *self.reasons, "status"]
+        cells = [[str(r[h]) if not isinstance(r[h], int) else f"{r[h]:,}" for h in head] for r in ct]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+
+        def fmt(vals: list[str]) -> str:
+            return "  ".join(v.ljust(w) if i in (0, len(head) - 1) else v.rjust(w)
+                             for i, (v, w) in enumerate(zip(vals, widths))).rstrip()
+
+        lines += [fmt(head), *(fmt(c) for c in cells), ""]
+        thr = []
+        for name, info in self.report.get("thresholds", {}).items():
+            if not isinstance(info, dict):
+                continue
+            if name == "duplicate_flood":
+                thr.append(f"duplicate_flood: cluster size > {info.get('cluster_size_over')}")
+            elif name == "near_duplicate":
+                thr.append(f"near_duplicate: Jaccard >= {info.get('jaccard')} ({info.get('ngram')}-gram shingles, "
+                           f"{info.get('num_perm')} permutations)")
+            else:
+                t = self.threshold(name)
+                z = info.get("threshold_z")
+                thr.append(f"{name}: score > {t:.4g}" if t is not None else f"{name}: (no threshold)")
+                if z is not None:
+                    thr[-1] += f" (z = {z})"
+        if thr:
+            lines += ["thresholds:", *(f"  {x}" for x in thr), ""]
+        if clusters:
+            cl = self.duplicate_clusters(top=clusters)
+            if cl:
+                lines.append("largest duplicate clusters:")
+                for c in cl:
+                    where = f"{c.root.shard}:{c.root.row}" if c.root else "root not found"
+                    text = c.root.text if c.root and c.root.text is not None else (c.members[0].text or "")
+                    lab = ", ".join(f"{k} x{v}" for k, v in c.labels.items())
+                    lines.append(f"  {c.size:>5,} rows{' (flood)' if c.flood else ''}  root {c.root_id} ({where}); "
+                                 f"labels {lab}")
+                    lines.append(f"         {_shorten(_oneline(text), 100)!r}")
+                lines.append("")
+        trig = self.triggers()
+        if trig is not None:
+            lines.append(f"mined triggers: {len(trig)}")
+            for t in trig[:10]:
+                lines.append("  " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in t.items()))
+            lines.append("")
+        if self.failed:
+            lines.append("failed shards:")
+            lines += [f"  {f['name']}: {f['error']}" for f in self.failed]
+            lines.append("")
+        return "\n".join(lines).rstrip() + "\n"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _floats(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return pc.fill_null(col.cast(pa.float64()), float("nan")).to_numpy(zero_copy_only=False).astype(float)
+
+
+def _has_reason(col: pa.ChunkedArray | pa.Array, reason: str) -> np.ndarray:
+    """Rows of a list<string> column that contain ``reason``."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    hit = np.zeros(len(col), bool)
+    if len(col):
+        flat = pc.list_flatten(col)
+        parents = pc.list_parent_indices(col).to_numpy()
+        eq = pc.fill_null(pc.equal(flat, reason), False).to_numpy(zero_copy_only=False)
+        hit[parents[eq]] = True
+    return hit
+
+
+def _concat(parts: list[pa.Table], empty: pa.Table) -> pa.Table:
+    if not parts:
+        return empty
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def _empty_quarantine(detectors: list[str]) -> pa.Table:
+    fields = [("shard", pa.string()), ("id", pa.string()), ("row", pa.int64()), ("reasons", pa.list_(pa.string())),
+              ("duplicate_of", pa.string()), ("label", pa.string()), ("detail", pa.string())]
+    fields += [(f"{d}_score", pa.float64()) for d in detectors]
+    return pa.schema(fields).empty_table()
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100)
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A Figure as PNG bytes (Agg; no GUI backend involved)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _oneline(s: str) -> str:
+    return " ".join(s.split())
+
+
+def _shorten(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "\u2026"
+
+
+def _fmt_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt_value(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+# -- HTML fragments (all data escaped) ----------------------------------------------------------
+STYLE = """
+.sg table{border-collapse:collapse;font-size:13px;margin:6px 0}
+.sg th,.sg td{border:1px solid #ddd;padding:3px 7px;vertical-align:top;text-align:left}
+.sg th{background:#f3f3f3}
+.sg td.num{text-align:right;font-variant-numeric:tabular-nums}
+.sg td.text{max-width:46em;white-space:pre-wrap;word-break:break-word}
+.sg td.nw{white-space:nowrap}
+.sg .reason{display:inline-block;border-radius:3px;padding:0 5px;margin:1px;color:#fff;font-size:11px}
+.sg .clusters{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;padding-bottom:6px}
+.sg .cluster{flex:0 0 330px;border:1px solid #ccc;border-radius:6px;padding:8px;background:#fafafa;font-size:12px}
+.sg .cluster h4{margin:0 0 6px 0;font-size:13px}
+.sg .root{border-left:4px solid #333;background:#fff;padding:4px 6px;margin-bottom:6px}
+.sg .member{border-left:4px solid #bbb;background:#fff;padding:4px 6px;margin:4px 0}
+.sg .meta{color:#666;font-size:11px}
+.sg .t{white-space:pre-wrap;word-break:break-word}
+.sg mark{background:#ffe066;padding:0}
+.sg del{color:#c00;text-decoration:line-through}
+.sg .note{color:#666;font-style:italic}
+"""
+
+
+def _wrap(body: str, style: bool) -> Html:
+    return Html((f"<style>{STYLE}</style>" if style else "") + f'<div class="sg">{body}</div>')
+
+
+def _reason_badges(reasons: Sequence[str] | None) -> str:
+    return "".join(f'<span class="reason" style="background:{reason_color(r)}">{html.escape(r)}</span>'
+                   for r in sorted(reasons or [], key=_reason_sort_key))
+
+
+def table_html(table: pa.Table, max_chars: int = 300, max_rows: int | None = 200, style: bool = True) -> Html:
+    """An escaped HTML table of a pyarrow Table (texts cut at ``max_chars``; reasons as badges)."""
+    if max_rows is not None and table.num_rows > max_rows:
+        table = table.slice(0, max_rows)
+    names = table.column_names
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    data = table.to_pydict()
+    body = []
+    for i in range(table.num_rows):
+        tds = []
+        for n in names:
+            v = data[n][i]
+            if n == "reasons" and isinstance(v, list):
+                tds.append(f"<td>{_reason_badges(v)}</td>")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                tds.append(f'<td class="num">{html.escape(_fmt_value(v) if isinstance(v, float) else f"{v:,}")}</td>')
+            elif n == "text" and v is None:
+                tds.append('<td class="text note">(no text)</td>')
+            else:
+                s = _fmt_value(v)
+                cls = ' class="text"' if n in ("text", "detail") else ' class="nw"' if len(s) <= 40 else ""
+                tds.append(f"<td{cls}>{html.escape(_shorten(s, max_chars))}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    if not body:
+        return _wrap('<p class="note">(no rows)</p>', style)
+    return _wrap(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>", style)
+
+
+def _diff_html(root: str, text: str) -> str:
+    """``text`` with what differs from ``root`` marked: changed or inserted characters
+    highlighted, deleted ones struck through. Every piece is escaped."""
+    sm = difflib.SequenceMatcher(None, root, text, autojunk=False)
+    out = []
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op == "equal":
+            out.append(html.escape(text[j1:j2]))
+        else:
+            if op == "delete":
+                out.append(f"<del>{html.escape(root[i1:i2])}</del>")
+            if j2 > j1:
+                out.append(f"<mark>{html.escape(text[j1:j2])}</mark>")
+    return "".join(out)
+
+
+def clusters_html(clusters: Sequence[DuplicateCluster], max_members: int = 6, max_chars: int = 400,
+                  style: bool = True) -> Html:
+    """The clusters side by side: each card shows the root's text and its first members, with
+    what a member changes against the root highlighted."""
+    if not clusters:
+        return _wrap('<p class="note">No near-duplicate clusters in this scan.</p>', style)
+    cards = []
+    for c in clusters:
+        labels = ", ".join(f"{html.escape(k)} &times;{v:,}" for k, v in c.labels.items())
+        head = (f"<h4>{c.size:,} rows{' &middot; flood' if c.flood else ''}</h4>"
+                f'<div class="meta">labels: {labels}</div>')
+        if c.root is not None:
+            rt = c.root.text
+            root_text = (html.escape(_shorten(rt, max_chars)) if rt is not None
+                         else '<span class="note">(no text)</span>')
+            amb = " &middot; id not unique across shards: root chosen by scan order" if c.root_ambiguous else ""
+            root_html = (f'<div class="root"><div class="meta">root {html.escape(c.root.id)} &middot; '
+                         f"{html.escape(c.root.shard)}:{c.root.row} &middot; label {html.escape(str(c.root.label))}"
+                         f" {_reason_badges(c.root.reasons) or '(clean)'}{amb}</div>"
+                         f'<div class="t">{root_text}</div></div>')
+            base = _shorten(rt or "", max_chars)
+        else:
+            root_html = (f'<div class="root"><div class="meta">root {html.escape(c.root_id)}: not found in the '
+                         f"scores</div></div>")
+            base = None
+        mem = []
+        for s in c.members[:max_members]:
+            t = _shorten(s.text, max_chars) if s.text is not None else None
+            if t is None:
+                body = '<span class="note">(no text)</span>'
+            elif base is not None:
+                body = _diff_html(base, t)
+            else:
+                body = html.escape(t)
+            sim = f" &middot; similarity {s.similarity:.2f}" if s.similarity is not None else ""
+            mem.append(f'<div class="member"><div class="meta">{html.escape(s.id)} &middot; '
+                       f"{html.escape(s.shard)}:{s.row} &middot; label {html.escape(str(s.label))}{sim}</div>"
+                       f'<div class="t">{body}</div></div>')
+        more = len(c.members) - max_members
+        if more > 0:
+            mem.append(f'<div class="meta">&hellip; and {more:,} more members</div>')
+        cards.append(f'<div class="cluster">{head}{root_html}{"".join(mem)}</div>')
+    return _wrap(f'<div class="clusters">{"".join(cards)}</div>', style)
+
+
+def triggers_html(triggers: list[dict[str, Any]] | None, style: bool = True) -> Html:
+    """Mined triggers as a table (any keys the miner reports)."""
+    if triggers is None:
+        return _wrap('<p class="note">No trigger mining in this scan (report.json has no "triggers").</p>', style)
+    if not triggers:
+        return _wrap('<p class="note">Trigger mining ran and found no trigger.</p>', style)
+    keys = list(dict.fromkeys(k for t in triggers for k in t))
+    cols = {k: [_fmt_value(t.get(k)) for t in triggers] for k in keys}
+    return table_html(pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()}), style=style)
+
+
+def thresholds_html(scan: ScanOutput, style: bool = True) -> Html:
+    """Each detector's threshold in score units, with the rule it came from."""
+    rows = []
+    for name, info in scan.report.get("thresholds", {}).items():
+        if not isinstance(info, dict):
+            continue
+        t = scan.threshold(name)
+        extra = {k: v for k, v in info.items() if k not in ("rule", "threshold", "groups")}
+        rows.append({"detector": name, "threshold": "" if t is None else f"{t:.4g}",
+                     "settings": ", ".join(f"{k}={_fmt_value(v)}" for k, v in extra.items()),
+                     "rule": str(info.get("rule", ""))})
+    if not rows:
+        return _wrap('<p class="note">No thresholds recorded.</p>', style)
+    return table_html(pa.Table.from_pylist(rows), max_chars=600, style=style)
