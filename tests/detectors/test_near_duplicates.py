@@ -1,0 +1,382 @@
+"""Near-duplicate index: datasketch compatibility, typo recall and no false merges
+on real sentences, scan-order semantics, persistence and memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import unicodedata
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from shardguard.detectors.near_duplicates import (
+    MinHasher,
+    NearDuplicateIndex,
+    normalize_codepoints,
+    normalize_text,
+    normalize_texts,
+    shingle_hash,
+)
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+TRICKY = [
+    "",
+    " ",
+    "\t\n ",
+    "a",
+    "ab",
+    "abc",
+    "  Hello\u00a0\u00a0World \t",
+    "ＦＵＬＬＷＩＤＴＨ ﬁne ①",
+    "e\u0301 vs \u00e9",
+    "ΟΔΟΣ Σ.",
+    "İstanbul",
+    "line\u2028sep\u3000ideographic\x1cfs",
+    "emoji 😀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+]
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+def _texts(path) -> list[str]:
+    return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if isinstance(t, str)]
+
+
+@pytest.fixture(scope="module")
+def sst2(shared_data) -> list[str]:
+    """Distinct normalised SST-2 sentences (thunlp clean train, 6.9k)."""
+    texts = _texts(shared_data / "sst2_thunlp_clean" / "train.parquet")
+    return [t for t in dict.fromkeys(normalize_text(t) for t in texts) if t]
+
+
+@pytest.fixture(scope="module")
+def sms(shared_data) -> list[str]:
+    texts = _texts(shared_data / "sms_spam" / "sms_spam.parquet")
+    return [t for t in dict.fromkeys(normalize_text(t) for t in texts) if t]
+
+
+def typo_copy(text: str, k: int, rng: random.Random) -> str:
+    """``k`` random character edits: insert, delete or substitute a letter."""
+    s = list(text)
+    for _ in range(k):
+        op = rng.choice(("ins", "del", "sub"))
+        if op == "ins" or len(s) < 2:
+            s.insert(rng.randrange(len(s) + 1), rng.choice(LETTERS))
+        elif op == "del":
+            del s[rng.randrange(len(s))]
+        else:
+            p = rng.randrange(len(s))
+            s[p] = rng.choice([c for c in LETTERS if c != s[p]])
+    return "".join(s)
+
+
+def char_jaccard(a: str, b: str, n: int) -> float:
+    a, b = normalize_text(a), normalize_text(b)
+    sa = {a[i : i + n] for i in range(len(a) - n + 1)} or {a}
+    sb = {b[i : i + n] for i in range(len(b) - n + 1)} or {b}
+    return len(sa & sb) / len(sa | sb)
+
+
+def typo_set(distinct: list[str], n_sentences: int, seed: int):
+    """Copies with 1, 2 and 3 edits of ``n_sentences`` random 5-20-word sentences."""
+    rng = random.Random(seed)
+    pool = [i for i, t in enumerate(distinct) if 5 <= len(t.split()) <= 20]
+    copies, orig, edits = [], [], []
+    for i in rng.sample(pool, n_sentences):
+        for k in (1, 2, 3):
+            c = typo_copy(distinct[i], k, rng)
+            while normalize_text(c) == distinct[i]:
+                c = typo_copy(distinct[i], k, rng)
+            copies.append(c)
+            orig.append(i)
+            edits.append(k)
+    return copies, np.array(orig), np.array(edits)
+
+
+def check_invariants(root: np.ndarray, sim: np.ndarray, first_id: int = 0) -> None:
+    ids = first_id + np.arange(root.size)
+    assert root.dtype == np.int64 and sim.dtype == np.float32
+    assert np.all(root < ids)  # always an EARLIER document
+    assert np.all(np.isnan(sim[root < 0]))
+    dup = root >= 0
+    assert np.all((sim[dup] > 0) & (sim[dup] <= 1.0))
+
+
+# ---------------------------------------------------------------------------
+# normalisation and signatures
+# ---------------------------------------------------------------------------
+def test_normalize_text():
+    assert normalize_text("  Hello\u00a0\u00a0WORLD \t\n!") == "hello world !"
+    assert normalize_text("ＦＵＬＬ ﬁ") == "full fi"  # NFKC
+    assert normalize_text("e\u0301") == "\u00e9"
+    assert normalize_text("") == "" and normalize_text(" \t ") == ""
+
+
+def test_batch_normalisation_equals_per_text(sst2, sms):
+    texts = TRICKY + sst2[:2000] + sms[:2000] + [t.upper() + "  \n" for t in sms[:300]]
+    assert normalize_texts(texts) == [normalize_text(t) for t in texts]
+    # a text containing NUL takes the per-text path
+    assert normalize_texts(["a\x00b", " X "]) == ["a\x00b", "x"]
+    cps, lens = normalize_codepoints([])
+    assert cps.size == 0 and lens.size == 0
+    # every whitespace character is in the table (all are <= U+3000)
+    assert not any(chr(c).isspace() for c in range(0x3001, 0x110000, 7))
+
+
+def test_shingles_and_short_texts():
+    h = MinHasher(ngram=3)
+    assert h.shingles("Hello") == ["hel", "ell", "llo"]
+    assert h.shingles("Ab") == ["ab"]  # shorter than n: the whole text
+    assert h.shingles("") == [""]
+    sig = h.signatures(["", "a", "ab", "abc"])
+    assert sig.shape == (4, 128) and sig.dtype == np.uint32
+    assert h.signatures([]).shape == (0, 128)
+
+
+@pytest.mark.parametrize("ngram", [2, 3, 5])
+def test_signatures_equal_datasketch(sst2, sms, ngram):
+    """Row i == datasketch MinHash(num_perm, seed, hashfunc=shingle_hash) updated
+    with the same shingles (update_batch), for real and tricky texts."""
+    rng = random.Random(ngram)
+    texts = TRICKY + rng.sample(sst2, 150) + rng.sample(sms, 150)
+    for num_perm, seed in ((128, 1), (64, 7)):
+        h = MinHasher(num_perm=num_perm, ngram=ngram, seed=seed)
+        sig = h.signatures(texts)
+        assert sig.shape == (len(texts), num_perm)
+        for text, row in zip(texts, sig):
+            m = MinHash(num_perm=num_perm, seed=seed, hashfunc=shingle_hash)
+            m.update_batch(h.shingles(text))
+            np.testing.assert_array_equal(row, m.hashvalues)
+            lean = h.lean_minhash(row)
+            assert lean == LeanMinHash(m)
+            assert lean.scheme == "affine32" and lean.seed == seed
+    # one more: estimated Jaccard through datasketch objects
+    h = MinHasher()
+    a, b = h.signatures([texts[20], typo_copy(texts[20], 1, rng)])
+    assert h.lean_minhash(a).jaccard(h.lean_minhash(b)) > 0.5
+
+
+def test_lsh_parameters_are_datasketchs():
+    for t in (0.3, 0.5, 0.8):
+        idx = NearDuplicateIndex(threshold=t)
+        lsh = MinHashLSH(threshold=t, num_perm=128)
+        assert (idx.bands, idx.rows) == (lsh.b, lsh.r)
+
+
+# ---------------------------------------------------------------------------
+# detection quality on real data
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dataset", ["sst2", "sms"])
+def test_typo_copies_are_matched(request, dataset):
+    """300 real 5-20-word sentences x copies with 1, 2 and 3 character edits,
+    added after the whole data set: >= 95% point to their original."""
+    distinct = request.getfixturevalue(dataset)
+    copies, orig, edits = typo_set(distinct, 300, seed=0)
+    idx = NearDuplicateIndex()
+    r0, _ = idx.add(distinct)
+    r1, s1 = idx.add(copies)
+    check_invariants(r1, s1, len(distinct))
+    target = np.where(r0[orig] >= 0, r0[orig], orig)  # the original's cluster
+    hit = r1 == target
+    assert hit.mean() >= 0.95, (hit.mean(), [hit[edits == k].mean() for k in (1, 2, 3)])
+    assert hit[edits == 1].mean() >= 0.99
+    assert np.all(s1[hit] >= idx.threshold)
+
+
+@pytest.mark.parametrize("dataset", ["sst2", "sms"])
+def test_distinct_sentences_are_not_merged(request, dataset):
+    """Distinct real sentences (5,000 SST-2; all 5.2k distinct SMS): every pair
+    reported really is a near duplicate (true char-3-gram Jaccard >= threshold
+    - 0.1, the slack of a 128-permutation estimate), and on SST-2 pairs are rare
+    (SMS holds many genuine template variants of the same spam)."""
+    texts = request.getfixturevalue(dataset)[:5000]
+    idx = NearDuplicateIndex()
+    root, sim = idx.add(texts)
+    check_invariants(root, sim)
+    pairs = np.flatnonzero(root >= 0)
+    true_j = np.array([char_jaccard(texts[d], texts[root[d]], 3) for d in pairs])
+    if dataset == "sst2":
+        assert pairs.size <= 0.005 * len(texts), pairs.size
+    assert np.all(true_j >= idx.threshold - 0.1), sorted(true_j)[:5]
+    # the similarity reported is the estimate of the true Jaccard
+    assert np.all(np.abs(true_j - sim[pairs]) <= 0.2)
+
+
+def test_word_level_changes_are_not_typos(sst2):
+    """Sentences that share words but differ in content stay apart."""
+    idx = NearDuplicateIndex()
+    root, _ = idx.add(
+        [
+            "the movie is a masterpiece of modern cinema and a joy to watch .",
+            "the movie is a disaster of modern marketing and a chore to sit through .",
+            "a joy to watch .",
+        ]
+    )
+    assert root.tolist() == [-1, -1, -1]
+
+
+# ---------------------------------------------------------------------------
+# semantics
+# ---------------------------------------------------------------------------
+def test_exact_duplicates_after_normalisation():
+    idx = NearDuplicateIndex()
+    base = "The Quick Brown Fox jumps over the lazy dog"
+    variants = [
+        base,
+        base.upper(),
+        "  the quick\tbrown   fox jumps over the lazy dog \n",
+        "ｔｈｅ ｑｕｉｃｋ ｂｒｏｗｎ ｆｏｘ ｊｕｍｐｓ ｏｖｅｒ ｔｈｅ ｌａｚｙ ｄｏｇ",  # fullwidth: NFKC
+        unicodedata.normalize("NFD", base),
+    ]
+    root, sim = idx.add(variants)
+    assert root.tolist() == [-1, 0, 0, 0, 0]
+    assert sim[1:].tolist() == [1.0, 1.0, 1.0, 1.0]
+    root, sim = idx.add(["THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG"])
+    assert root.tolist() == [0] and sim.tolist() == [1.0]
+
+
+def test_scan_order_across_calls(sst2):
+    rng = random.Random(3)
+    a, b, c = sst2[100], sst2[200], sst2[300]
+    a2 = typo_copy(a, 1, rng)
+    idx = NearDuplicateIndex()
+    r, s = idx.add([a, b])
+    assert r.tolist() == [-1, -1]
+    r, s = idx.add([c, a2, a.upper()])  # ids 2, 3, 4
+    assert r.tolist() == [-1, 0, 0]
+    assert s[2] == 1.0 and idx.threshold <= s[1] < 1.0
+    r, s = idx.add([a2, b + " ", typo_copy(c, 2, rng)])  # ids 5, 6, 7
+    assert r.tolist() == [0, 1, 2]  # an exact copy of a near-duplicate points to ITS root
+    assert idx.n_docs == 8 and idx.n_roots == 3
+    r, s = idx.add([])
+    assert r.shape == (0,) and r.dtype == np.int64 and s.dtype == np.float32
+    assert idx.n_docs == 8
+
+
+def test_duplicates_within_one_call(sst2):
+    rng = random.Random(4)
+    a, b = sst2[10], sst2[20]
+    texts = [b, a, typo_copy(a, 1, rng), a, typo_copy(b, 2, rng), typo_copy(a, 3, rng), "", " "]
+    root, sim = NearDuplicateIndex().add(texts)
+    assert root.tolist()[:5] == [-1, -1, 1, 1, 0]
+    assert root[5] in (-1, 1)  # three edits may fall below the threshold
+    assert root.tolist()[6:] == [-1, 6]  # empty texts: exact duplicates of each other
+    assert sim[3] == 1.0 and sim[7] == 1.0
+
+
+def test_flood_in_one_call(sst2):
+    """2,000 typo'd copies of one sentence in one call point to its first copy."""
+    rng = random.Random(5)
+    src = "an astonishing , beautifully crafted film that rewards patience ."
+    texts = [src] + [typo_copy(src, rng.randint(1, 2), rng) for _ in range(2000)] + sst2[:500]
+    root, sim = NearDuplicateIndex().add(texts)
+    check_invariants(root, sim)
+    assert np.mean(root[1:2001] == 0) >= 0.99
+    assert np.all(root[2001:] != 0)
+
+
+def test_flood_across_calls(sst2):
+    """A flood spread over many calls, interleaved with real sentences."""
+    rng = random.Random(6)
+    src = sst2[42]
+    idx = NearDuplicateIndex()
+    for c in range(6):
+        texts = [typo_copy(src, rng.randint(1, 2), rng) for _ in range(300)] + sst2[c * 200 : (c + 1) * 200]
+        if c == 0:
+            texts = [src] + texts
+        root, sim = idx.add(texts)
+        check_invariants(root, sim, idx.n_docs - len(texts))
+        first = 1 if c == 0 else 0
+        assert np.mean(root[first : first + 300] == 0) >= 0.98  # the first copy, id 0
+
+
+def test_long_and_odd_texts():
+    h = MinHasher()
+    long_text = "the quick brown fox jumps over the lazy dog " * 2000  # one text > a chunk
+    texts = [long_text, "a\ud800b", "x", long_text[:30000]]
+    sig = h.signatures(texts)
+    for text, row in zip(texts, sig):
+        m = MinHash(num_perm=128, seed=1, hashfunc=shingle_hash)
+        m.update_batch(h.shingles(text))
+        np.testing.assert_array_equal(row, m.hashvalues)
+    root, sim = NearDuplicateIndex().add(texts + [long_text.upper(), "A\ud800B"])
+    assert root.tolist() == [-1, -1, -1, 0, 0, 1]
+
+
+def test_answers_do_not_depend_on_batching(sst2):
+    copies, _, _ = typo_set(sst2, 100, seed=1)
+    texts = sst2[:3000] + copies + sst2[:50]
+    whole = NearDuplicateIndex().add(texts)
+    for step in (1000, 257):
+        idx = NearDuplicateIndex()
+        parts = [idx.add(texts[i : i + step]) for i in range(0, len(texts), step)]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+
+
+def test_persistence_round_trip(sst2, sms):
+    copies, _, _ = typo_set(sst2, 100, seed=2)
+    first, second = sst2[:3000] + sms[:1000], copies + sst2[2500:3500] + sms[900:1100]
+    idx = NearDuplicateIndex()
+    for i in range(0, len(first), 700):  # several LSM runs
+        idx.add(first[i : i + 700])
+    meta, arrays = idx.get_state()
+    # JSON + npz, no pickle anywhere
+    meta2 = json.loads(json.dumps(meta))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as z:
+        arrays2 = {k: z[k] for k in z.files}
+    restored = NearDuplicateIndex.from_state(meta2, arrays2)
+    assert restored.n_docs == idx.n_docs and restored.n_roots == idx.n_roots
+    assert (restored.bands, restored.rows, restored.threshold) == (idx.bands, idx.rows, idx.threshold)
+    assert all(a.dtype != object for a in arrays2.values())
+    for i in range(0, len(second), 500):
+        r1, s1 = idx.add(second[i : i + 500])
+        r2, s2 = restored.add(second[i : i + 500])
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(s1, s2)
+    assert np.any(r1 >= 0)
+    with pytest.raises(ValueError):
+        NearDuplicateIndex.from_state({**meta2, "version": 99}, arrays2)
+    with pytest.raises(ValueError):
+        NearDuplicateIndex.from_state(meta2, {**arrays2, "sketches": arrays2["sketches"][:-1]})
+
+
+def test_lsh_weights_favour_recall_and_persist(sst2):
+    idx = NearDuplicateIndex(lsh_weights=(0.2, 0.8))
+    assert (idx.bands, idx.rows) == (30, 4)  # datasketch's optimum for those weights
+    idx.add(sst2[:500])
+    meta, arrays = idx.get_state()
+    restored = NearDuplicateIndex.from_state(json.loads(json.dumps(meta)), arrays)
+    assert (restored.bands, restored.rows, restored.lsh_weights) == (30, 4, (0.2, 0.8))
+    copies, _, _ = typo_set(sst2[:500], 50, seed=9)
+    np.testing.assert_array_equal(idx.add(copies)[0], restored.add(copies)[0])
+
+
+def test_index_memory_per_document(shared_data):
+    """<= 500 bytes of index per document at 128 permutations (25k real texts)."""
+    texts = _texts(shared_data / "sst2_glue" / "train.parquet")[:15000]
+    texts += _texts(shared_data / "ag_news_thunlp" / "train.parquet")[:10000]
+    idx = NearDuplicateIndex(num_perm=128)
+    for i in range(0, len(texts), 8192):
+        idx.add(texts[i : i + 8192])
+    assert idx.n_docs == 25000
+    assert idx.nbytes / idx.n_docs <= 500, idx.nbytes / idx.n_docs
+    meta, arrays = idx.get_state()
+    assert sum(a.nbytes for a in arrays.values()) / idx.n_docs <= 500
+
+
+def test_invalid_parameters():
+    with pytest.raises(ValueError):
+        NearDuplicateIndex(threshold=0.0)
+    with pytest.raises(ValueError):
+        MinHasher(ngram=0)
+    with pytest.raises(ValueError):
+        MinHasher().lean_minhash(np.zeros(5, np.uint32))
