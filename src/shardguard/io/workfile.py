@@ -137,7 +137,11 @@ class WorkFileReader:
             yield self._reader.get_batch(i)
 
     def read_columns(self, columns: list[str]) -> pa.Table:
-        return self._reader.read_all().select(columns)
+        """Only ``columns``, batch by batch: the embeddings are never all in memory at once."""
+        batches = [b.select(columns) for b in self]
+        if not batches:
+            return self.schema.empty_table().select(columns)
+        return pa.Table.from_batches(batches)
 
     def close(self) -> None:
         self._source.close()
