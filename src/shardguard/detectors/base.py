@@ -1,0 +1,110 @@
+"""The contract every embedding detector follows.
+
+A detector is a scikit-learn style estimator over embeddings ``X`` of shape
+``(n_samples, dim)`` (float32) and optional labels ``y`` of shape
+``(n_samples,)`` (strings; ``None`` for unlabelled data):
+
+* ``__init__`` only stores parameters (``random_state`` included);
+* ``fit(X, y)`` learns the fitted state (attributes ending in ``_``) and sets
+  ``threshold_`` from the distribution of its own scores (``calibrate``);
+  it returns ``self``;
+* ``score_samples(X, y)`` returns float64 scores, HIGHER = MORE SUSPICIOUS;
+* ``predict(X, y)`` returns a boolean mask, ``score_samples > threshold_``.
+
+Detectors that can learn from a stream also implement ``partial_fit`` (the
+pipeline then feeds them every row of pass 1) and are calibrated on the
+reservoir sample afterwards.
+
+Detectors that read the row TEXTS as well as the embeddings (trigger mining:
+n-grams, response endings) set the class attribute ``needs_text = True``. The
+pipeline then keeps the texts of the reservoir sample and passes ``texts=``
+(object array of str, aligned with ``X``; for instruction data the rendered
+``input.text_template``) as a keyword argument to ``fit``, ``calibrate``,
+``partial_fit`` and ``score_samples``; such a detector raises ``ValueError``
+when it is called without them. Detectors without the attribute never receive
+``texts``.
+
+Each detector declares one ``name``: it is the quarantine reason and
+``<name>_score`` is its column in the quarantine lists (as cleanlab's issue
+managers do). Registering the class in ``shardguard.detectors.REGISTRY`` is
+all that is needed to add one.
+
+Persistence is pickle-free: ``get_state()`` returns plain JSON-able values
+and numpy arrays; ``from_state`` rebuilds the fitted detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+
+class EmbeddingDetector(BaseEstimator):
+    """Base class; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    #: True when the detector learns from every row of pass 1 via ``partial_fit``.
+    streaming: ClassVar[bool] = False
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "EmbeddingDetector":
+        raise NotImplementedError
+
+    def score_samples(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def calibrate(self, X: np.ndarray, y: np.ndarray | None = None) -> "EmbeddingDetector":
+        """Set ``threshold_`` from the scores of (a sample of) the training data."""
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask of shape ``(n_samples,)``: True where the row is flagged."""
+        check_is_fitted(self, "threshold_")
+        return self.score_samples(X, y) > self.threshold_
+
+    # -- persistence (no pickle) -------------------------------------------------
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able metadata, named numpy arrays) describing the fitted state."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(
+        cls, params: dict[str, Any], meta: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> "EmbeddingDetector":
+        raise NotImplementedError
+
+    def threshold_info(self) -> dict[str, Any]:
+        """What report.json records about the threshold (JSON-able)."""
+        check_is_fitted(self, "threshold_")
+        return {"threshold": float(self.threshold_)}
+
+
+def check_X(X: Any, n_features: int | None = None, what: str = "X") -> np.ndarray:
+    """Validate an embedding matrix: 2-D, real, finite, with ``n_features`` columns
+    when given. Returns it as an array without copying when possible."""
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{what} must be a real numeric array, got dtype {arr.dtype}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{what} has {arr.shape[1]} features, but the detector was fitted with {n_features}"
+        )
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise ValueError(f"{what} contains NaN or infinity (first at row {bad})")
+    return arr
+
+
+def as_labels(y: Any, n: int) -> np.ndarray | None:
+    """Normalise labels to an object array of strings (or None when unlabelled)."""
+    if y is None:
+        return None
+    arr = np.asarray(y, dtype=object)
+    if arr.shape != (n,):
+        raise ValueError(f"y must have shape ({n},), got {arr.shape}")
+    return np.array([None if v is None else str(v) for v in arr], dtype=object)
