@@ -1,0 +1,21 @@
+"""Detectors. ``REGISTRY`` maps each embedding detector's name to its class.
+
+The name is the quarantine reason and ``<name>_score`` the score column; add a
+detector by writing its module and one line here.
+"""
+
+from __future__ import annotations
+
+from shardguard.detectors.base import EmbeddingDetector
+from shardguard.detectors.isolation import IsolationForestDetector
+from shardguard.detectors.spectral import SpectralSignatureDetector
+
+REGISTRY: dict[str, type[EmbeddingDetector]] = {
+    cls.name: cls
+    for cls in (
+        IsolationForestDetector,
+        SpectralSignatureDetector,
+    )
+}
+
+__all__ = ["REGISTRY", "EmbeddingDetector", "IsolationForestDetector", "SpectralSignatureDetector"]
