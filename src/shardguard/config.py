@@ -105,9 +105,18 @@ class FitConfig:
 
 
 def _default_detectors() -> dict[str, dict[str, Any]]:
+    """Every registered detector, on, with its constructor defaults as knobs.
+
+    ``random_state`` is left out: detectors take the run's top-level one unless
+    a detector's own is set.
+    """
     from shardguard.detectors import REGISTRY
 
-    return {name: {"enabled": True} for name in REGISTRY}
+    out = {}
+    for name, cls in REGISTRY.items():
+        params = {k: v for k, v in cls().get_params().items() if k != "random_state"}
+        out[name] = {"enabled": True, **params}
+    return out
 
 
 @dataclass
