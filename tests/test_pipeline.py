@@ -156,3 +156,37 @@ def test_unlabelled_text_template_data(tmp_path):
         "embed.embedder": "hashing", "input.text_template": "{instruction}\n{input}\n{output}"}))
     assert not result.failed
     assert result.report["totals"]["rows"] == 300
+
+
+def test_precomputed_features_path_finds_a_shifted_cluster(tmp_path, shared_data):
+    """The victim model's own features, where the trigger is a feature (Tran et al.'s setting)."""
+    from shardguard.embed.hashing import HashingEmbedder
+
+    sst = pq.read_table(shared_data / "sst2_thunlp_clean" / "train.parquet").slice(0, 3000)
+    emb = HashingEmbedder().embed_batch(pa.RecordBatch.from_pydict({"text": sst.column("text").to_pylist()}))
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.array(sst.column("label").to_pylist())
+    pos = np.flatnonzero(labels == 1)
+    poison = rng.choice(pos, size=int(0.03 * pos.size), replace=False)
+    direction = rng.normal(size=emb.shape[1])
+    direction /= np.linalg.norm(direction)
+    feats = emb.astype(np.float64) * 1000.0  # large raw features: float16 could not hold them
+    spread = np.sqrt(np.linalg.eigvalsh(np.cov(feats[pos].T))[-1])
+    feats[poison] += 8 * spread * direction
+    table = sst.append_column("features", pa.FixedSizeListArray.from_arrays(
+        pa.array(feats.astype(np.float32).reshape(-1)), feats.shape[1]))
+    pq.write_table(table, tmp_path / "feats.parquet")
+    out = tmp_path / "out"
+    result = scan([tmp_path / "feats.parquet"], out, load_config(None, {
+        "input.id_column": "id", "input.label_column": "label", "input.embedding_column": "features",
+        "embed.embedder": "precomputed", "near_duplicates.enabled": False}))
+    assert not result.failed
+    q = pq.read_table(out / "quarantine" / "feats.parquet")
+    spectral = {r for r, reasons in zip(q.column("row").to_pylist(), q.column("reasons").to_pylist())
+                if "spectral" in reasons}
+    assert len(spectral & set(poison.tolist())) >= 0.95 * poison.size
+    assert len(spectral - set(poison.tolist())) <= 0.01 * (table.num_rows - poison.size)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["embedder"]["kind"] == "precomputed"

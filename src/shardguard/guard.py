@@ -43,7 +43,7 @@ from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.readers import Shard
-from shardguard.io.workfile import embeddings_to_arrow, embeddings_from_arrow
+from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
 from shardguard.stages import DuplicateVerdict, text_kwargs, verdict_table
 from shardguard.validate import RowNormalizer
 
@@ -186,8 +186,8 @@ class Guard:
         det_scores = {name: np.full(n, np.nan) for name in self.detectors}
         if self.detectors and vidx.size:
             X = self.embedder.embed_batch(nb.valid)
-            # The same float16 rounding as scan's embedding cache, so scores match it exactly.
-            X = embeddings_from_arrow(embeddings_to_arrow(X), X.shape[1])
+            # The same rounding as scan's embedding cache, so scores match it exactly.
+            X = embeddings_from_arrow(embeddings_to_arrow(X, cache_dtype(self.config.embed.embedder)), X.shape[1])
             y = nb.valid.column("label").to_numpy(zero_copy_only=False)
             texts = nb.valid.column("text").to_numpy(zero_copy_only=False)
             for name, det in self.detectors.items():

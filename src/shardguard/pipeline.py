@@ -355,7 +355,7 @@ class ScanPipeline:
                     if embedder is not None and dim is None:
                         # Only invalid rows so far and the dimension is unknown: hold them.
                         dim = None
-                    writer = workfile.WorkFileWriter(path, dim)
+                    writer = workfile.WorkFileWriter(path, dim, workfile.cache_dtype(self.config.embed.embedder))
                 elif embedder is not None and writer.dim is None and emb is not None:
                     raise ShardError(f"{o.shard.path}: cannot infer the embedding dimension")
                 if writer.dim is not None and emb is None:
@@ -366,7 +366,7 @@ class ScanPipeline:
                 self.progress.advance(batch.num_rows)
             if writer is None:
                 dim = getattr(embedder, "dim", None) if embedder is not None else None
-                writer = workfile.WorkFileWriter(path, dim)
+                writer = workfile.WorkFileWriter(path, dim, workfile.cache_dtype(self.config.embed.embedder))
             if cfg.input.id_column:
                 normalizer.check_unique_ids(lambda row: self._id_at(writer, row))
             writer.commit({"key": key, "shard": o.shard.name, "sha256": o.sha256})

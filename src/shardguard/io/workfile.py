@@ -3,8 +3,9 @@
 ``OUT/.work/<shard>.arrow`` (Arrow IPC, LZ4) holds every row of the shard in
 order: ``row``, ``id``, ``text`` (null for invalid rows), ``label``,
 ``detail`` (why a row is invalid, null otherwise) and, when an embedder ran,
-``embedding`` as float16 (the embedding cache: embedding is the expensive step
-and happens once). A JSON sidecar records the key it was made under (tool
+``embedding`` (the embedding cache: embedding is the expensive step and happens
+once) as float16 for model embeddings (unit vectors lose nothing that matters)
+and float32 for precomputed features, whose range float16 cannot hold. A JSON sidecar records the key it was made under (tool
 version, shard sha256, input and embedding config); a later run with the same
 key reuses the file instead of reading and embedding the shard again.
 """
@@ -22,7 +23,12 @@ import pyarrow as pa
 from shardguard.io.writers import _commit, _tmp_path, atomic_write_json
 
 
-def work_schema(dim: int | None) -> pa.Schema:
+def cache_dtype(embedder_kind: str | None) -> np.dtype:
+    """float16 for unit-norm model embeddings, float32 for a user's precomputed features."""
+    return np.dtype(np.float32) if embedder_kind == "precomputed" else np.dtype(np.float16)
+
+
+def work_schema(dim: int | None, dtype: np.dtype = np.dtype(np.float16)) -> pa.Schema:
     fields = [
         pa.field("row", pa.int64(), nullable=False),
         pa.field("id", pa.string(), nullable=False),
@@ -31,18 +37,18 @@ def work_schema(dim: int | None) -> pa.Schema:
         pa.field("detail", pa.string()),
     ]
     if dim is not None:
-        fields.append(pa.field("embedding", pa.list_(pa.float16(), dim)))
+        fields.append(pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), dim)))
     return pa.schema(fields)
 
 
-def embeddings_to_arrow(x: np.ndarray) -> pa.FixedSizeListArray:
-    """(n, dim) -> fixed_size_list<float16>[dim] without a per-row loop."""
-    x16 = np.ascontiguousarray(x, dtype=np.float16)
-    return pa.FixedSizeListArray.from_arrays(pa.array(x16.reshape(-1)), x16.shape[1])
+def embeddings_to_arrow(x: np.ndarray, dtype: np.dtype = np.dtype(np.float16)) -> pa.FixedSizeListArray:
+    """(n, dim) -> fixed_size_list<dtype>[dim] without a per-row loop."""
+    xc = np.ascontiguousarray(x, dtype=dtype)
+    return pa.FixedSizeListArray.from_arrays(pa.array(xc.reshape(-1)), xc.shape[1])
 
 
 def embeddings_from_arrow(col: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
-    """fixed_size_list<float16> (valid rows only) -> (n, dim) float32."""
+    """fixed_size_list<float16|float32> (valid rows only) -> (n, dim) float32."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     flat = col.flatten().to_numpy(zero_copy_only=False)
@@ -52,10 +58,11 @@ def embeddings_from_arrow(col: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarr
 class WorkFileWriter:
     """Streams one shard's rows into its work file; the file appears on ``commit``."""
 
-    def __init__(self, path: Path, dim: int | None):
+    def __init__(self, path: Path, dim: int | None, dtype: np.dtype = np.dtype(np.float16)):
         self.path = path
         self.dim = dim
-        self.schema = work_schema(dim)
+        self.dtype = np.dtype(dtype)
+        self.schema = work_schema(dim, self.dtype)
         self.tmp = _tmp_path(path)
         self._sink = pa.OSFile(str(self.tmp), "wb")
         opts = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -79,7 +86,7 @@ class WorkFileWriter:
             if embeddings is None or embeddings.shape != (n_valid, self.dim):
                 got = None if embeddings is None else embeddings.shape
                 raise ValueError(f"expected embeddings of shape ({n_valid}, {self.dim}), got {got}")
-            emb = embeddings_to_arrow(embeddings)
+            emb = embeddings_to_arrow(embeddings, self.dtype)
             empty = pa.nulls(invalid.num_rows, emb.type)
             cols["embedding"] = pa.concat_arrays([emb, empty])
         table = pa.table(cols, schema=self.schema)
