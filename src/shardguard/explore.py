@@ -160,9 +160,9 @@ class Sample:
 class DuplicateCluster:
     """A near-duplicate cluster: the first occurrence in scan order and the rows that repeat it.
 
-    ``root`` is None when no row with ``root_id`` was found; ``root_ambiguous`` is True when
-    several shards hold a row with that id (``duplicate_of`` names an id, and ids are only
-    unique within a shard) and the root was picked as the last such row before the first member.
+    ``root`` is None only when the root's shard has left the output folder.
+    ``root_ambiguous`` is kept for callers of earlier versions and is always False: the
+    quarantine lists name the root's shard and row.
     """
 
     root_id: str
@@ -462,52 +462,35 @@ class ScanOutput:
     def duplicate_clusters(self, top: int | None = 5) -> list[DuplicateCluster]:
         """The largest near-duplicate clusters, rebuilt from the quarantine lists.
 
-        Every member has ``duplicate_of`` = its root's id. The root is the first occurrence in
-        scan order: clean for an ordinary cluster, quarantined as ``duplicate_flood`` (without
-        ``duplicate_of``) when the cluster is a flood. Largest first; ties by root id.
+        Every member names its root (the first occurrence in scan order) by
+        ``duplicate_of`` (id), ``duplicate_of_shard`` and ``duplicate_of_row``; the
+        root is clean for an ordinary cluster and quarantined as ``duplicate_flood``
+        when the cluster is a flood. Largest first; ties by root shard and row.
         """
         q = self.quarantine()
-        if q.num_rows == 0 or "duplicate_of" not in q.column_names:
+        if q.num_rows == 0 or "duplicate_of_row" not in q.column_names:
             return []
-        m = q.filter(pc.is_valid(q.column("duplicate_of")))
+        m = q.filter(pc.is_valid(q.column("duplicate_of_row")))
         if m.num_rows == 0:
             return []
-        dup_of = m.column("duplicate_of").to_pylist()
-        groups: dict[str, list[int]] = {}
-        for i, r in enumerate(dup_of):
-            groups.setdefault(r, []).append(i)
-        ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        order = {s.name: k for k, s in enumerate(self.shards)}
+        keys = list(zip(m.column("duplicate_of_shard").to_pylist(), m.column("duplicate_of_row").to_pylist()))
+        root_id_of = dict(zip(keys, m.column("duplicate_of").to_pylist()))
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
+        ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), order.get(kv[0][0], 0), kv[0][1]))
         if top is not None:
             ranked = ranked[: max(int(top), 0)]
         if not ranked:
             return []
-        order = {s.name: k for k, s in enumerate(self.shards)}
-        member_keys = set(zip(m.column("shard").to_pylist(), m.column("row").to_pylist()))
-
-        # Root candidates: rows whose id is a chosen root id and which are not members themselves.
-        root_ids = [k for k, _ in ranked]
-        cand: dict[str, list[tuple[int, int, str]]] = {}
-        sc = self.scores(columns=["id", "row"])
-        if sc.num_rows:
-            hit = sc.filter(pc.is_in(sc.column("id"), pa.array(root_ids, pa.string())))
-            for sh, rid, row in zip(hit.column("shard").to_pylist(), hit.column("id").to_pylist(),
-                                    hit.column("row").to_pylist()):
-                if (sh, row) not in member_keys:
-                    cand.setdefault(rid, []).append((order[sh], row, sh))
 
         members_tbl = m
         texts = self._join_text(members_tbl).column("text").to_pylist()
         cols = {c: members_tbl.column(c).to_pylist() for c in ("shard", "id", "row", "label", "reasons")}
         sims = (members_tbl.column("near_duplicate_score").to_pylist()
                 if "near_duplicate_score" in members_tbl.column_names else [None] * members_tbl.num_rows)
-
-        chosen: dict[str, tuple[str, int, bool] | None] = {}
-        for rid, idx in ranked:
-            first = min((order[cols["shard"][i]], cols["row"][i]) for i in idx)
-            options = sorted(c for c in cand.get(rid, []) if (c[0], c[1]) < first)
-            if not options:
-                options = sorted(cand.get(rid, []))
-            chosen[rid] = None if not options else (options[-1][2], options[-1][1], len(options) > 1)
+        chosen = {k: (k[0], k[1], False) for k, _ in ranked}
 
         # Root rows' text, label and reasons, read per shard.
         root_rows: dict[tuple[str, int], Sample] = {}
@@ -530,14 +513,13 @@ class ScanOutput:
                                                    list(qkeys.get((sh, r["row"]), []) or []), None, r.get("detail"))
 
         out = []
-        for rid, idx in ranked:
+        for key, idx in ranked:
             idx = sorted(idx, key=lambda i: (order[cols["shard"][i]], cols["row"][i]))
             members = [Sample(cols["shard"][i], cols["id"][i], cols["row"][i], cols["label"][i], texts[i],
                               list(cols["reasons"][i] or []), sims[i]) for i in idx]
-            c = chosen[rid]
-            root = None if c is None else root_rows.get((c[0], c[1]))
+            root = root_rows.get(key)
             flood = any("duplicate_flood" in s.reasons for s in members)
-            out.append(DuplicateCluster(rid, root, members, flood, bool(c and c[2])))
+            out.append(DuplicateCluster(root_id_of[key], root, members, flood))
         return out
 
     # -- embeddings ------------------------------------------------------------------------------
