@@ -113,7 +113,8 @@ def test_largest_clusters_are_the_planted_floods_with_roots(sg, planted):
     assert "duplicate_flood" in a.root.reasons and a.root.shard == planted["scan_order"][0]
     assert b.labels == {"ham": 25}  # the label-flip flood: spam text labelled ham
     assert all(m.text and m.similarity is not None for m in a.members)
-    assert not any(c.root_ambiguous for c in clusters)
+    for c in clusters:  # the root is the row the members name, in an earlier position of the scan
+        assert c.root is not None and c.root.id == c.root_id
 
 
 def test_cluster_roots_are_found_across_shards(sg, planted):

@@ -161,15 +161,12 @@ class DuplicateCluster:
     """A near-duplicate cluster: the first occurrence in scan order and the rows that repeat it.
 
     ``root`` is None only when the root's shard has left the output folder.
-    ``root_ambiguous`` is kept for callers of earlier versions and is always False: the
-    quarantine lists name the root's shard and row.
     """
 
     root_id: str
     root: Sample | None
     members: list[Sample]
     flood: bool
-    root_ambiguous: bool = False
 
     @property
     def size(self) -> int:
@@ -965,10 +962,9 @@ def clusters_html(clusters: Sequence[DuplicateCluster], max_members: int = 6, ma
             rt = c.root.text
             root_text = (html.escape(_shorten(rt, max_chars)) if rt is not None
                          else '<span class="note">(no text)</span>')
-            amb = " &middot; id not unique across shards: root chosen by scan order" if c.root_ambiguous else ""
             root_html = (f'<div class="root"><div class="meta">root {html.escape(c.root.id)} &middot; '
                          f"{html.escape(c.root.shard)}:{c.root.row} &middot; label {html.escape(str(c.root.label))}"
-                         f" {_reason_badges(c.root.reasons) or '(clean)'}{amb}</div>"
+                         f" {_reason_badges(c.root.reasons) or '(clean)'}</div>"
                          f'<div class="t">{root_text}</div></div>')
             base = _shorten(rt or "", max_chars)
         else:
