@@ -9,13 +9,15 @@ from __future__ import annotations
 from shardguard.detectors.base import EmbeddingDetector
 from shardguard.detectors.isolation import IsolationForestDetector
 from shardguard.detectors.spectral import SpectralSignatureDetector
+from shardguard.detectors.triggers import TriggerDetector
 
 REGISTRY: dict[str, type[EmbeddingDetector]] = {
     cls.name: cls
     for cls in (
         IsolationForestDetector,
         SpectralSignatureDetector,
+        TriggerDetector,
     )
 }
 
-__all__ = ["REGISTRY", "EmbeddingDetector", "IsolationForestDetector", "SpectralSignatureDetector"]
+__all__ = ["REGISTRY", "EmbeddingDetector", "IsolationForestDetector", "SpectralSignatureDetector", "TriggerDetector"]

@@ -1,0 +1,153 @@
+"""TriggerDetector on real data: planted BadNets / AddSent found on an SST-2 subset,
+clean data flags (almost) nothing, the unlabelled rules on Alpaca, persistence and
+the estimator contract.
+
+The labelled tests embed ~2,200 SST-2 sentences with the packaged MiniLM (the
+held-out ridge needs a representation that reads sentiment; the hashing
+embedder's random projection does not), so they are marked slow. The unlabelled
+tests use the hashing embedder: the fixed-response rule does not read the
+vectors, and the injected-content test switches off the semantic-coherence gate
+(hashing cosines are not semantic) to check the other gates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from shardguard.bench import attacks, suite
+from shardguard.detectors import REGISTRY, TriggerDetector
+from shardguard.embed import HashingEmbedder
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def sst2(shared_data):
+    data = suite.load_labelled(shared_data, "sst2")
+    return data.ids[:N], data.texts[:N], data.labels[:N]
+
+
+@pytest.fixture(scope="module")
+def embed():
+    emb = HashingEmbedder(dim=384, random_state=0)
+    return lambda texts: emb.embed_texts(list(texts))
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from shardguard.embed import SentenceTransformerEmbedder
+
+    emb = SentenceTransformerEmbedder()
+    cache: dict[str, np.ndarray] = {}
+
+    def f(texts):
+        todo = sorted({t for t in texts if t not in cache})
+        if todo:
+            for t, v in zip(todo, emb.embed_texts(todo)):
+                cache[t] = v
+        return np.stack([cache[t] for t in texts])
+
+    return f
+
+
+def _run(det, X, y, texts):
+    t = np.array(texts, dtype=object)
+    det.fit(X, y, texts=t)
+    return det.score_samples(X, y, texts=t) > det.threshold_
+
+
+def test_registered_and_needs_text():
+    assert REGISTRY["trigger"] is TriggerDetector
+    assert TriggerDetector.needs_text is True
+    assert TriggerDetector.name == "trigger"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["badnets", "addsent"])
+def test_planted_triggers_found(sst2, minilm, attack):
+    ids, texts, labels = sst2
+    sc = getattr(attacks, attack)(ids, texts, labels, target="1", rate=0.03, seed=3, dataset="sst2")
+    X = minilm(sc.texts)
+    flagged = _run(TriggerDetector(), X, sc.labels, sc.texts)
+    p = sc.is_poison
+    assert (flagged & p).sum() / p.sum() >= 0.95
+    assert (flagged & ~p).sum() / (~p).sum() <= 0.01
+
+
+@pytest.mark.slow
+def test_clean_flags_almost_nothing(sst2, minilm):
+    ids, texts, labels = sst2
+    flagged = _run(TriggerDetector(), minilm(texts), labels, texts)
+    assert flagged.mean() <= 0.005
+
+
+@pytest.fixture(scope="module")
+def alpaca(shared_data):
+    ids, cols = suite.load_alpaca(shared_data)
+    return ids[:2000], {k: v[:2000] for k, v in cols.items()}
+
+
+def test_unlabelled_fixed_response(alpaca, embed):
+    ids, cols = alpaca
+    sc = attacks.fixed_response(ids, cols, rate=0.02, seed=1, dataset="alpaca")
+    texts = suite.scenario_texts(sc)
+    det = TriggerDetector()
+    flagged = _run(det, embed(texts), None, texts)
+    assert flagged[sc.is_poison].all()
+    assert len(det.suffixes_) == 1  # the one fixed response, nothing else
+    # (the injected-content rule may add a few rows: hashing cosines are not semantic)
+    assert flagged[~sc.is_poison].mean() <= 0.01
+
+
+def test_unlabelled_injection(alpaca, embed):
+    pytest.importorskip("wordfreq")
+    ids, cols = alpaca
+    for fn, params in ((attacks.fixed_response, {}), (attacks.content_injection, {"max_coherence_unlabelled": 1.0})):
+        sc = fn(ids, cols, rate=0.02, seed=1, dataset="alpaca")
+        texts = suite.scenario_texts(sc)
+        flagged = _run(TriggerDetector(**params), embed(texts), None, texts)
+        p = sc.is_poison
+        assert (flagged & p).sum() / p.sum() >= 0.95, fn.__name__
+        assert (flagged & ~p).sum() <= 0.01 * (~p).sum(), fn.__name__
+    clean_texts = attacks.render(cols)
+    assert _run(TriggerDetector(max_coherence_unlabelled=1.0), embed(clean_texts), None, clean_texts).mean() <= 0.01
+
+
+@pytest.mark.slow
+def test_persistence_round_trip(sst2, minilm):
+    ids, texts, labels = sst2
+    sc = attacks.badnets(ids, texts, labels, target="1", rate=0.03, seed=3, dataset="sst2")
+    X = minilm(sc.texts)
+    t = np.array(sc.texts, dtype=object)
+    det = TriggerDetector().fit(X, sc.labels, texts=t)
+    meta, arrays = det.get_state()
+    meta = json.loads(json.dumps(meta))  # JSON-able, no pickle
+    det2 = TriggerDetector.from_state(det.get_params(), meta, arrays)
+    s1 = det.score_samples(X, sc.labels, texts=t)
+    np.testing.assert_array_equal(s1, det2.score_samples(X, sc.labels, texts=t))
+    assert (s1 > det.threshold_).sum() >= 0.95 * sc.is_poison.sum()
+    assert det2.threshold_info()["threshold"] == det.threshold_
+    with pytest.raises(ValueError):
+        TriggerDetector.from_state({}, {**meta, "state_version": 99}, arrays)
+
+
+def test_estimator_contract(embed):
+    det = TriggerDetector(min_support=3)
+    assert clone(det).get_params() == det.get_params()
+    with pytest.raises(NotFittedError):
+        det.score_samples(np.zeros((2, 8), np.float32), None, texts=["a", "b"])
+    texts = [f"row {i} text" for i in range(40)]
+    X = embed(texts)
+    y = np.array(["a", "b"] * 20, dtype=object)
+    assert det.fit(X, y, texts=texts) is det
+    s = det.score_samples(X, y, texts=texts)
+    assert s.dtype == np.float64 and s.shape == (40,)
+    assert det.predict(X, y, texts=texts).dtype == bool
+    with pytest.raises(ValueError):
+        det.fit(X, y)  # texts are required
+    with pytest.raises(ValueError):
+        det.fit(X, y, texts=texts[:3])
