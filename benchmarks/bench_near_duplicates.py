@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from datasketch import LeanMinHash, MinHash, MinHashLSH  # noqa: E402
 
+from shardguard.bench.attacks import typo_copy  # noqa: E402
 from shardguard.detectors.near_duplicates import (  # noqa: E402
     MinHasher,
     NearDuplicateIndex,
@@ -217,22 +218,8 @@ def bench(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------
 # shingling study
 # ---------------------------------------------------------------------------
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def typo_copy(text: str, k: int, rng: random.Random) -> str:
-    """``k`` random character edits (insert / delete / substitute, letters)."""
-    s = list(text)
-    for _ in range(k):
-        op = rng.choice(("ins", "del", "sub"))
-        if op == "ins" or len(s) < 2:
-            s.insert(rng.randrange(len(s) + 1), rng.choice(LETTERS))
-        elif op == "del":
-            del s[rng.randrange(len(s))]
-        else:
-            p = rng.randrange(len(s))
-            s[p] = rng.choice([c for c in LETTERS if c != s[p]])
-    return "".join(s)
 
 
 def levenshtein(a: str, b: str) -> int:

@@ -107,8 +107,8 @@ def test_killed_scan_resumes_to_identical_lists(tmp_path, shared_data, when):
     _make_shards(shared_data / "sst2_glue" / "train.parquet", data)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     def args_for(out):
-        return ["scan", str(data), "--out", str(out), "--embedder", "hashing", "--id-column", "id",
-                "--label-column", "label", "--no-progress", "-q"]
+        return ["-q", "scan", str(data), "--out", str(out), "--embedder", "hashing", "--id-column", "id",
+                "--label-column", "label", "--no-progress"]
 
     ref = tmp_path / "ref"
     args = args_for(ref)

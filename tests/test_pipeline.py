@@ -111,6 +111,8 @@ def test_report_has_totals_thresholds_timings(sample_scan, planted):
     assert report["throughput_rows_per_s"] > 0
     assert {"read", "embed", "index", "fit", "score_write"} <= set(report["timings_s"])
     assert report["reasons"]["invalid"] == sum(len(i["invalid"]) for i in planted["shards"].values())
+    # trigger mining needs meaning, which hashed words do not carry: left out, and said so
+    assert "trigger" in report["skipped_detectors"] and "trigger" not in report["thresholds"]
 
 
 def test_same_inputs_same_lists(sample_scan, tmp_path, samples_dir):

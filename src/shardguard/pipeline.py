@@ -130,6 +130,7 @@ class ScanState:
     #: With ``prepare(remember_roots=True)``: sequence numbers and ids of the indexed rows.
     root_seqs: list[np.ndarray] = field(default_factory=list)
     root_ids: list[pa.Array] | None = None
+    skipped_detectors: dict[str, str] = field(default_factory=dict)
     root_rows: list[np.ndarray] = field(default_factory=list)
     root_shards: list[np.ndarray] = field(default_factory=list)  # index into the ok shards, in scan order
 
@@ -146,12 +147,24 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def build_detectors(config: Config) -> dict[str, EmbeddingDetector]:
-    """Instantiate the enabled embedding detectors from the registry (none is fitted)."""
+def build_detectors(config: Config, embedder: Any = None,
+                    skipped: dict[str, str] | None = None) -> dict[str, EmbeddingDetector]:
+    """Instantiate the enabled embedding detectors from the registry (none is fitted).
+
+    Detectors that need semantic embeddings are left out when ``embedder`` is not
+    semantic; why goes into ``skipped`` (name -> reason) and the log.
+    """
     out = {}
     for name, params in config.enabled_detectors().items():
         params = dict(params)
         cls = REGISTRY[name]
+        if cls.needs_semantic_embeddings and not getattr(embedder, "semantic", True):
+            why = (f"needs semantic embeddings; the {config.embed.embedder} embedder's vectors carry "
+                   "words, not meaning (use the default model or a precomputed column)")
+            log.warning("detector %s left out: %s", name, why)
+            if skipped is not None:
+                skipped[name] = why
+            continue
         if "random_state" in cls._get_param_names() and "random_state" not in params:
             params["random_state"] = config.random_state
         out[name] = cls(**params)
@@ -223,6 +236,7 @@ class ScanPipeline:
 
         wall = time.perf_counter() - t_start
         report = self._report(state.outcomes, state.detectors, state.clusters, wall, state.input_bytes, root_ids)
+        report["skipped_detectors"] = state.skipped_detectors
         manifest["shards"] = [x.to_json() for x in state.outcomes]
         manifest["complete"] = True
         manifest["totals"] = report["totals"]
@@ -252,7 +266,8 @@ class ScanPipeline:
 
         embedder = make_embedder(cfg.embed, cfg.random_state)
         embedder_info = embedder.describe() if embedder is not None else None
-        detectors = build_detectors(cfg)
+        skipped: dict[str, str] = {}
+        detectors = build_detectors(cfg, embedder, skipped)
         run_key = _digest(
             {
                 "version": __version__,
@@ -292,6 +307,7 @@ class ScanPipeline:
             run_key=run_key,
             input_bytes=sum(o.shard.path.stat().st_size for o in outcomes),
             root_ids=[] if remember_roots else None,
+            skipped_detectors=skipped,
         )
         needs_text = any(getattr(d, "needs_text", False) for d in detectors.values())
         reservoir = ReservoirSample(cfg.fit.reservoir_size, cfg.random_state, keep_text=needs_text)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from shardguard.bench.attacks import typo_copy
 from shardguard.detectors.near_duplicates import (
     MinHasher,
     NearDuplicateIndex,
@@ -22,7 +23,6 @@ from shardguard.detectors.near_duplicates import (
     shingle_hash,
 )
 
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 TRICKY = [
     "",
     " ",
@@ -60,19 +60,6 @@ def sms(shared_data) -> list[str]:
     return [t for t in dict.fromkeys(normalize_text(t) for t in texts) if t]
 
 
-def typo_copy(text: str, k: int, rng: random.Random) -> str:
-    """``k`` random character edits: insert, delete or substitute a letter."""
-    s = list(text)
-    for _ in range(k):
-        op = rng.choice(("ins", "del", "sub"))
-        if op == "ins" or len(s) < 2:
-            s.insert(rng.randrange(len(s) + 1), rng.choice(LETTERS))
-        elif op == "del":
-            del s[rng.randrange(len(s))]
-        else:
-            p = rng.randrange(len(s))
-            s[p] = rng.choice([c for c in LETTERS if c != s[p]])
-    return "".join(s)
 
 
 def char_jaccard(a: str, b: str, n: int) -> float:

@@ -25,6 +25,8 @@ Unlabelled instruction data (``instruction`` / ``input`` / ``output``):
 
 from __future__ import annotations
 
+import random
+
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -145,6 +147,28 @@ def label_flips(ids, texts, labels, *, rate: float = 0.05, seed: int = 0, datase
         labels[i] = others[int(rng.integers(len(others)))]
     return Scenario(f"{dataset}/label_flips@{rate:g}", dataset, "label_flips", rate, list(ids), poison,
                     list(texts), labels)
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def typo_copy(text: str, k: int, rng: random.Random) -> str:
+    """Exactly ``k`` random character edits (insert / delete / substitute a letter).
+
+    The near-duplicate tests and shingling study use it: a copy of a sentence
+    carrying a few typos, the way poison floods evade exact deduplication.
+    """
+    s = list(text)
+    for _ in range(k):
+        op = rng.choice(("ins", "del", "sub"))
+        if op == "ins" or len(s) < 2:
+            s.insert(rng.randrange(len(s) + 1), rng.choice(LETTERS))
+        elif op == "del":
+            del s[rng.randrange(len(s))]
+        else:
+            p = rng.randrange(len(s))
+            s[p] = rng.choice([c for c in LETTERS if c != s[p]])
+    return "".join(s)
 
 
 def typo(text: str, rng: np.random.Generator, edits: int | None = None) -> str:

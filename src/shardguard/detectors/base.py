@@ -24,6 +24,13 @@ pipeline then keeps the texts of the reservoir sample and passes ``texts=``
 when it is called without them. Detectors without the attribute never receive
 ``texts``.
 
+Detectors whose method relies on embeddings that carry meaning (trigger
+mining asks whether a row's other words still read as its label) set
+``needs_semantic_embeddings = True``; the pipeline leaves them out, with a
+warning and a note in report.json, when the embedder declares
+``semantic = False`` (the hashing embedder: its vectors are the words
+themselves, so every pure n-gram would look like a trigger).
+
 Each detector declares one ``name``: it is the quarantine reason and
 ``<name>_score`` is its column in the quarantine lists (as cleanlab's issue
 managers do). Registering the class in ``shardguard.detectors.REGISTRY`` is
@@ -48,6 +55,8 @@ class EmbeddingDetector(BaseEstimator):
     name: ClassVar[str] = ""
     #: True when the detector learns from every row of pass 1 via ``partial_fit``.
     streaming: ClassVar[bool] = False
+    #: True when the detector is meaningless on non-semantic (hashing) embeddings.
+    needs_semantic_embeddings: ClassVar[bool] = False
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "EmbeddingDetector":
         raise NotImplementedError

@@ -148,6 +148,9 @@ class TriggerDetector(EmbeddingDetector):
     name = "trigger"
     streaming = False
     needs_text = True
+    # Measured: on hashing vectors the held-out ridge reads every naturally pure n-gram's rows
+    # as another label (2.3% of clean AG News, 6.4% of SMS Spam flagged, against 0.2-0.3% on MiniLM).
+    needs_semantic_embeddings = True
 
     def __init__(
         self,

@@ -41,6 +41,9 @@ def _texts(batch: pa.RecordBatch) -> list[str]:
 class HashingEmbedder:
     """Stateless, deterministic text embedder that needs no model.
 
+    Its vectors encode which words occur, not what they mean (``semantic = False``):
+    detectors that need meaning are left out when it is used.
+
     Parameters
     ----------
     dim : int, default 384
@@ -54,6 +57,9 @@ class HashingEmbedder:
     """
 
     kind = "hashing"
+
+    #: Vectors carry words, not meaning (see shardguard.detectors.base).
+    semantic = False
 
     def __init__(
         self,
