@@ -192,3 +192,23 @@ def test_precomputed_features_path_finds_a_shifted_cluster(tmp_path, shared_data
     assert len(spectral - set(poison.tolist())) <= 0.01 * (table.num_rows - poison.size)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["embedder"]["kind"] == "precomputed"
+
+
+def test_precomputed_shard_starting_with_invalid_rows(tmp_path):
+    """The embedding dimension is unknown until the first valid row: earlier batches wait, none is lost."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 400
+    texts = [None, "", None] + [f"sample number {i} with some words" for i in range(n - 3)]
+    feats = rng.normal(size=(n, 16)).astype(np.float32)
+    table = pa.table({"text": texts, "label": ["a", "b"] * (n // 2),
+                      "f": pa.array([list(map(float, r)) for r in feats], pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "p.parquet")
+    result = scan([tmp_path / "p.parquet"], tmp_path / "out", load_config(None, {
+        "input.embedding_column": "f", "embed.embedder": "precomputed", "input.label_column": "label",
+        "input.batch_size": 2}))
+    assert not result.failed
+    (o,) = result.shards
+    assert (o.rows, o.invalid) == (n, 3)
+    assert o.rows == o.clean + o.quarantined

@@ -139,6 +139,11 @@ def _work_path(work_dir: Path, shard: Shard) -> Path:
     return work_dir / (shard.output_name[: -len(".parquet")] + ".arrow")
 
 
+def _no_rows(dim: int | None) -> np.ndarray | None:
+    """The embeddings of a batch without valid rows: shape (0, dim), or None without an embedder."""
+    return None if dim is None else np.zeros((0, dim), np.float32)
+
+
 def _embedding_dim(schema: pa.Schema) -> int | None:
     return schema.field("embedding").type.list_size if "embedding" in schema.names else None
 
@@ -351,6 +356,10 @@ class ScanPipeline:
         normalizer = RowNormalizer(o.shard, cfg.input)
         reader = ShardReader(o.shard, cfg.input.batch_size, normalizer.source_columns())
         writer: workfile.WorkFileWriter | None = None
+        dtype = workfile.cache_dtype(cfg.embed.embedder)
+        # Batches seen before the embedding dimension is known (precomputed features, all rows
+        # invalid so far) wait here; they hold invalid rows only.
+        pending: list[Any] = []
         try:
             for batch in self._timed("read", reader):
                 t = time.perf_counter()
@@ -364,27 +373,28 @@ class ScanPipeline:
                     except ValueError as exc:
                         raise ShardError(f"{o.shard.path}: {exc}") from exc
                     self.timings["embed"] += time.perf_counter() - t
+                o.rows += batch.num_rows
+                o.invalid += nb.invalid.num_rows
+                self.progress.advance(batch.num_rows)
                 if writer is None:
                     dim = None
                     if embedder is not None:
                         dim = emb.shape[1] if emb is not None else getattr(embedder, "dim", None)
-                    if embedder is not None and dim is None:
-                        # Only invalid rows so far and the dimension is unknown: hold them.
-                        dim = None
-                    writer = workfile.WorkFileWriter(path, dim, workfile.cache_dtype(self.config.embed.embedder))
-                elif embedder is not None and writer.dim is None and emb is not None:
-                    raise ShardError(f"{o.shard.path}: cannot infer the embedding dimension")
-                if writer.dim is not None and emb is None:
-                    emb = np.zeros((0, writer.dim), np.float32)
-                writer.write(nb.valid, emb, nb.invalid)
-                o.rows += batch.num_rows
-                o.invalid += nb.invalid.num_rows
-                self.progress.advance(batch.num_rows)
-            if writer is None:
+                        if dim is None:
+                            pending.append(nb)
+                            continue
+                    writer = workfile.WorkFileWriter(path, dim, dtype)
+                    for held in pending:
+                        writer.write(held.valid, _no_rows(dim), held.invalid)
+                    pending = []
+                writer.write(nb.valid, emb if emb is not None else _no_rows(writer.dim), nb.invalid)
+            if writer is None:  # no valid row at all
                 dim = getattr(embedder, "dim", None) if embedder is not None else None
-                writer = workfile.WorkFileWriter(path, dim, workfile.cache_dtype(self.config.embed.embedder))
+                writer = workfile.WorkFileWriter(path, dim, dtype)
+                for held in pending:
+                    writer.write(held.valid, _no_rows(dim), held.invalid)
             if cfg.input.id_column:
-                normalizer.check_unique_ids(lambda row: self._id_at(writer, row))
+                normalizer.check_unique_ids(writer.id_of_row)
             writer.commit({"key": key, "shard": o.shard.name, "sha256": o.sha256})
         except ShardError as exc:
             if writer is not None:
@@ -398,15 +408,6 @@ class ScanPipeline:
             workfile.remove(path)
             o.status = f"{o.shard.path}: {type(exc).__name__}: {exc}"
             log.exception("%s failed", o.shard.path)
-
-    @staticmethod
-    def _id_at(writer: workfile.WorkFileWriter, row: int) -> str:
-        writer._writer.close()
-        writer._sink.close()
-        with workfile.WorkFileReader(writer.tmp) as r:
-            t = r.read_columns(["row", "id"])
-        idx = pc.index(t.column("row"), row).as_py()
-        return t.column("id")[idx].as_py()
 
     def _timed(self, stage: str, iterable):
         it = iter(iterable)

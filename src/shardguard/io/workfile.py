@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shardguard.io.writers import _commit, _tmp_path, atomic_write_json
 
@@ -69,6 +70,7 @@ class WorkFileWriter:
         self._writer = pa.ipc.new_file(self._sink, self.schema, options=opts)
         self.rows = 0
         self.valid = 0
+        self._closed = False
 
     def write(self, valid: pa.RecordBatch, embeddings: np.ndarray | None, invalid: pa.Table) -> None:
         """Add one batch: the valid rows (with their embeddings) and the invalid ones, in row order."""
@@ -97,16 +99,28 @@ class WorkFileWriter:
         self.rows += table.num_rows
         self.valid += n_valid
 
+    def close(self) -> None:
+        """Finish the file under its temporary name (idempotent); ``commit`` renames it."""
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+            self._sink.close()
+
+    def id_of_row(self, row: int) -> str:
+        """The id of ``row``, read back from the (closed) temporary file: for error messages."""
+        self.close()
+        with WorkFileReader(self.tmp) as r:
+            t = r.read_columns(["row", "id"])
+        return t.column("id")[pc.index(t.column("row"), row).as_py()].as_py()
+
     def commit(self, meta: dict[str, Any]) -> None:
-        self._writer.close()
-        self._sink.close()
+        self.close()
         _commit(self.tmp, self.path)
         atomic_write_json(meta_path(self.path), {**meta, "rows": self.rows, "valid": self.valid, "dim": self.dim})
 
     def abort(self) -> None:
         try:
-            self._writer.close()
-            self._sink.close()
+            self.close()
         except Exception:  # noqa: BLE001 - the file is discarded anyway
             pass
         self.tmp.unlink(missing_ok=True)
