@@ -269,8 +269,10 @@ class ScanPipeline:
         outcomes = [ShardOutcome(s, s.sha256()) for s in shards]
         self.timings["hash_inputs"] += time.perf_counter() - t
 
-        embedder = make_embedder(cfg.embed, cfg.random_state)
-        embedder_info = embedder.describe() if embedder is not None else None
+        t = time.perf_counter()
+        embedder = make_embedder(cfg.embed, cfg.random_state)  # imports torch for the model path
+        embedder_info = embedder.describe() if embedder is not None else None  # hashes the weights
+        self.timings["setup"] += time.perf_counter() - t
         skipped: dict[str, str] = {}
         detectors = build_detectors(cfg, embedder, skipped)
         run_key = _digest(
