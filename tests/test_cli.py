@@ -16,17 +16,18 @@ from shardguard.cli import build_parser, main
 FAST = ["--embedder", "hashing", "--id-column", "id", "--label-column", "label", "--no-progress"]
 
 
-def test_help_documents_every_flag(capsys):
+@pytest.mark.parametrize("command", ["scan", "apply", "report"])
+def test_help_documents_every_flag(capsys, command):
     with pytest.raises(SystemExit) as exc:
-        main(["scan", "--help"])
+        main([command, "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    scan = build_parser()._subparsers._group_actions[0].choices["scan"]
-    for action in scan._actions:
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
         for flag in action.option_strings:
             assert flag in text
-        if action.option_strings and action.dest != "help":
-            assert action.help, f"{action.option_strings} has no help text"
+        if action.dest != "help":
+            assert action.help, f"{action.option_strings or action.dest} has no help text"
 
 
 def test_scan_prints_summary_and_exits_0(tmp_path, samples_dir, capsys):
