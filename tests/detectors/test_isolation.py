@@ -3,11 +3,12 @@ determinism, the estimator contract and skops persistence."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pytest
+
+from conftest import state_round_trip
 import skops.io as sio
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
@@ -139,23 +140,13 @@ def test_threshold_rule(clean):
 
 
 # -- persistence ----------------------------------------------------------------------
-def _npz_round_trip(arrays):
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
-
-
 @pytest.mark.parametrize("pca", [None, 8])
 def test_persistence_round_trip(with_cloud, pca):
     X, _ = with_cloud
     det = IsolationForestDetector(n_estimators=60, pca_components=pca).fit(X[:3000])
     meta, arrays = det.get_state()
     assert arrays["forest_skops"].dtype == np.uint8
-    back = IsolationForestDetector.from_state(
-        det.get_params(), json.loads(json.dumps(meta)), _npz_round_trip(arrays)
-    )
+    back = IsolationForestDetector.from_state(det.get_params(), *state_round_trip(meta, arrays))
     np.testing.assert_array_equal(back.score_samples(X), det.score_samples(X))
     assert back.threshold_ == det.threshold_
     assert back.threshold_info() == det.threshold_info()

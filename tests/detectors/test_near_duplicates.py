@@ -3,7 +3,6 @@ on real sentences, scan-order semantics, persistence and memory."""
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import unicodedata
@@ -11,6 +10,8 @@ import unicodedata
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import state_round_trip
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from shardguard.bench.attacks import typo_copy
@@ -312,14 +313,7 @@ def test_persistence_round_trip(sst2, sms):
     idx = NearDuplicateIndex()
     for i in range(0, len(first), 700):  # several LSM runs
         idx.add(first[i : i + 700])
-    meta, arrays = idx.get_state()
-    # JSON + npz, no pickle anywhere
-    meta2 = json.loads(json.dumps(meta))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    buf.seek(0)
-    with np.load(buf, allow_pickle=False) as z:
-        arrays2 = {k: z[k] for k in z.files}
+    meta2, arrays2 = state_round_trip(*idx.get_state())  # JSON + npz, no pickle anywhere
     restored = NearDuplicateIndex.from_state(meta2, arrays2)
     assert restored.n_docs == idx.n_docs and restored.n_roots == idx.n_roots
     assert (restored.bands, restored.rows, restored.threshold) == (idx.bands, idx.rows, idx.threshold)

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,16 +43,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
-
-
-def atomic_write_parquet(path: str | os.PathLike, table: pa.Table) -> None:
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=65536)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
