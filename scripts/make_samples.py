@@ -287,7 +287,10 @@ def build(source: Path, seed: int) -> tuple[dict[str, list[dict]], dict]:
             "flood-b is a label-flip poison: spam text labelled 'ham'.",
             "exact_duplicates and natural_exact_duplicates list the later occurrence in scan order (sorted shard paths); "
             "'duplicate_of' is the first. Duplicates are computed on normalised text (NFKC, lowercase, collapsed whitespace).",
-            "The real messages also contain natural near-duplicates (spam templates) that a near-duplicate scan will flag.",
+            "The real messages also contain natural near-duplicates (spam templates). By default (near_duplicates.copies: "
+            "conflicting) shardguard quarantines only copies whose label contradicts the first occurrence's; the exact "
+            "duplicates here keep their original's label, so they are quarantined as near_duplicate only with "
+            "near_duplicates.copies: all (every copy names its first occurrence in scores/ either way).",
         ],
     }
     return shard_rows, manifest

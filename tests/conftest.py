@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,3 +44,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"real datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+GENUINE = "the plot is dull and the acting is worse than anything else released this year"
+
+
+def _edit(text: str, k: int) -> str:
+    """A copy of ``text`` with one letter changed at a position chosen by ``k`` (deterministic)."""
+    words = text.split()
+    w = k % len(words)
+    word = words[w]
+    words[w] = word[:-1] + ("xyz"[k % 3] if word[-1] != "xyz"[k % 3] else "q")
+    return " ".join(words)
+
+
+def write_duplicate_story(path: Path, flood_first: bool = False) -> dict[str, str]:
+    """Real SMS messages (the committed samples' first shard) with duplicates planted after them.
+
+    ``flood-*``: 30 one-letter edits of ``genuine`` relabelled ``pos`` (a label-flip flood of a
+    sentence that is also in the data as ``neg``); ``same-2`` repeats ``same-1`` under the same
+    label (a natural duplicate); ``flip-2`` repeats ``flip-1`` under another label. Returns
+    the planted ids by role.
+    """
+    base = pq.read_table(SAMPLES / "sms_000.parquet").select(["id", "text", "label"]).to_pylist()
+    genuine = [{"id": "genuine", "text": GENUINE, "label": "neg"}]
+    flood = [{"id": f"flood-{k:02d}", "text": _edit(GENUINE, k), "label": "pos"} for k in range(30)]
+    story = (flood + genuine if flood_first else genuine + flood) + [
+        {"id": "same-1", "text": "see you at the station at five, bring the umbrella", "label": "ham"},
+        {"id": "same-2", "text": "See you at the station at five,  bring the umbrella", "label": "ham"},
+        {"id": "flip-1", "text": "your parcel is waiting, reply with your card number now", "label": "spam"},
+        {"id": "flip-2", "text": "your parcel is waiting, reply with your card number now", "label": "ham"},
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(base + story), path)
+    return {"genuine": "genuine", "same": "same-2", "flip": "flip-2"}

@@ -75,10 +75,12 @@ def test_a_stream_also_drops_repeats_of_what_it_has_seen(fitted, planted, sample
     batch = pa.RecordBatch.from_pydict({
         "id": ["n1", "n2", "n3"],
         "text": [new, new.replace("weather", "waether"), new],
-        "label": ["ham", "ham", "ham"],
+        "label": ["ham", "spam", "ham"],
     })
     v = guard.score(batch)
-    assert v.column("status").to_pylist()[0] == "clean"
+    # default near_duplicates.copies = conflicting: the copy relabelled spam is quarantined,
+    # the repeat under the same label is not; both name what they copy
+    assert v.column("status").to_pylist() == ["clean", "quarantined", "clean"]
     assert v.column("reasons").to_pylist()[1] == ["near_duplicate"]
     assert v.column("duplicate_of").to_pylist()[1:] == ["n1", "n1"]
     # and a near-copy of a fitted row is dropped, naming the fitted row
@@ -171,3 +173,21 @@ def test_profile_from_another_version_or_model_fails_clearly(fitted, tmp_path):
     (p / "profile.json").write_text(json.dumps(meta))
     with pytest.raises(ProfileError, match="some-other-model"):
         Guard.load(p)
+
+
+@pytest.mark.parametrize("copies", ["conflicting", "all"])
+def test_guard_judges_copies_and_floods_as_scan_does(tmp_path, copies):
+    from conftest import write_duplicate_story
+
+    write_duplicate_story(tmp_path / "in" / "story.parquet")
+    cfg = load_config(None, {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "none",
+                             "near_duplicates.copies": copies})
+    scan([tmp_path / "in"], tmp_path / "out", cfg)
+    expected = pq.read_table(tmp_path / "out" / "scores" / "story.parquet")
+    guard = Guard.load(Guard.fit(tmp_path / "in", cfg).save(tmp_path / "profile"))
+    got = guard.score(pq.read_table(tmp_path / "in" / "story.parquet"))
+    for col in ("id", "status", "duplicate_of"):
+        assert got.column(col).to_pylist() == expected.column(col).to_pylist(), col
+    status = dict(zip(got.column("id").to_pylist(), got.column("status").to_pylist()))
+    assert status["genuine"] == "clean" and status["flood-00"] == "quarantined"
+    assert status["same-2"] == ("quarantined" if copies == "all" else "clean")

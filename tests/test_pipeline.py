@@ -77,15 +77,17 @@ def test_planted_invalid_rows_and_floods_are_quarantined_with_reasons(sample_sca
             for rid in info[flood]:
                 assert "duplicate_flood" in reasons.get(rid, []), (shard, rid)
         for rid in info["exact_duplicates"]:
-            assert "near_duplicate" in reasons.get(rid, []), rid
+            # they keep their original's label: not quarantined by default (near_duplicates.copies)
+            assert "near_duplicate" not in reasons.get(rid, []), rid
 
 
 def test_duplicate_of_points_at_the_first_occurrence_in_scan_order(sample_scan, planted):
     out, _ = sample_scan
-    lists = _lists(out)
-    everything = pa.concat_tables([t.select(["id", "reasons", "duplicate_of", "duplicate_of_shard",
+    scores = {p.relative_to(out / "scores").as_posix(): pq.read_table(p)
+              for p in sorted((out / "scores").rglob("*.parquet"))}
+    everything = pa.concat_tables([t.select(["id", "status", "duplicate_of", "duplicate_of_shard",
                                             "duplicate_of_row", "near_duplicate_score"])
-                                   for t in lists.values()]).to_pylist()
+                                   for t in scores.values()]).to_pylist()
     by_id = {r["id"]: r for r in everything}
     # the exact duplicates' originals, as PLANTED.json records them
     assert planted["exact_duplicates"]
@@ -93,12 +95,17 @@ def test_duplicate_of_points_at_the_first_occurrence_in_scan_order(sample_scan, 
         row = by_id[entry["id"]]
         assert row["duplicate_of"] == entry["duplicate_of"]
         assert row["duplicate_of_shard"] == entry["duplicate_of_shard"]
-        original = pq.read_table(out / "scores" / lists_name(entry["duplicate_of_shard"]))
+        original = scores[lists_name(entry["duplicate_of_shard"])]
         assert original.column("id")[row["duplicate_of_row"]].as_py() == entry["duplicate_of"]
         assert row["near_duplicate_score"] == pytest.approx(1.0)
-    # every near_duplicate has a duplicate_of, and nothing else has one
+    # every copy (and only a copy) names its first occurrence, quarantined or not
     for r in everything:
-        assert (r["duplicate_of"] is not None) == ("near_duplicate" in r["reasons"])
+        assert (r["duplicate_of"] is not None) == (r["near_duplicate_score"] is not None)
+    # and in the quarantine lists, every near_duplicate has one
+    for t in _lists(out).values():
+        for r in t.select(["reasons", "duplicate_of"]).to_pylist():
+            if "near_duplicate" in r["reasons"]:
+                assert r["duplicate_of"] is not None
 
 
 def test_report_has_totals_thresholds_timings(sample_scan, planted):
@@ -212,3 +219,68 @@ def test_precomputed_shard_starting_with_invalid_rows(tmp_path):
     (o,) = result.shards
     assert (o.rows, o.invalid) == (n, 3)
     assert o.rows == o.clean + o.quarantined
+
+
+def _verdicts(out, name="story.parquet"):
+    q = {r["id"]: r for r in pq.read_table(out / "quarantine" / name).to_pylist()}
+    s = {r["id"]: r for r in pq.read_table(out / "scores" / name).to_pylist()}
+    return q, s
+
+
+STORY = {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "none"}
+
+
+def test_default_quarantines_contradicting_copies_and_the_flood_not_its_genuine_source(tmp_path):
+    from conftest import write_duplicate_story
+
+    write_duplicate_story(tmp_path / "in" / "story.parquet")
+    scan([tmp_path / "in"], tmp_path / "out", load_config(None, STORY))
+    q, s = _verdicts(tmp_path / "out")
+    # the sentence the attacker copied keeps its own label and stays clean: it is no flood member
+    assert s["genuine"]["status"] == "clean"
+    for k in range(30):
+        row = q[f"flood-{k:02d}"]
+        assert set(row["reasons"]) == {"near_duplicate", "duplicate_flood"}
+        assert row["duplicate_of"] == "genuine"
+    # a repeat under the same label is not poison: clean, but it still names what it copies
+    assert s["same-2"]["status"] == "clean" and s["same-2"]["duplicate_of"] == "same-1"
+    assert q["flip-2"]["reasons"] == ["near_duplicate"] and q["flip-2"]["duplicate_of"] == "flip-1"
+    assert s["flip-1"]["status"] == "clean"
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    top = report["largest_duplicate_clusters"][0]
+    assert (top["root_id"], top["size"], top["first_label"], top["majority_label"]) == ("genuine", 31, "neg", "pos")
+    assert report["thresholds"]["near_duplicate"]["copies"] == "conflicting"
+    # every copy found is counted, quarantined or not
+    assert report["thresholds"]["near_duplicate"]["copies_found"] == sum(
+        r["duplicate_of"] is not None for r in s.values())
+
+
+def test_copies_all_deduplicates_and_unlabelled_floods_take_every_member(tmp_path):
+    from conftest import write_duplicate_story
+
+    write_duplicate_story(tmp_path / "in" / "story.parquet")
+    scan([tmp_path / "in"], tmp_path / "all", load_config(None, {**STORY, "near_duplicates.copies": "all"}))
+    q, s = _verdicts(tmp_path / "all")
+    assert q["same-2"]["reasons"] == ["near_duplicate"] and q["same-2"]["duplicate_of"] == "same-1"
+    assert "genuine" not in q
+    # every copy is quarantined, and every quarantined copy names its first occurrence
+    assert {i for i, r in s.items() if r["duplicate_of"] is not None} == {
+        i for i, r in q.items() if "near_duplicate" in r["reasons"]}
+
+    unlabelled = {**STORY, "input.label_column": None}
+    scan([tmp_path / "in"], tmp_path / "unl", load_config(None, unlabelled))
+    q, s = _verdicts(tmp_path / "unl")
+    assert "duplicate_flood" in q["genuine"]["reasons"]  # no labels: the whole cluster is the flood
+    assert all("near_duplicate" not in r["reasons"] for r in q.values())  # nothing contradicts anything
+
+
+def test_a_flood_scanned_before_its_source_still_spares_the_source(tmp_path):
+    from conftest import write_duplicate_story
+
+    write_duplicate_story(tmp_path / "in" / "story.parquet", flood_first=True)
+    scan([tmp_path / "in"], tmp_path / "out", load_config(None, STORY))
+    q, s = _verdicts(tmp_path / "out")
+    # the first flood copy is the reference now: the copies agree with it, so they are the
+    # flood and nothing more; the genuine sentence contradicts the flood, not a lone row
+    assert all(q[f"flood-{k:02d}"]["reasons"] == ["duplicate_flood"] for k in range(30))
+    assert s["genuine"]["status"] == "clean" and s["genuine"]["duplicate_of"] == "flood-00"

@@ -60,6 +60,9 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ngram", type=int, metavar="N", help="character n-gram size for shingles (default 3)")
     g.add_argument("--flood-size", type=int, metavar="N",
                    help="a cluster with more members than this is a duplicate_flood (default 20)")
+    g.add_argument("--copies", choices=["conflicting", "all", "none"],
+                   help="which later copies are quarantined as near_duplicate: those whose label contradicts the "
+                        "first occurrence's (default), all of them (dedup), or none")
     g = p.add_argument_group("embedding detectors")
     g.add_argument("--embedder", choices=["sentence-transformers", "hashing", "precomputed", "none"],
                    help="how rows become vectors (default sentence-transformers; 'none' skips the embedding detectors)")
@@ -88,6 +91,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "num_perm": "near_duplicates.num_perm",
         "ngram": "near_duplicates.ngram",
         "flood_size": "near_duplicates.flood_size",
+        "copies": "near_duplicates.copies",
         "embedder": "embed.embedder",
         "model": "embed.model",
         "device": "embed.device",

@@ -46,6 +46,10 @@ class InputConfig:
             )
 
 
+#: Which later copies of a row are quarantined as ``near_duplicate`` (see configs/default.yaml).
+COPY_MODES = ("conflicting", "all", "none")
+
+
 @dataclass
 class NearDuplicateConfig:
     """MinHash LSH near-duplicate detection across all shards of a run."""
@@ -55,6 +59,7 @@ class NearDuplicateConfig:
     num_perm: int = 128
     ngram: int = 3
     flood_size: int = 20
+    copies: str = "conflicting"
     seed: int = 1
 
     def validate(self) -> None:
@@ -66,6 +71,8 @@ class NearDuplicateConfig:
             raise ConfigError("near_duplicates.ngram must be >= 1")
         if self.flood_size < 2:
             raise ConfigError("near_duplicates.flood_size must be >= 2")
+        if self.copies not in COPY_MODES:
+            raise ConfigError(f"near_duplicates.copies must be one of {', '.join(COPY_MODES)}, got {self.copies!r}")
 
 
 @dataclass

@@ -457,19 +457,24 @@ class ScanOutput:
 
     # -- duplicate clusters --------------------------------------------------------------------
     def duplicate_clusters(self, top: int | None = 5) -> list[DuplicateCluster]:
-        """The largest near-duplicate clusters, rebuilt from the quarantine lists.
+        """The largest near-duplicate clusters, rebuilt from the per-row scores.
 
-        Every member names its root (the first occurrence in scan order) by
-        ``duplicate_of`` (id), ``duplicate_of_shard`` and ``duplicate_of_row``; the
-        root is clean for an ordinary cluster and quarantined as ``duplicate_flood``
-        when the cluster is a flood. Largest first; ties by root shard and row.
+        Every copy names its root (the first occurrence in scan order) by
+        ``duplicate_of`` (id), ``duplicate_of_shard`` and ``duplicate_of_row`` in
+        ``scores/``, whether it was quarantined or not (``near_duplicates.copies``
+        decides that); a member's ``reasons`` come from the quarantine lists (empty
+        when it is clean). Largest first; ties by root shard and row.
         """
         q = self.quarantine()
-        if q.num_rows == 0 or "duplicate_of_row" not in q.column_names:
+        m = self.scores(columns=["id", "row", "label", "duplicate_of", "duplicate_of_shard", "duplicate_of_row",
+                                 "near_duplicate_score"])
+        if m.num_rows == 0 or "duplicate_of_row" not in m.column_names:
             return []
-        m = q.filter(pc.is_valid(q.column("duplicate_of_row")))
+        m = m.filter(pc.is_valid(m.column("duplicate_of_row")))
         if m.num_rows == 0:
             return []
+        qkeys = {(sh, row): rs for sh, row, rs in zip(q.column("shard").to_pylist(), q.column("row").to_pylist(),
+                                                       q.column("reasons").to_pylist())}
         order = {s.name: k for k, s in enumerate(self.shards)}
         keys = list(zip(m.column("duplicate_of_shard").to_pylist(), m.column("duplicate_of_row").to_pylist()))
         root_id_of = dict(zip(keys, m.column("duplicate_of").to_pylist()))
@@ -484,7 +489,8 @@ class ScanOutput:
 
         members_tbl = m
         texts = self._join_text(members_tbl).column("text").to_pylist()
-        cols = {c: members_tbl.column(c).to_pylist() for c in ("shard", "id", "row", "label", "reasons")}
+        cols = {c: members_tbl.column(c).to_pylist() for c in ("shard", "id", "row", "label")}
+        cols["reasons"] = [qkeys.get(k) for k in zip(cols["shard"], cols["row"])]
         sims = (members_tbl.column("near_duplicate_score").to_pylist()
                 if "near_duplicate_score" in members_tbl.column_names else [None] * members_tbl.num_rows)
         chosen = {k: (k[0], k[1], False) for k, _ in ranked}
@@ -495,8 +501,6 @@ class ScanOutput:
         for c in chosen.values():
             if c is not None:
                 by_shard.setdefault(c[0], []).append(c[1])
-        qkeys = {(sh, row): rs for sh, row, rs in zip(q.column("shard").to_pylist(), q.column("row").to_pylist(),
-                                                       q.column("reasons").to_pylist())}
         for sh, rows in by_shard.items():
             try:
                 w = self.texts(sh, rows)

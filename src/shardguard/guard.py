@@ -11,11 +11,13 @@ Identity of rows: with ``input.id_column`` configured, a row whose id equals
 the id of the fitted row it matches IS that row (not a repeat), so filtering
 the training data itself, epoch after epoch, drops only what scan flagged.
 Without an id column, a row that is an exact copy (after normalisation) of an
-indexed row is taken to be that row; near-copies are repeats.
+indexed row, with the same label, is taken to be that row; near-copies are repeats.
 
 Streams: every row the guard has not seen before is added to the index, so a
 stream filtered through a guard also drops later repeats of what it let
-through. Duplicate-flood status uses the cluster sizes known at fit time.
+through (which repeats count is ``near_duplicates.copies``, as in scan; the
+guard keeps every indexed row's label to tell). Duplicate-flood status uses the
+cluster sizes and majority labels known at fit time.
 
 Profiles (``save``/``load``) hold JSON and one ``.npz`` of plain numeric arrays
 (loaded with ``allow_pickle=False``; the isolation forest travels as skops
@@ -44,13 +46,13 @@ from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.readers import Shard
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
-from shardguard.stages import DuplicateVerdict, text_kwargs, verdict_table
+from shardguard.stages import ClusterTable, DuplicateVerdict, duplicate_flags, text_kwargs, verdict_table
 from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "shardguard-profile"
-PROFILE_FORMAT_VERSION = 1
+PROFILE_FORMAT_VERSION = 2
 
 
 class ProfileError(ValueError):
@@ -67,6 +69,29 @@ def _strings_to_arrays(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _arrays_to_strings(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
     n = len(offsets) - 1
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data.astype(np.uint8)))
+
+
+class LabelCodes:
+    """Labels (str or None) as int32 codes, -1 for None, so that profiles hold plain arrays."""
+
+    def __init__(self, vocabulary: Sequence[str] = ()):
+        self.vocabulary = [str(v) for v in vocabulary]
+        self._code = {v: i for i, v in enumerate(self.vocabulary)}
+
+    def encode(self, labels: Sequence[Any]) -> np.ndarray:
+        out = np.full(len(labels), -1, np.int32)
+        for i, v in enumerate(labels):
+            if v is not None:
+                code = self._code.get(v)
+                if code is None:
+                    code = self._code[v] = len(self.vocabulary)
+                    self.vocabulary.append(v)
+                out[i] = code
+        return out
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        table = np.array(self.vocabulary + [None], dtype=object)  # code -1 -> None
+        return table[np.asarray(codes, np.int64)]
 
 
 class Guard:
@@ -86,6 +111,10 @@ class Guard:
         root_rows: np.ndarray | None = None,
         root_shards: np.ndarray | None = None,
         shard_names: Sequence[str] = (),
+        root_labels: np.ndarray | None = None,
+        cluster_reference: np.ndarray | None = None,
+        cluster_majority: np.ndarray | None = None,
+        labels: LabelCodes | None = None,
     ):
         self.config = config
         self.detectors = dict(detectors)
@@ -98,6 +127,15 @@ class Guard:
         self.shard_names = list(shard_names)
         self._cluster_roots = np.asarray(cluster_roots, dtype=np.int64)
         self._cluster_counts = np.asarray(cluster_counts, dtype=np.int64)
+        self._labels = labels or LabelCodes()
+        n_cl = self._cluster_roots.size
+        self._root_labels = np.full(n_roots, -1, np.int32) if root_labels is None else np.asarray(root_labels, np.int32)
+        self._cluster_reference = np.full(n_cl, -1, np.int32) if cluster_reference is None else np.asarray(cluster_reference, np.int32)
+        self._cluster_majority = np.full(n_cl, -1, np.int32) if cluster_majority is None else np.asarray(cluster_majority, np.int32)
+        self._new_labels: list[np.ndarray] = []
+        self._clusters = ClusterTable(self._cluster_roots, self._cluster_counts + 1,
+                                      self._labels.decode(self._cluster_reference),
+                                      self._labels.decode(self._cluster_majority))
         self.embedder_info = embedder_info
         self._embedder = embedder
         self._new_seqs: list[np.ndarray] = []
@@ -130,16 +168,18 @@ class Guard:
         failed = [o.status for o in state.outcomes if o.status != "ok"]
         if failed:
             raise ValueError("cannot fit on shards that failed to read:\n" + "\n".join(failed))
-        roots = state.clusters.all_roots()
-        counts = np.array([state.clusters.counts[int(r)] for r in roots], dtype=np.int64)
+        table = state.clusters.table()
+        labels = LabelCodes()
         root_ids = pa.concat_arrays([a.cast(pa.large_string()) for a in state.root_ids]) if state.root_ids \
             else pa.array([], pa.large_string())
         root_seqs = np.concatenate(state.root_seqs) if state.root_seqs else np.zeros(0, np.int64)
         root_rows = np.concatenate(state.root_rows) if state.root_rows else np.zeros(0, np.int64)
         root_shards = np.concatenate(state.root_shards) if state.root_shards else np.zeros(0, np.int32)
+        root_labels = labels.encode(np.concatenate(state.root_labels).tolist() if state.root_labels else [])
         names = [o.shard.name for o in state.outcomes if o.status == "ok"]
-        return cls(config, state.detectors, state.dup_index, root_seqs, root_ids, roots, counts,
-                   state.embedder_info, state.embedder, root_rows, root_shards, names)
+        return cls(config, state.detectors, state.dup_index, root_seqs, root_ids, table.roots, table.sizes - 1,
+                   state.embedder_info, state.embedder, root_rows, root_shards, names, root_labels,
+                   labels.encode(table.reference.tolist()), labels.encode(table.majority.tolist()), labels)
 
     @property
     def embedder(self):
@@ -199,55 +239,56 @@ class Guard:
     def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
         texts = valid_batch.column("text").to_pylist()
         row_ids = valid_batch.column("id").to_pylist()
+        labels = valid_batch.column("label").to_numpy(zero_copy_only=False)
         first = self.dup_index.n_docs
         root, sim = self.dup_index.add(texts)
         root, sim = np.asarray(root), np.asarray(sim, dtype=np.float64)
-        # Rows new to the index are remembered with their ids.
+        # Rows new to the index are remembered with their ids and labels.
         is_root = root < 0
         self._new_seqs.append(first + np.flatnonzero(is_root))
         self._new_ids.append(pa.array([row_ids[i] for i in np.flatnonzero(is_root)], pa.large_string()))
+        self._new_labels.append(self._labels.encode(labels[is_root].tolist()))
         member = root >= 0
         root_id = np.full(root.size, None, dtype=object)
         root_shard = np.full(root.size, None, dtype=object)
         root_row = np.full(root.size, None, dtype=object)
+        root_label = np.full(root.size, None, dtype=object)
         found = self._roots_of(root[member])
         for i, hit in zip(np.flatnonzero(member).tolist(), found):
             if hit is not None:
-                root_id[i], root_shard[i], root_row[i] = hit
+                root_id[i], root_shard[i], root_row[i], root_label[i] = hit
         if self.config.input.id_column:
             is_self = member & (root_id == np.array(row_ids, dtype=object))
         else:
-            is_self = member & (sim >= 1.0)
-        is_member_v = member & ~is_self
+            is_self = member & (sim >= 1.0) & np.asarray(labels == root_label, bool)
+        is_copy_v = member & ~is_self
         own = np.where(is_self, root, first + np.arange(root.size))  # the row's own cluster key if it is a root
-        cl_pos = np.searchsorted(self._cluster_roots, np.where(is_member_v, root, own))
-        ok = cl_pos < self._cluster_roots.size
-        ok[ok] = self._cluster_roots[cl_pos[ok]] == np.where(is_member_v, root, own)[ok]
-        sizes = np.ones(root.size, np.int64)
-        sizes[ok] = self._cluster_counts[cl_pos[ok]] + 1
-        flood_v = sizes > self.config.near_duplicates.flood_size
+        _, sizes, _, majority = self._clusters.lookup(np.where(is_copy_v, root, own))
+        nd = self.config.near_duplicates
+        # A copy is judged against the label of the row it copies (the cluster's first occurrence).
+        is_member_v, flood_v = duplicate_flags(nd.copies, nd.flood_size, is_copy_v, labels, sizes, root_label, majority)
 
         is_member = np.zeros(n, bool)
         is_member[vidx] = is_member_v
         score = np.full(n, np.nan)
-        score[vidx] = np.where(is_member_v, sim, np.nan)
+        score[vidx] = np.where(is_copy_v, sim, np.nan)
         dup_of = np.full(n, None, dtype=object)
-        dup_of[vidx[is_member_v]] = root_id[is_member_v]
+        dup_of[vidx[is_copy_v]] = root_id[is_copy_v]
         of_shard = np.full(n, None, dtype=object)
-        of_shard[vidx[is_member_v]] = root_shard[is_member_v]
+        of_shard[vidx[is_copy_v]] = root_shard[is_copy_v]
         of_row = np.full(n, None, dtype=object)
-        of_row[vidx[is_member_v]] = root_row[is_member_v]
+        of_row[vidx[is_copy_v]] = root_row[is_copy_v]
         flood = np.zeros(n, bool)
         flood[vidx] = flood_v
         return DuplicateVerdict(is_member, score, dup_of, flood, of_shard, of_row)
 
-    def _roots_of(self, seqs: np.ndarray) -> list[tuple[str, str | None, int | None] | None]:
-        """(id, shard, row) of indexed rows by sequence number: fitted ones, then the stream's."""
+    def _roots_of(self, seqs: np.ndarray) -> list[tuple[str, str | None, int | None, Any] | None]:
+        """(id, shard, row, label) of indexed rows by sequence number: fitted ones, then the stream's."""
         if sum(a.size for a in self._new_seqs) > 4096:
             self._fold_new()
-        out: list[tuple[str, str | None, int | None] | None] = [None] * seqs.size
-        for table_seqs, table_ids, rows, shards in (
-            (self._root_seqs, self._root_ids, self._root_rows, self._root_shards),
+        out: list[tuple[str, str | None, int | None, Any] | None] = [None] * seqs.size
+        for table_seqs, table_ids, rows, shards, label_codes in (
+            (self._root_seqs, self._root_ids, self._root_rows, self._root_shards, self._root_labels),
             *self._pending(),
         ):
             if table_seqs.size == 0:
@@ -257,27 +298,29 @@ class Guard:
             if hit.any():
                 p = pos[hit]
                 vals = table_ids.take(pa.array(p)).to_pylist()
-                for i, v, r, sh in zip(np.flatnonzero(hit).tolist(), vals, rows[p].tolist(), shards[p].tolist()):
-                    out[i] = (v, self.shard_names[sh] if sh >= 0 else None, r if sh >= 0 else None)
+                labs = self._labels.decode(label_codes[p]).tolist()
+                for i, v, r, sh, lab in zip(np.flatnonzero(hit).tolist(), vals, rows[p].tolist(), shards[p].tolist(), labs):
+                    out[i] = (v, self.shard_names[sh] if sh >= 0 else None, r if sh >= 0 else None, lab)
         return out
 
-    def _pending(self) -> list[tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray]]:
+    def _pending(self) -> list[tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray, np.ndarray]]:
         if not self._new_seqs:
             return []
         seqs = np.concatenate(self._new_seqs)
         return [(seqs, pa.concat_arrays(self._new_ids), np.full(seqs.size, -1, np.int64),
-                 np.full(seqs.size, -1, np.int32))]
+                 np.full(seqs.size, -1, np.int32), np.concatenate(self._new_labels))]
 
     def _fold_new(self) -> None:
         """Append the rows remembered from the stream to the root table (sequence numbers only grow)."""
         if not self._new_seqs:
             return
-        (seqs, ids, rows, shards), = self._pending()
+        (seqs, ids, rows, shards, labels), = self._pending()
         self._root_seqs = np.concatenate([self._root_seqs, seqs])
         self._root_ids = pa.concat_arrays([self._root_ids, ids])
         self._root_rows = np.concatenate([self._root_rows, rows])
         self._root_shards = np.concatenate([self._root_shards, shards])
-        self._new_seqs, self._new_ids = [], []
+        self._root_labels = np.concatenate([self._root_labels, labels])
+        self._new_seqs, self._new_ids, self._new_labels = [], [], []
 
     def filter(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
         """The rows of ``batch`` that are clean, with all their columns (same type out as in)."""
@@ -339,8 +382,11 @@ class Guard:
         arrays["roots.id_data"] = data
         arrays["roots.rows"] = self._root_rows
         arrays["roots.shards"] = self._root_shards
+        arrays["roots.labels"] = self._root_labels
         arrays["clusters.roots"] = self._cluster_roots
         arrays["clusters.counts"] = self._cluster_counts
+        arrays["clusters.reference"] = self._cluster_reference
+        arrays["clusters.majority"] = self._cluster_majority
         for k, v in arrays.items():
             if v.dtype == object:
                 raise TypeError(f"profile array {k} has dtype object; only numeric arrays are saved")
@@ -355,6 +401,7 @@ class Guard:
             "detectors": det_meta,
             "near_duplicates": nd_meta,
             "shards": self.shard_names,
+            "labels": self._labels.vocabulary,
             "arrays_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
         }
         (path / "profile.json").write_text(json.dumps(profile, indent=2, default=str) + "\n")
@@ -418,4 +465,5 @@ class Guard:
                     )
         return cls(config, detectors, dup_index, arrays["roots.seqs"], root_ids, arrays["clusters.roots"],
                    arrays["clusters.counts"], profile.get("embedder"), embedder, arrays["roots.rows"],
-                   arrays["roots.shards"], profile.get("shards", []))
+                   arrays["roots.shards"], profile.get("shards", []), arrays["roots.labels"],
+                   arrays["clusters.reference"], arrays["clusters.majority"], LabelCodes(profile.get("labels", [])))

@@ -41,9 +41,11 @@ from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_st
 from shardguard.stages import (
     DUPLICATE_FLOOD,
     NEAR_DUPLICATE,
+    ClusterTable,
     DuplicateClusters,
     DuplicateVerdict,
     ReservoirSample,
+    duplicate_flags,
     text_kwargs,
     verdict_table,
 )
@@ -133,6 +135,9 @@ class ScanState:
     skipped_detectors: dict[str, str] = field(default_factory=dict)
     root_rows: list[np.ndarray] = field(default_factory=list)
     root_shards: list[np.ndarray] = field(default_factory=list)  # index into the ok shards, in scan order
+    root_labels: list[np.ndarray] = field(default_factory=list)
+    #: Cluster root sequence number -> (id, shard, row, label), for ``duplicate_of*`` and the report.
+    cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
 
 
 def _work_path(work_dir: Path, shard: Shard) -> Path:
@@ -218,8 +223,8 @@ class ScanPipeline:
 
         # Pass 2: verdicts and lists.
         t = time.perf_counter()
-        root_ids = self._root_ids(state.clusters, ok, state.seq_start, state.work_dir)
-        flood_roots = state.clusters.flood_roots()
+        root_ids = state.cluster_roots
+        clusters = state.clusters.table()
         columns = score_columns(self.config, list(state.detectors))
         manifest = self._manifest_base(state.run_key, state.embedder_info)
         self.progress.start("score + write", sum(o.rows for o in ok))
@@ -232,7 +237,7 @@ class ScanPipeline:
                 self._restore(o, done)
                 self.progress.advance(o.rows)
             else:
-                self._pass2_shard(o, state, flood_roots, root_ids, columns)
+                self._pass2_shard(o, state, clusters, root_ids, columns)
             o.done = True
             manifest["shards"] = [x.to_json() for x in state.outcomes if x.done or x.status != "ok"]
             atomic_write_json(self.out_dir / "manifest.json", manifest)
@@ -324,6 +329,8 @@ class ScanPipeline:
             state.seq_start[o.shard.name] = seq
             seq += self._replay_shard(o, state, reservoir)
         self.progress.finish()
+        state.cluster_roots = self._root_ids(state.clusters, ok, state.seq_start, work_dir)
+        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()})
         self.timings["index"] += time.perf_counter() - t
 
         # Fit.
@@ -437,13 +444,15 @@ class ScanPipeline:
                 if vb.num_rows and state.dup_index is not None:
                     root, sim = state.dup_index.add(vb.column("text").to_pylist())
                     root = np.asarray(root)
-                    state.clusters.record(o.shard.name, vb.column("row").to_numpy(), root, np.asarray(sim))
+                    state.clusters.record(o.shard.name, vb.column("row").to_numpy(), root, np.asarray(sim),
+                                          vb.column("label").to_numpy(zero_copy_only=False))
                     if state.root_ids is not None:
                         is_root = root < 0
                         first = state.dup_index.n_docs - vb.num_rows
                         state.root_seqs.append(first + np.flatnonzero(is_root))
                         state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
                         state.root_rows.append(vb.column("row").to_numpy()[is_root])
+                        state.root_labels.append(vb.column("label").to_numpy(zero_copy_only=False)[is_root])
                         state.root_shards.append(np.full(int(is_root.sum()), len(state.seq_start) - 1, np.int32))
                 if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
@@ -455,8 +464,8 @@ class ScanPipeline:
                 self.progress.advance(batch.num_rows)
         return n_valid
 
-    def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, tuple[str, str, int]]:
-        """Global sequence number of every cluster root -> (id, shard, row), for ``duplicate_of*``."""
+    def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, tuple[str, str, int, Any]]:
+        """Global sequence number of every cluster root -> (id, shard, row, label)."""
         roots = clusters.all_roots()
         if roots.size == 0:
             return {}
@@ -467,19 +476,20 @@ class ScanPipeline:
         for k in np.unique(which):
             o = ok[int(k)]
             with workfile.WorkFileReader(_work_path(work_dir, o.shard)) as r:
-                t = r.read_columns(["id", "row", "detail"])
+                t = r.read_columns(["id", "row", "label", "detail"])
             t = t.filter(t.column("detail").is_null())
             mine = roots[which == k]
             local = pa.array(mine - starts[k])
             ids = t.column("id").take(local).to_pylist()
             rows = t.column("row").take(local).to_pylist()
-            for s, i, r in zip(mine.tolist(), ids, rows):
-                out[s] = (i, o.shard.name, r)
+            labels = t.column("label").take(local).to_pylist()
+            for s, i, r, lab in zip(mine.tolist(), ids, rows, labels):
+                out[s] = (i, o.shard.name, r, lab)
         return out
 
     # -- pass 2 ---------------------------------------------------------------------------------
-    def _pass2_shard(self, o: ShardOutcome, state: "ScanState", flood_roots: np.ndarray,
-                     root_ids: dict[int, str], columns: list[str]) -> None:
+    def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
+                     root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
         members = state.clusters.members.get(o.shard.name)
         if members is not None:
             order = np.argsort(members[0])
@@ -487,6 +497,7 @@ class ScanPipeline:
         else:
             m_rows = m_root = np.zeros(0, np.int64)
             m_sim = np.zeros(0, np.float32)
+        nd = self.config.near_duplicates
         o.clean = o.quarantined = o.invalid = 0
         o.reasons = Counter()
         seq = state.seq_start[o.shard.name]
@@ -511,16 +522,16 @@ class ScanPipeline:
                     member_root[is_member] = m_root[pos[is_member]]
                     own_seq = np.full(n, -1, np.int64)
                     own_seq[vidx] = seq + np.arange(vidx.size)
-                    flood = ((own_seq >= 0) & np.isin(own_seq, flood_roots)) | (
-                        is_member & np.isin(member_root, flood_roots)
-                    )
+                    _, size, ref, maj = clusters.lookup(np.where(is_member, member_root, own_seq))
+                    labels = batch.column("label").to_numpy(zero_copy_only=False)
+                    near, flood = duplicate_flags(nd.copies, nd.flood_size, is_member, labels, size, ref, maj)
                     dup_of = np.full(n, None, dtype=object)
                     of_shard = np.full(n, None, dtype=object)
                     of_row = np.full(n, None, dtype=object)
-                    where = np.flatnonzero(is_member)
+                    where = np.flatnonzero(is_member)  # every copy names what it copies
                     for i, r in zip(where.tolist(), member_root[where].tolist()):
-                        dup_of[i], of_shard[i], of_row[i] = root_ids[r]
-                    dups = DuplicateVerdict(is_member, score, dup_of, flood, of_shard, of_row)
+                        dup_of[i], of_shard[i], of_row[i] = root_ids[r][:3]
+                    dups = DuplicateVerdict(near, score, dup_of, flood & valid, of_shard, of_row)
                 seq += vidx.size
                 det_scores: dict[str, np.ndarray] = {name: np.full(n, np.nan) for name in detectors}
                 if detectors and dim is not None and vidx.size:
@@ -570,7 +581,7 @@ class ScanPipeline:
         }
 
     def _report(self, outcomes, detectors, clusters, wall, total_bytes,
-                root_ids: dict[int, tuple[str, str, int]] | None = None) -> dict[str, Any]:
+                root_ids: dict[int, tuple[str, str, int, Any]] | None = None) -> dict[str, Any]:
         reasons: Counter = Counter()
         for o in outcomes:
             reasons.update(o.reasons)
@@ -587,13 +598,21 @@ class ScanPipeline:
         nd = self.config.near_duplicates
         thresholds: dict[str, Any] = {}
         if nd.enabled:
+            copies_rule = {
+                "conflicting": "a later copy whose label differs from the first occurrence's",
+                "all": "every later copy",
+                "none": "no copy (near_duplicate_score is still written)",
+            }[nd.copies]
             thresholds[NEAR_DUPLICATE] = {
                 "threshold": nd.threshold,
-                "rule": "estimated Jaccard similarity of character n-gram sets to an earlier row >= threshold",
-                "jaccard": nd.threshold, "num_perm": nd.num_perm, "ngram": nd.ngram,
+                "rule": "estimated Jaccard similarity of character n-gram sets to an earlier row >= threshold; "
+                        f"quarantined: {copies_rule}",
+                "jaccard": nd.threshold, "num_perm": nd.num_perm, "ngram": nd.ngram, "copies": nd.copies,
+                "copies_found": int(sum(clusters.counts.values())),
             }
             thresholds[DUPLICATE_FLOOD] = {"threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
-                                           "rule": "every member of a cluster with more rows than the threshold"}
+                                           "rule": "the rows carrying the majority label of a cluster with more "
+                                                   "rows than the threshold (all of them when unlabelled)"}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
         largest = sorted(clusters.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
@@ -610,6 +629,8 @@ class ScanPipeline:
                     "root_row": where.get(k, (None, None, None))[2],
                     "size": v + 1,
                     "flood": v + 1 > nd.flood_size,
+                    "first_label": clusters.reference.get(k),
+                    "majority_label": clusters.majority.get(k),
                 }
                 for k, v in largest
             ],

@@ -6,6 +6,7 @@ clusters, turn scores into verdicts.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -82,25 +83,49 @@ class DuplicateClusters:
     ``roots`` are global sequence numbers (over valid rows, in scan order) of
     first occurrences that something duplicates; members point at them.
     Memory grows with the number of duplicates, not with the data.
+
+    After pass 1b, :meth:`resolve` is given the roots' labels and fixes each
+    cluster's reference label (its first occurrence's) and majority label (the
+    label most of its rows carry; ties go to the reference), which
+    :func:`duplicate_flags` turns into verdicts.
     """
 
     flood_size: int
-    members: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    members: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
+    member_labels: dict[int, Counter] = field(default_factory=dict)
+    reference: dict[int, Any] = field(default_factory=dict)
+    majority: dict[int, Any] = field(default_factory=dict)
 
-    def record(self, shard: str, rows: np.ndarray, root: np.ndarray, sim: np.ndarray) -> None:
-        """Keep the duplicates among ``rows`` (root >= 0) of one shard."""
+    def record(self, shard: str, rows: np.ndarray, root: np.ndarray, sim: np.ndarray,
+               labels: np.ndarray | None = None) -> None:
+        """Keep the duplicates among ``rows`` (root >= 0) of one shard, with their labels."""
         dup = root >= 0
         if not dup.any():
             return
+        lab = np.full(int(dup.sum()), None, dtype=object) if labels is None else np.asarray(labels, dtype=object)[dup]
         r, ro, s = rows[dup], root[dup], sim[dup]
         if shard in self.members:
-            a, b, c = self.members[shard]
-            r, ro, s = np.concatenate([a, r]), np.concatenate([b, ro]), np.concatenate([c, s])
-        self.members[shard] = (r, ro, s)
-        uniq, cnt = np.unique(root[dup], return_counts=True)
-        for u, c in zip(uniq.tolist(), cnt.tolist()):
-            self.counts[u] = self.counts.get(u, 0) + c
+            a, b, c, d = self.members[shard]
+            r, ro, s, lab_all = np.concatenate([a, r]), np.concatenate([b, ro]), np.concatenate([c, s]), np.concatenate([d, lab])
+        else:
+            lab_all = lab
+        self.members[shard] = (r, ro, s, lab_all)
+        # Duplicates are few next to the data: a loop over them is cheap.
+        for u, label in zip(root[dup].tolist(), lab.tolist()):
+            self.counts[u] = self.counts.get(u, 0) + 1
+            self.member_labels.setdefault(u, Counter())[label] += 1
+
+    def resolve(self, root_labels: Mapping[int, Any]) -> None:
+        """Fix every cluster's reference and majority label from its root's label."""
+        for root, tally in self.member_labels.items():
+            ref = root_labels.get(root)
+            counts = Counter(tally)
+            counts[ref] += 1
+            best = max(counts.values())
+            self.reference[root] = ref
+            self.majority[root] = ref if counts[ref] == best else min(
+                (k for k, v in counts.items() if v == best), key=str)
 
     def flood_roots(self) -> np.ndarray:
         """Roots of clusters with more than ``flood_size`` members in all (root included)."""
@@ -111,6 +136,73 @@ class DuplicateClusters:
 
     def cluster_size(self, root: int) -> int:
         return self.counts.get(root, 0) + 1
+
+    def table(self) -> "ClusterTable":
+        """The clusters as sorted arrays, for vectorised lookups (after :meth:`resolve`)."""
+        roots = self.all_roots()
+        return ClusterTable(
+            roots,
+            np.array([self.counts[r] + 1 for r in roots.tolist()], dtype=np.int64),
+            np.array([self.reference.get(r) for r in roots.tolist()] + [None], dtype=object)[:-1],
+            np.array([self.majority.get(r) for r in roots.tolist()] + [None], dtype=object)[:-1],
+        )
+
+
+@dataclass
+class ClusterTable:
+    """Duplicate clusters as arrays of shape ``(k,)``, sorted by root sequence number."""
+
+    roots: np.ndarray  # int64
+    sizes: np.ndarray  # int64: rows in the cluster, root included
+    reference: np.ndarray  # object: the root's label
+    majority: np.ndarray  # object: the label most rows of the cluster carry
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(found, size, reference, majority) for cluster keys (root sequence numbers); size 1
+        and labels None where ``keys`` is no cluster's root (negative keys included)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        n = keys.size
+        size = np.ones(n, np.int64)
+        ref = np.full(n, None, dtype=object)
+        maj = np.full(n, None, dtype=object)
+        found = np.zeros(n, bool)
+        if self.roots.size and n:
+            pos = np.minimum(np.searchsorted(self.roots, keys), self.roots.size - 1)
+            found = self.roots[pos] == keys
+            p = pos[found]
+            size[found], ref[found], maj[found] = self.sizes[p], self.reference[p], self.majority[p]
+        return found, size, ref, maj
+
+
+def duplicate_flags(copies: str, flood_size: int, is_member: np.ndarray, labels: np.ndarray,
+                    size: np.ndarray, reference: np.ndarray, majority: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``near_duplicate`` and ``duplicate_flood`` flags, bool arrays of shape ``(n,)``.
+
+    Inputs, all ``(n,)``: ``is_member`` (a later copy of an earlier row), each
+    row's own ``labels``, and of the row's cluster (its own when it is a root,
+    size 1 when it is in none) the ``size``, the ``reference`` label (the first
+    occurrence's) and the ``majority`` label.
+
+    * duplicate_flood: a row of a cluster larger than ``flood_size`` that carries
+      the cluster's majority label (every row when unlabelled).
+    * near_duplicate: a copy, when ``copies`` is ``"all"``; a copy whose label
+      differs from the reference when ``"conflicting"``, except a flood's rows
+      outside its majority label; never when ``"none"``.
+
+    So the genuine sentence an attacker copied under another label stays clean
+    whether it comes before its flood in scan order or after it.
+    """
+    labels = np.asarray(labels, dtype=object)
+    in_flood = size > flood_size
+    with_majority = np.asarray(labels == majority, bool)
+    flood = in_flood & with_majority
+    if copies == "all":
+        near = np.asarray(is_member, bool).copy()
+    elif copies == "conflicting":
+        near = np.asarray(is_member, bool) & np.asarray(labels != reference, bool) & ~(in_flood & ~with_majority)
+    else:
+        near = np.zeros(labels.size, bool)
+    return near, flood
 
 
 def reasons_column(flags: Mapping[str, np.ndarray], n: int) -> pa.ListArray:
@@ -129,10 +221,10 @@ def reasons_column(flags: Mapping[str, np.ndarray], n: int) -> pa.ListArray:
 class DuplicateVerdict:
     """Near-duplicate findings for the rows of one batch, each array of shape ``(n,)``."""
 
-    is_member: np.ndarray  # bool: a later copy of an earlier row
-    score: np.ndarray  # float64: estimated Jaccard to the root, NaN elsewhere
-    duplicate_of: np.ndarray  # object: the root's id where is_member, None elsewhere
-    flood: np.ndarray  # bool: member or root of a cluster larger than the flood size
+    is_member: np.ndarray  # bool: a later copy flagged near_duplicate (see duplicate_flags)
+    score: np.ndarray  # float64: estimated Jaccard to the root for every copy, NaN elsewhere
+    duplicate_of: np.ndarray  # object: the root's id for every copy (flagged or not), None elsewhere
+    flood: np.ndarray  # bool: flagged duplicate_flood (see duplicate_flags)
     duplicate_of_shard: np.ndarray | None = None  # object: the root's shard, None elsewhere / unknown
     duplicate_of_row: np.ndarray | None = None  # object: the root's row in its shard
 
@@ -162,10 +254,10 @@ def verdict_table(
     if duplicates is not None:
         flags[NEAR_DUPLICATE] = duplicates.is_member & valid
         flags[DUPLICATE_FLOOD] = duplicates.flood & valid
-        dup_of = np.where(flags[NEAR_DUPLICATE], duplicates.duplicate_of, None)
+        dup_of = np.where(valid, duplicates.duplicate_of, None)
         if duplicates.duplicate_of_shard is not None:
-            of_shard = np.where(flags[NEAR_DUPLICATE], duplicates.duplicate_of_shard, None)
-            of_row = np.where(flags[NEAR_DUPLICATE], duplicates.duplicate_of_row, None)
+            of_shard = np.where(valid, duplicates.duplicate_of_shard, None)
+            of_row = np.where(valid, duplicates.duplicate_of_row, None)
         scores[f"{NEAR_DUPLICATE}_score"] = duplicates.score
     for name, s in detector_scores.items():
         scores[f"{name}_score"] = s

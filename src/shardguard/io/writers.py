@@ -77,6 +77,10 @@ def scores_schema(score_columns: Sequence[str]) -> pa.Schema:
         pa.field("row", pa.int64(), nullable=False),
         pa.field("label", pa.string()),
         pa.field("status", pa.string(), nullable=False),
+        # Every copy names its first occurrence here, quarantined or not.
+        pa.field("duplicate_of", pa.string()),
+        pa.field("duplicate_of_shard", pa.string()),
+        pa.field("duplicate_of_row", pa.int64()),
     ]
     fields += [pa.field(c, pa.float64()) for c in score_columns]
     return pa.schema(fields)
