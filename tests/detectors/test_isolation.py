@@ -161,3 +161,21 @@ def test_persistence_refuses_unexpected_types(clean):
     other = np.frombuffer(sio.dumps(LogisticRegression()), dtype=np.uint8)
     with pytest.raises(ValueError, match="expected an IsolationForest"):
         IsolationForestDetector.from_state(det.get_params(), meta, dict(arrays, forest_skops=other))
+
+
+def test_threads_and_calibration_subsample_change_nothing_they_should_not(with_cloud):
+    X, mask = with_cloud
+    one = IsolationForestDetector(n_jobs=1, calibration_rows=None).fit(X)
+    many = IsolationForestDetector(n_jobs=-1, calibration_rows=None).fit(X)
+    # row blocks per thread: bit-identical scores whatever the thread count
+    assert np.array_equal(one.score_samples(X), many.score_samples(X))
+    assert one.threshold_ == many.threshold_
+    # calibrating on a seeded 3,000-row subsample: the same threshold every time, close to
+    # the full sample's, and the same rows flagged
+    sub = IsolationForestDetector(calibration_rows=3000).fit(X)
+    assert sub.threshold_info()["rows_calibration"] == 3000
+    assert sub.threshold_ == IsolationForestDetector(calibration_rows=3000).fit(X).threshold_
+    assert abs(np.log(sub.threshold_) - np.log(one.threshold_)) < 0.02
+    assert (sub.predict(X) == mask).mean() > 0.999
+    with pytest.raises(ValueError, match="calibration_rows"):
+        IsolationForestDetector(calibration_rows=0).fit(X)

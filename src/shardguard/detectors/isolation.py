@@ -9,7 +9,10 @@ Score: the forest's anomaly score ``s = 2 ** (-E[h(x)] / c(max_samples))`` in
 (0, 1] (``-IsolationForest.score_samples``), higher = more anomalous; ``s``
 near 1 is isolated at once, clean bulk sits around 0.4--0.5.
 
-Threshold (``calibrate``, on the same sample): ``log s`` is proportional to
+Threshold (``calibrate``, on the same sample, or a seeded subsample of at most
+``calibration_rows`` of it: a median and a MAD are as good from 10,000 rows
+as from 50,000, and scoring the rest cost a fast scan a fifth of its time):
+``log s`` is proportional to
 the mean path length, an average over trees, so it is the variance-stabilised
 scale; with median ``m`` of ``log s`` on the calibration rows and
 ``sigma_hi``, the normal-consistent MAD of the deviations above it, flag
@@ -33,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
 
@@ -40,6 +44,8 @@ from shardguard.detectors.base import EmbeddingDetector, check_X
 from shardguard.detectors.thresholds import check_z, normal_tail, robust_center_scale
 
 _STATE_VERSION = 1
+#: Below this many rows per thread, scoring in one thread is faster.
+_MIN_ROWS_PER_JOB = 2048
 
 #: The only non-default types a skops dump of an IsolationForest may contain.
 TRUSTED_SKOPS_TYPES = frozenset({"sklearn.tree._tree.Tree"})
@@ -79,8 +85,14 @@ class IsolationForestDetector(EmbeddingDetector):
     threshold_z : float, default 4.0
         Robust z (median / upper half-MAD of the ``log`` anomaly score) above
         which a row is flagged.
+    calibration_rows : int or None, default 10000
+        Calibrate on a seeded subsample of at most this many rows of the
+        calibration data; None uses all of it.
+    n_jobs : int or None, default -1
+        Threads that score blocks of rows in parallel (tree traversal releases
+        the GIL; scores do not depend on it); -1 = all cores, None or 1 = one.
     random_state : int, default 0
-        Seeds the forest (the PCA is exact).
+        Seeds the forest and the calibration subsample (the PCA is exact).
 
     Fitted attributes
     -----------------
@@ -99,6 +111,8 @@ class IsolationForestDetector(EmbeddingDetector):
         max_features: float = 1.0,
         pca_components: int | None = None,
         threshold_z: float = 4.0,
+        calibration_rows: int | None = 10000,
+        n_jobs: int | None = -1,
         random_state: int | None = 0,
     ) -> None:
         self.n_estimators = n_estimators
@@ -106,6 +120,8 @@ class IsolationForestDetector(EmbeddingDetector):
         self.max_features = max_features
         self.pca_components = pca_components
         self.threshold_z = threshold_z
+        self.calibration_rows = calibration_rows
+        self.n_jobs = n_jobs
         self.random_state = random_state
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
@@ -147,11 +163,31 @@ class IsolationForestDetector(EmbeddingDetector):
         X = check_X(X, self.n_features_in_)
         if X.shape[0] == 0:
             return np.zeros(0)
-        return -self.forest_.score_samples(self._transform(X)).astype(np.float64)
+        Z = self._transform(X)
+        # Threads over blocks of ROWS, each scoring all trees in order: a row's depths are
+        # summed in the same order whatever the thread count, so scores are bit-identical
+        # (scikit-learn's own n_jobs splits the TREES and sums into a shared array in
+        # whatever order the threads finish).
+        jobs = min(effective_n_jobs(self.n_jobs), max(Z.shape[0] // _MIN_ROWS_PER_JOB, 1))
+        if jobs <= 1:
+            return -self.forest_.score_samples(Z).astype(np.float64)
+        blocks = np.array_split(np.arange(Z.shape[0]), jobs)
+        parts = Parallel(n_jobs=jobs, prefer="threads")(
+            delayed(self.forest_.score_samples)(Z[b[0]: b[-1] + 1]) for b in blocks
+        )
+        return -np.concatenate(parts).astype(np.float64)
 
     def calibrate(self, X: np.ndarray, y: Any = None) -> "IsolationForestDetector":
-        """``threshold_ = exp(median + threshold_z * sigma_hi)`` of the ``log`` scores of ``X``."""
+        """``threshold_ = exp(median + threshold_z * sigma_hi)`` of the ``log`` scores of ``X``
+        (of a seeded subsample of ``calibration_rows`` of its rows when it has more)."""
         z = check_z(self.threshold_z)
+        X = check_X(X)
+        k = self.calibration_rows
+        if k is not None and int(k) < 1:
+            raise ValueError(f"calibration_rows must be >= 1 or None, got {k!r}")
+        if k is not None and X.shape[0] > int(k):
+            rng = np.random.default_rng(self.random_state)
+            X = X[np.sort(rng.choice(X.shape[0], int(k), replace=False))]
         s = self.score_samples(X)
         fit = robust_center_scale(np.log(s))
         self.center_ = fit.center
