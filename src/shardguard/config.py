@@ -112,7 +112,8 @@ class FitConfig:
 
 
 def _default_detectors() -> dict[str, dict[str, Any]]:
-    """Every registered detector, on, with its constructor defaults as knobs.
+    """Every registered detector, on unless its class says ``enabled_by_default = False``,
+    with its constructor defaults as knobs.
 
     ``random_state`` is left out: detectors take the run's top-level one unless
     a detector's own is set.
@@ -122,7 +123,7 @@ def _default_detectors() -> dict[str, dict[str, Any]]:
     out = {}
     for name, cls in REGISTRY.items():
         params = {k: v for k, v in cls().get_params().items() if k != "random_state"}
-        out[name] = {"enabled": True, **params}
+        out[name] = {"enabled": bool(getattr(cls, "enabled_by_default", True)), **params}
     return out
 
 

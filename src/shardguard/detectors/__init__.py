@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from shardguard.detectors.base import EmbeddingDetector
 from shardguard.detectors.isolation import IsolationForestDetector
+from shardguard.detectors.label_mismatch import LabelMismatchDetector
 from shardguard.detectors.spectral import SpectralSignatureDetector
 from shardguard.detectors.triggers import TriggerDetector
 
@@ -17,7 +18,8 @@ REGISTRY: dict[str, type[EmbeddingDetector]] = {
         IsolationForestDetector,
         SpectralSignatureDetector,
         TriggerDetector,
+        LabelMismatchDetector,
     )
 }
 
-__all__ = ["REGISTRY", "EmbeddingDetector", "IsolationForestDetector", "SpectralSignatureDetector", "TriggerDetector"]
+__all__ = ["REGISTRY", "EmbeddingDetector", "IsolationForestDetector", "LabelMismatchDetector", "SpectralSignatureDetector", "TriggerDetector"]

@@ -57,6 +57,8 @@ class EmbeddingDetector(BaseEstimator):
     streaming: ClassVar[bool] = False
     #: True when the detector is meaningless on non-semantic (hashing) embeddings.
     needs_semantic_embeddings: ClassVar[bool] = False
+    #: False for opt-in detectors: the default config then lists them with ``enabled: false``.
+    enabled_by_default: ClassVar[bool] = True
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "EmbeddingDetector":
         raise NotImplementedError
