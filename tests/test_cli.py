@@ -46,6 +46,8 @@ def test_usage_and_config_errors_exit_2(tmp_path, capsys):
     assert main(["scan", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
     assert "threshold must be in (0, 1]" in capsys.readouterr().err
     assert main(["scan", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--disable", "nope"]) == 2
+    assert main(["scan", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "o"), "--enable", "nope"]) == 2
+    assert "--enable nope: unknown detector" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["scan"])
     assert exc.value.code == 2
@@ -65,17 +67,29 @@ def test_failed_shard_exits_1_and_others_complete(tmp_path, samples_dir):
     assert len(bad) == 1 and "broken.jsonl" in bad[0]["status"] and "line 2" in bad[0]["status"]
 
 
+def planted_invalid(samples_dir, shard):
+    planted = json.loads((samples_dir / "PLANTED.json").read_text())
+    return len(planted["shards"][shard]["invalid"])
+
+
 def test_flags_reach_the_config(tmp_path, samples_dir):
     out = tmp_path / "out"
     code = main(["scan", str(samples_dir), "--out", str(out), *FAST, "--flood-size", "1000",
-                 "--disable", "spectral", "--set", "detectors.outlier.threshold_z=50"])
+                 "--disable", "spectral", "--set", "detectors.outlier.threshold_z=50",
+                 "--enable", "label_mismatch", "--copies", "all"])
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["near_duplicates"]["flood_size"] == 1000
+    assert manifest["config"]["near_duplicates"]["copies"] == "all"
     assert manifest["config"]["detectors"]["spectral"]["enabled"] is False
     report = json.loads((out / "report.json").read_text())
     assert "duplicate_flood" not in report["reasons"]
+    assert report["reasons"]["near_duplicate"] > 0  # every copy, with --copies all
     assert "spectral" not in report["thresholds"]
+    # the opt-in detector ran: its threshold is reported and every row has its score
+    assert "label_mismatch" in report["thresholds"]
+    scores = pq.read_table(out / "scores" / "sms_000.parquet")
+    assert scores.column("label_mismatch_score").null_count == planted_invalid(samples_dir, "sms_000.parquet")
 
 
 def _make_shards(src, folder, n_shards=6):

@@ -70,6 +70,8 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N (default auto)")
     g.add_argument("--disable", action="append", default=[], metavar="NAME",
                    help=f"switch a detector off (repeatable): {', '.join(sorted(REGISTRY))}")
+    g.add_argument("--enable", action="append", default=[], metavar="NAME",
+                   help="switch an opt-in detector on (repeatable), e.g. label_mismatch")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config knob by dotted key, e.g. detectors.spectral.threshold_z=5 (repeatable)")
     g.add_argument("--random-state", type=int, metavar="N", help="seed for every random choice (default 0)")
@@ -115,6 +117,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             o[f"detectors.{name}.enabled"] = False
         else:
             o["near_duplicates.enabled"] = False
+    for name in args.enable:
+        if name not in REGISTRY:
+            raise ConfigError(f"--enable {name}: unknown detector; known: {', '.join(sorted(REGISTRY))}")
+        if name in args.disable:
+            raise ConfigError(f"--enable {name} and --disable {name} contradict each other")
+        o[f"detectors.{name}.enabled"] = True
     o.update(_parse_set(args.set))
     return o
 
