@@ -34,6 +34,8 @@ from shardguard.pipeline import scan
 
 REPO = Path(__file__).resolve().parents[1]
 DETECTOR_REASONS = ("near_duplicate", "duplicate_flood", "outlier", "spectral", "trigger")
+#: Scenarios the opt-in label_mismatch detector is measured on (labelled clean data and flips).
+OPT_IN_ATTACKS = ("clean", "label_flips")
 
 
 def _slug(name: str) -> str:
@@ -47,6 +49,38 @@ def auroc(scores: np.ndarray, truth: np.ndarray) -> float | None:
         return None
     s = np.where(np.isfinite(scores), scores, -1e300)
     return float(roc_auc_score(truth, s))
+
+
+def recall_at_fpr(scores: np.ndarray, truth: np.ndarray, max_fpr: float = 0.01) -> float | None:
+    """The best recall of any threshold on ``scores`` whose false-positive rate is <= ``max_fpr``."""
+    from sklearn.metrics import roc_curve
+
+    if truth.all() or not truth.any():
+        return None
+    fpr, tpr, _ = roc_curve(truth, np.where(np.isfinite(scores), scores, -1e300))
+    return float(tpr[fpr <= max_fpr].max())
+
+
+def label_mismatch_opt_in(sc: Scenario, vecs: np.ndarray | None, seed: int = 0) -> dict | None:
+    """The opt-in ``label_mismatch`` detector with its defaults, fitted on the scenario's own
+    embeddings and labels as a scan with ``--enable label_mismatch`` would (every row is in
+    the reservoir at these sizes). Reported apart: it is not part of the default config."""
+    if vecs is None or sc.labels is None or sc.attack not in OPT_IN_ATTACKS:
+        return None
+    from shardguard.detectors import LabelMismatchDetector
+
+    y = np.asarray(sc.labels, dtype=object)
+    det = LabelMismatchDetector(random_state=seed).fit(vecs.astype(np.float32), y)
+    score = det.score_samples(vecs.astype(np.float32), y)
+    flagged = score > det.threshold_
+    poison = sc.is_poison
+    return {
+        "flagged_share": float(flagged.mean()),
+        "fpr": float((flagged & ~poison).sum() / max((~poison).sum(), 1)),
+        "recall": float((flagged & poison).sum() / poison.sum()) if poison.any() else None,
+        "recall_at_fpr_1pct": recall_at_fpr(score, poison),
+        "auroc": auroc(score, poison),
+    }
 
 
 def write_shard(sc: Scenario, vecs: np.ndarray, path: Path) -> None:
@@ -129,6 +163,14 @@ def detection_metrics(res: dict, poison: np.ndarray) -> dict:
     return out
 
 
+def best_recall_at_fpr(res: dict, poison: np.ndarray) -> float | None:
+    """The best recall at FPR <= 1% of any one default score column (label flips carry no
+    trigger: the issue asks for their recall at FPR <= 1%)."""
+    best = [recall_at_fpr(v, poison) for v in res["scores"].values()]
+    best = [b for b in best if b is not None]
+    return max(best) if best else None
+
+
 _CLEAN_MODELS: dict = {}  # the truly clean model is the same for every scenario of a dataset
 
 
@@ -202,6 +244,21 @@ def markdown(results: list[dict]) -> str:
             f"| {fmt(t.get('recall'))} | {fmt(t.get('fpr'), True)} | {fmt(t.get('auroc'))} | {fmt(fl.get('recall'))} "
             f"| {fmt(m.get('spectral', {}).get('auroc'))} | {fmt(m.get('outlier', {}).get('auroc'))} | {other or '–'} |"
         )
+    opt = [r for r in results if r.get("label_mismatch_opt_in")]
+    if opt:
+        lines += [
+            "",
+            "### Opt-in `label_mismatch` (not in the default config; fitted on the scenario's embeddings)",
+            "",
+            "| scenario | flagged % | FPR % | recall | recall at FPR <= 1% | AUROC | default-config union: recall, and its best recall at FPR <= 1% (any score) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in opt:
+            o = r["label_mismatch_opt_in"]
+            u = r["detection"]["union"]
+            best = r.get("best_recall_at_fpr_1pct")
+            lines.append(f"| {r['scenario']} | {fmt(o['flagged_share'], True)} | {fmt(o['fpr'], True)} | {fmt(o['recall'])} "
+                         f"| {fmt(o['recall_at_fpr_1pct'])} | {fmt(o['auroc'])} | {fmt(u['recall'])}, {fmt(best)} |")
     lines += [
         "",
         "### Downstream: TF-IDF (1-2-gram) + logistic regression",
@@ -237,6 +294,10 @@ def targets(results: list[dict]) -> list[str]:
                        f"{100 * g:.2f}% without near_duplicate")
             continue
         if att == "label_flips":
+            u, o = m["union"], r.get("label_mismatch_opt_in") or {}
+            out.append(f"NO TARGET {r['scenario']}: default config recall {fmt(u['recall'])} at FPR {100 * u['fpr']:.2f}%; "
+                       f"best default score's recall at FPR <= 1%: {fmt(r.get('best_recall_at_fpr_1pct'))}; "
+                       f"opt-in label_mismatch recall at FPR <= 1%: {fmt(o.get('recall_at_fpr_1pct'))}")
             continue
         if rate is not None and rate < 0.01:
             continue
@@ -312,8 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         res, wall = run_scan(sc, vecs, out, args.embed)
         det = detection_metrics(res, sc.is_poison)
         ds = downstream(sc, data, res["union"])
+        opt_in = label_mismatch_opt_in(sc, vecs)
         r = {"scenario": sc.name, "dataset": sc.dataset, "attack": sc.attack, "rate": sc.rate,
              "rows": sc.n, "poison": int(sc.is_poison.sum()), "detection": det, "downstream": ds,
+             "label_mismatch_opt_in": opt_in, "best_recall_at_fpr_1pct": best_recall_at_fpr(res, sc.is_poison),
              "scan_s": round(wall, 2), "embed_s": round(t_embed, 2), "info": sc.info}
         results.append(r)
         u = det["union"]
