@@ -3,8 +3,11 @@ on real sentences, scan-order semantics, persistence and memory."""
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import sys
+import tracemalloc
 import unicodedata
 
 import numpy as np
@@ -15,6 +18,7 @@ from conftest import state_round_trip
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from shardguard.bench.attacks import typo_copy
+from shardguard.detectors import near_duplicates as nd
 from shardguard.detectors.near_duplicates import (
     MinHasher,
     NearDuplicateIndex,
@@ -352,6 +356,79 @@ def test_index_memory_per_document(shared_data):
     assert idx.nbytes / idx.n_docs <= 500, idx.nbytes / idx.n_docs
     meta, arrays = idx.get_state()
     assert sum(a.nbytes for a in arrays.values()) / idx.n_docs <= 500
+
+
+def _add_in_steps(idx: NearDuplicateIndex, texts: list[str], step: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = [idx.add(texts[i : i + step]) for i in range(0, len(texts), step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def test_storage_layouts_answer_alike(sst2, monkeypatch):
+    """Band runs split one array per band (merged band by band, inputs let go) and
+    memory-mapped storage give exactly the answers, state and nbytes of small
+    ``(bands, m)`` runs on the heap; the split layout survives a round trip."""
+    copies, _, _ = typo_set(sst2, 100, seed=4)
+    texts = sst2[:3000] + copies + sst2[:50]
+    monkeypatch.setattr(nd, "_MMAP_MIN_BYTES", 1 << 40)
+    monkeypatch.setattr(nd, "_SPLIT", 1 << 40)
+    heap = NearDuplicateIndex()
+    r_heap, s_heap = _add_in_steps(heap, texts, 300)
+    assert all(isinstance(r, np.ndarray) for r in heap._bands.runs)
+    assert nd._map_of(heap._sketch.data) is None
+    monkeypatch.setattr(nd, "_MMAP_MIN_BYTES", 1024)
+    monkeypatch.setattr(nd, "_SPLIT", 128)
+    mapped = NearDuplicateIndex()
+    r_map, s_map = _add_in_steps(mapped, texts, 300)
+    assert any(isinstance(r, list) for r in mapped._bands.runs)  # the split layout was merged into
+    assert nd._map_of(mapped._sketch.data) is not None
+    np.testing.assert_array_equal(r_map, r_heap)
+    np.testing.assert_array_equal(s_map, s_heap)
+    assert mapped.nbytes == heap.nbytes
+    (m1, a1), (m2, a2) = heap.get_state(), mapped.get_state()
+    assert m1 == m2 and a1.keys() == a2.keys()
+    for k in a1:
+        np.testing.assert_array_equal(a1[k], a2[k])
+    restored = NearDuplicateIndex.from_state(m2, a2)
+    assert isinstance(restored._bands.runs[0], list)
+    more = sst2[3000:3600] + copies[:100]
+    np.testing.assert_array_equal(_add_in_steps(restored, more, 200)[0], _add_in_steps(heap, more, 200)[0])
+
+
+def test_growable_remaps_in_place_and_copies_when_viewed(monkeypatch):
+    monkeypatch.setattr(nd, "_MMAP_MIN_BYTES", 4096)
+    rows = np.random.default_rng(0).integers(0, 256, (60_000, 16), dtype=np.uint8)
+    g = nd._Growable(16, np.uint8)
+    maps = set()
+    for i in range(0, 40_000, 1000):
+        g.append(rows[i : i + 1000])
+        maps.add(id(nd._map_of(g.data)))
+    np.testing.assert_array_equal(g.view, rows[:40_000])
+    if sys.platform.startswith("linux"):  # mremap: grown in place, one map all along
+        assert len(maps - {id(None)}) == 1
+    view = g.view  # a live view: the map cannot move, so the rows are copied
+    g.append(rows[40_000:])
+    np.testing.assert_array_equal(view, rows[:40_000])
+    np.testing.assert_array_equal(g.view, rows)
+    assert g.data.nbytes >= rows.nbytes
+
+
+def test_tracemalloc_sees_the_index(sst2):
+    """Memory-mapped storage is reported to tracemalloc while alive, and freed."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        idx = NearDuplicateIndex()
+        for i in range(0, 6000, 2000):
+            idx.add(sst2[i : i + 2000])
+        assert any(isinstance(r, np.ndarray) and nd._map_of(r) is not None for r in idx._bands.runs)
+        held = tracemalloc.get_traced_memory()[0] - before
+        assert held >= 0.95 * idx.nbytes, (held, idx.nbytes)
+        del idx
+        gc.collect()
+        assert tracemalloc.get_traced_memory()[0] - before < 256 * 1024
+    finally:
+        tracemalloc.stop()
 
 
 def test_invalid_parameters():

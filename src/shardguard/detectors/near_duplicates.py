@@ -45,9 +45,11 @@ Only roots are indexed. Per root:
 
 * bands, 8 B each (200 B at 25 bands): ``band_key << 32 | root_ordinal`` in a
   ``uint64``, the 32-bit key being a multiply-shift hash of the band's ``r``
-  values. Each ``add`` call appends one ``(bands, m)`` run with every row
-  sorted; runs of similar size are merged (LSM, binary-counter schedule:
-  O(log n) runs; timsort merges two sorted runs in linear time). A bucket is a
+  values. Each ``add`` call appends one run of ``m`` entries per band, each
+  band sorted; runs of similar size are merged (LSM, binary-counter schedule:
+  O(log n) runs; timsort merges two sorted runs in linear time), band by band
+  once a run is large, so that a merge holds one band beyond its two inputs
+  rather than a second copy of both. A bucket is a
   contiguous, age-ordered range found with ``np.searchsorted`` on sorted
   queries. A bit filter per band over the key's top bits (4 to 16 bits per
   entry, ~25 B/root, derived, rebuilt on load) skips the search for most
@@ -65,6 +67,19 @@ Plus 20 B per distinct normalised text for the exact table (hash, root,
 similarity). Measured: ~240 B per document over 100k real texts (see
 ``benchmarks/bench_near_duplicates.py``), including the ~25% capacity slack of
 the growable arrays.
+
+Where it lives: every array the index keeps from 64 KiB up is a private
+anonymous memory map of its own (:func:`_alloc`), not a C-heap block. The
+index keeps replacing large arrays (merged runs, grown sketches), and glibc
+answers each free of a large block by raising its mmap threshold, so that
+later blocks of up to that size come from the heap, which keeps what it once
+held. Measured on the texts of ``benchmarks/bench_embed.py``, an index alone
+in a fresh process, 50k -> 200k texts: ``nbytes`` +52 MiB; resident memory
++73 MiB (peak +73) on the heap, +43-50 MiB (peak +51-54) in maps. A map goes
+back to the OS when its array is freed, spare capacity is never touched so
+costs no resident memory, and a growing sketch array is remapped (``mremap``)
+instead of copied. The maps are reported to ``tracemalloc`` like numpy's own
+buffers, and ``nbytes`` counts them whole.
 
 One (text, band) lookup considers at most the ``MAX_BUCKET`` (32) earliest
 roots of its bucket, and inside one ``add`` call at most the
@@ -121,7 +136,11 @@ poisoning scan should group anyway. 2-grams merge unrelated short sentences;
 
 from __future__ import annotations
 
+import ctypes
+import math
+import mmap
 import unicodedata
+import weakref
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -407,6 +426,88 @@ class MinHasher:
 
 
 # ---------------------------------------------------------------------------
+# storage: what the index keeps lives outside the C heap
+# ---------------------------------------------------------------------------
+#: Arrays the index keeps (band runs, sketches, root ids, exact table, filter)
+#: of at least this many bytes get an anonymous memory map of their own.
+_MMAP_MIN_BYTES = 1 << 16
+_MMAP_FLAGS = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+#: The maps are reported to tracemalloc (as numpy reports its buffers, in its
+#: domain) so that tracing still sees what the index holds.
+_TRACE_DOMAIN = 389047  # NPY_TRACE_DOMAIN
+try:
+    _track = ctypes.pythonapi.PyTraceMalloc_Track
+    _track.argtypes, _track.restype = [ctypes.c_uint, ctypes.c_size_t, ctypes.c_size_t], ctypes.c_int
+    _untrack = ctypes.pythonapi.PyTraceMalloc_Untrack
+    _untrack.argtypes, _untrack.restype = [ctypes.c_uint, ctypes.c_size_t], ctypes.c_int
+except (AttributeError, OSError):  # not CPython
+    _track = _untrack = None
+_traced: "weakref.WeakKeyDictionary[mmap.mmap, weakref.finalize]" = weakref.WeakKeyDictionary()
+
+
+def _trace(m: mmap.mmap, a: np.ndarray) -> None:
+    """Report map ``m``, viewed whole by ``a``, to tracemalloc until it is freed
+    (a no-op unless tracing); replaces an earlier report of ``m``."""
+    if _track is None:
+        return
+    old = _traced.pop(m, None)
+    if old is not None:
+        old()  # untrack the map's previous address
+    addr = a.__array_interface__["data"][0]
+    _track(_TRACE_DOMAIN, addr, a.nbytes)
+    fin = weakref.finalize(m, _untrack, _TRACE_DOMAIN, addr)
+    fin.atexit = False
+    _traced[m] = fin
+
+
+def _alloc(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A zero-filled array for the index to keep; a large one in its own memory map.
+
+    Why not ``np.zeros``: glibc serves a large block with ``mmap`` but raises
+    its mmap threshold (up to 32 MiB) whenever such a block is freed, after
+    which blocks of up to that size come from the heap. The index frees large
+    blocks all the time (merged runs, grown arrays), and the heap then keeps
+    what it once held (see the module docstring). A private anonymous map is
+    returned to the OS the moment
+    its array is freed, leaves malloc's threshold alone, and costs resident
+    memory only for the pages written (a growable's spare capacity costs
+    none). ``nbytes`` still counts the whole array.
+    """
+    dtype = np.dtype(dtype)
+    count = shape if isinstance(shape, int) else math.prod(shape)
+    size = count * dtype.itemsize
+    if size < _MMAP_MIN_BYTES:
+        return np.zeros(shape, dtype=dtype)
+    m = mmap.mmap(-1, size, **_MMAP_FLAGS)
+    a = np.frombuffer(m, dtype=dtype, count=count).reshape(shape)
+    _trace(m, a)
+    return a
+
+
+#: Band-table runs with at least this many entries per band keep each band in
+#: an array of its own (see :class:`_BandTable`).
+_SPLIT = _MMAP_MIN_BYTES // 8
+
+
+#: A band-table run: one ``(bands, m)`` array, or one array per band.
+_Run = "np.ndarray | list[np.ndarray]"
+
+
+def _run_nbytes(run: _Run) -> int:
+    return run.nbytes if isinstance(run, np.ndarray) else sum(e.nbytes for e in run)
+
+
+def _map_of(a: np.ndarray | None) -> mmap.mmap | None:
+    """The memory map an :func:`_alloc` array is a view of, else None."""
+    base = None if a is None else a.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap):
+        return base.obj
+    return None
+
+
+# ---------------------------------------------------------------------------
 # sorted runs (LSM): one sorted run per call, runs of similar size merged
 # ---------------------------------------------------------------------------
 def _needs_merge(sizes: list[int]) -> bool:
@@ -426,26 +527,42 @@ class _ExactTable:
         return sum(k.nbytes + r.nbytes + s.nbytes for k, r, s in self.runs)
 
     @staticmethod
-    def _sorted(k: np.ndarray, r: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        o = np.argsort(k, kind="stable")  # timsort: linear on concatenated runs
-        return k[o], r[o], s[o]
+    def _sorted(parts: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The runs ``parts`` (each ``[keys, root, sim]``) as one run sorted by key,
+        column by column: each input column is let go once copied, so a merge
+        holds its inputs plus ~2 columns, not inputs and output in full."""
+        if sum(p[0].size for p in parts) * 20 < _MMAP_MIN_BYTES:  # small: the plain way
+            k, r, s = (np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts))
+            o = np.argsort(k, kind="stable")
+            return k[o], r[o], s[o]
+        out = []
+        o = None
+        for c in range(3):
+            col = np.concatenate([p[c] for p in parts]) if len(parts) > 1 else parts[0][c]
+            for p in parts:
+                p[c] = None
+            if o is None:
+                o = np.argsort(col, kind="stable")  # timsort: linear on concatenated runs
+            out.append(np.take(col, o, out=_alloc(o.size, col.dtype), mode="clip"))
+            del col
+        return out[0], out[1], out[2]
 
     def add(self, keys: np.ndarray, root: np.ndarray, sim: np.ndarray) -> None:
         if keys.size == 0:
             return
         self.runs.append(
-            self._sorted(keys.astype(np.uint64), root.astype(np.int64), sim.astype(np.float32))
+            self._sorted([[keys.astype(np.uint64), root.astype(np.int64), sim.astype(np.float32)]])
         )
         while _needs_merge([r[0].size for r in self.runs]):
             b, a = self.runs.pop(), self.runs.pop()
-            self.runs.append(self._sorted(*(np.concatenate([x, y]) for x, y in zip(a, b))))
+            self.runs.append(self._sorted([list(a), list(b)]))
 
     def merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not self.runs:
             return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float32)
         if len(self.runs) == 1:
             return self.runs[0]
-        return self._sorted(*(np.concatenate(cols) for cols in zip(*self.runs)))
+        return self._sorted([list(r) for r in self.runs])
 
     def set(self, keys: np.ndarray, root: np.ndarray, sim: np.ndarray) -> None:
         self.runs = []
@@ -469,9 +586,14 @@ class _ExactTable:
 class _BandTable:
     """One multimap per LSH band: 32-bit band key -> root ordinals.
 
-    An entry is ``key << 32 | ordinal`` in a ``uint64``; every run is a
-    ``(bands, m)`` array with each row sorted, so a bucket is a contiguous
-    range ordered by ordinal, i.e. by age, and runs are oldest first.
+    An entry is ``key << 32 | ordinal`` in a ``uint64``; a run holds ``m``
+    entries per band, each band sorted, so a bucket is a contiguous range
+    ordered by ordinal, i.e. by age, and runs are oldest first. A run is one
+    ``(bands, m)`` array while small, and a list of one array per band (each in
+    its own memory map, see :func:`_alloc`) from ``_SPLIT`` entries per band
+    on: ``run[t]`` is band ``t`` either way. Large runs merge band by band and
+    let each input band go once it is merged, so a merge needs one band's
+    worth of memory beyond the two runs instead of a second copy of both.
 
     A one-bit-per-slot filter per band over the top bits of the key (4 to 16
     bits per entry, rebuilt as the table grows) answers most misses without a
@@ -480,14 +602,14 @@ class _BandTable:
 
     def __init__(self, bands: int) -> None:
         self.bands = bands
-        self.runs: list[np.ndarray] = []
+        self.runs: list[_Run] = []
         self.n = 0
         self._fbits = 0
         self._filter = np.zeros((bands, 0), dtype=np.uint8)
 
     @property
     def nbytes(self) -> int:
-        return sum(r.nbytes for r in self.runs) + self._filter.nbytes
+        return sum(_run_nbytes(r) for r in self.runs) + self._filter.nbytes
 
     # -- presence filter ------------------------------------------------------
     def _filter_set(self, keys: np.ndarray) -> None:
@@ -497,13 +619,23 @@ class _BandTable:
         flat = self._filter.reshape(-1)
         np.bitwise_or.at(flat, slot >> 3, np.left_shift(1, slot & 7).astype(np.uint8))
 
+    def _filter_set_band(self, t: int, keys: np.ndarray) -> None:
+        """Set the filter bits of band ``t``'s ``keys`` (uint64 < 2**32)."""
+        slot = (keys >> np.uint64(32 - self._fbits)).astype(np.int64)
+        np.bitwise_or.at(self._filter[t], slot >> 3, np.left_shift(1, slot & 7).astype(np.uint8))
+
     def _filter_grow(self) -> None:
         if self.n and (1 << self._fbits) >= 4 * self.n:
             return
         self._fbits = min(32, max(16, int(np.ceil(np.log2(8 * max(self.n, 1))))))
-        self._filter = np.zeros((self.bands, (1 << self._fbits) // 8), dtype=np.uint8)
+        self._filter = None  # the old filter goes before the new one is made
+        self._filter = _alloc((self.bands, (1 << self._fbits) // 8), np.uint8)
         for run in self.runs:
-            self._filter_set(run >> np.uint64(32))
+            if isinstance(run, np.ndarray):
+                self._filter_set(run >> np.uint64(32))
+            else:
+                for t, e in enumerate(run):
+                    self._filter_set_band(t, e >> np.uint64(32))
 
     def _filter_test(self, keys: np.ndarray) -> np.ndarray:
         """Boolean ``(bands, n)``: False where band key ``keys[t, i]`` is surely absent."""
@@ -515,37 +647,82 @@ class _BandTable:
     # -- runs -------------------------------------------------------------------
     def add(self, keys_t: np.ndarray, ords: np.ndarray) -> None:
         """``keys_t`` ``(bands, m)`` uint32 band keys of ``m`` roots with ordinals ``ords``."""
-        if keys_t.shape[1] == 0:
+        m = keys_t.shape[1]
+        if m == 0:
             return
         keys64 = keys_t.astype(np.uint64)
-        run = (keys64 << np.uint64(32)) | ords.astype(np.uint64)
-        run.sort(axis=1)
+        low = ords.astype(np.uint64)
+        if m < _SPLIT:
+            run = _alloc((self.bands, m), np.uint64)
+            np.left_shift(keys64, np.uint64(32), out=run)
+            run |= low
+            run.sort(axis=1)
+        else:
+            run = []
+            for t in range(self.bands):
+                e = _alloc(m, np.uint64)
+                np.left_shift(keys64[t], np.uint64(32), out=e)
+                e |= low
+                e.sort()
+                run.append(e)
         self.runs.append(run)
-        self.n += run.shape[1]
+        self.n += m
         fbits = self._fbits
         self._filter_grow()
         if fbits == self._fbits:  # not rebuilt: add the new keys
             self._filter_set(keys64)
-        while _needs_merge([r.shape[1] for r in self.runs]):
+        del keys64
+        while _needs_merge([len(r[0]) for r in self.runs]):
             b, a = self.runs.pop(), self.runs.pop()
-            run = np.concatenate([a, b], axis=1)
+            self.runs.append(self._merge(a, b))
+
+    def _merge(self, a: _Run, b: _Run) -> _Run:
+        """Runs ``a`` (older) and ``b`` as one; empties them where they are lists."""
+        size = a[0].size + b[0].size
+        if size < _SPLIT:  # both are small (bands, m) arrays
+            run = _alloc((self.bands, size), np.uint64)
+            np.concatenate([a, b], axis=1, out=run)
             run.sort(axis=1, kind="stable")  # timsort: linear merge of the two runs
-            self.runs.append(run)
+            return run
+        out = []
+        for t in range(self.bands):
+            e = _alloc(size, np.uint64)
+            np.concatenate([a[t], b[t]], out=e)
+            for r in (a, b):
+                if isinstance(r, list):
+                    r[t] = None  # the input band goes as soon as it is merged
+            e.sort(kind="stable")  # timsort: linear merge of the two runs
+            out.append(e)
+        return out
 
     def merged(self) -> np.ndarray:
-        if not self.runs:
-            return np.empty((self.bands, 0), np.uint64)
-        if len(self.runs) == 1:
-            return self.runs[0]
-        run = np.concatenate(self.runs, axis=1)
-        run.sort(axis=1, kind="stable")
-        return run
+        """All entries as a new ``(bands, n)`` array, each row sorted."""
+        out = np.empty((self.bands, self.n), np.uint64)
+        if self.runs:
+            for t in range(self.bands):
+                np.concatenate([r[t] for r in self.runs], out=out[t])
+                if len(self.runs) > 1:
+                    out[t].sort(kind="stable")
+        return out
 
     def set(self, entries: np.ndarray) -> None:
-        run = np.array(entries, dtype=np.uint64, copy=True)
-        run.sort(axis=1)
-        self.runs = [run] if run.shape[1] else []
-        self.n = run.shape[1]
+        entries = np.asarray(entries)
+        m = entries.shape[1]
+        self.runs = []
+        if m and m < _SPLIT:
+            run = _alloc((self.bands, m), np.uint64)
+            run[...] = entries
+            run.sort(axis=1)
+            self.runs = [run]
+        elif m:
+            run = []
+            for t in range(self.bands):
+                e = _alloc(m, np.uint64)
+                e[...] = entries[t]
+                e.sort()
+                run.append(e)
+            self.runs = [run]
+        self.n = m
         self._fbits = 0
         self._filter_grow()
 
@@ -617,22 +794,46 @@ def _expand(lo: np.ndarray, cnt: np.ndarray, tot: int) -> tuple[np.ndarray, np.n
 
 
 class _Growable:
-    """Row-appendable array with geometric (x1.25) capacity growth."""
+    """Row-appendable array with geometric (x1.25) capacity growth.
+
+    Storage comes from :func:`_alloc`. Growing a memory-mapped one remaps it
+    (``mremap`` on Linux: no copy, and no second buffer alive during one);
+    where that is not possible (another view of it is alive, no ``mremap``),
+    the rows are copied into a new array as usual.
+    """
 
     def __init__(self, width: int | None, dtype: Any):
         self.width = width
-        shape = (0,) if width is None else (0, width)
-        self.data = np.empty(shape, dtype=dtype)
+        self.data = np.empty(self._shape(0), dtype=dtype)
         self.n = 0
+
+    def _shape(self, rows: int) -> tuple[int, ...]:
+        return (rows,) if self.width is None else (rows, self.width)
+
+    def _reserve(self, cap: int) -> None:
+        dtype = self.data.dtype
+        shape = self._shape(cap)
+        size = math.prod(shape) * dtype.itemsize
+        old_map = _map_of(self.data)
+        if old_map is not None:
+            old_shape = self.data.shape
+            self.data = None  # our view of the map must go before it can be remapped
+            try:
+                old_map.resize(size)
+            except (BufferError, OSError, SystemError, ValueError):
+                self.data = np.frombuffer(old_map, dtype=dtype).reshape(old_shape)  # copy below
+            else:
+                self.data = np.frombuffer(old_map, dtype=dtype).reshape(shape)
+                _trace(old_map, self.data)
+                return
+        new = _alloc(shape, dtype)
+        new[: self.n] = self.data[: self.n]
+        self.data = new
 
     def append(self, rows: np.ndarray) -> None:
         need = self.n + rows.shape[0]
         if need > self.data.shape[0]:
-            cap = max(need, int(self.data.shape[0] * 1.25) + 1024)
-            shape = (cap,) if self.width is None else (cap, self.width)
-            new = np.empty(shape, dtype=self.data.dtype)
-            new[: self.n] = self.data[: self.n]
-            self.data = new
+            self._reserve(max(need, int(self.data.shape[0] * 1.25) + 1024))
         self.data[self.n : need] = rows
         self.n = need
 
@@ -641,8 +842,11 @@ class _Growable:
         return self.data[: self.n]
 
     def set(self, rows: np.ndarray) -> None:
-        self.data = np.array(rows, dtype=self.data.dtype, copy=True)
-        self.n = self.data.shape[0]
+        rows = np.asarray(rows)
+        data = _alloc(rows.shape, self.data.dtype)
+        data[...] = rows
+        self.data = data
+        self.n = data.shape[0]
 
 
 # ---------------------------------------------------------------------------
@@ -892,7 +1096,7 @@ class NearDuplicateIndex:
             "exact_keys": ek.copy(),
             "exact_root": er.copy(),
             "exact_sim": es.copy(),
-            "band_entries": self._bands.merged().copy(),
+            "band_entries": self._bands.merged(),
             "sketches": self._sketch.view.copy(),
             "root_ids": self._root_ids.view.copy(),
         }
