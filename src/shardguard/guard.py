@@ -79,15 +79,19 @@ class LabelCodes:
         self._code = {v: i for i, v in enumerate(self.vocabulary)}
 
     def encode(self, labels: Sequence[Any]) -> np.ndarray:
-        out = np.full(len(labels), -1, np.int32)
-        for i, v in enumerate(labels):
-            if v is not None:
-                code = self._code.get(v)
-                if code is None:
-                    code = self._code[v] = len(self.vocabulary)
-                    self.vocabulary.append(v)
-                out[i] = code
-        return out
+        """int32 codes of ``labels`` (str or None), growing the vocabulary; one Python step
+        per distinct label (Arrow's dictionary encoding does the rows)."""
+        enc = pa.array(list(labels), pa.string()).dictionary_encode()
+        codes = np.empty(len(enc.dictionary) + 1, np.int32)
+        codes[-1] = -1  # index -1 (a null label) -> code -1
+        for k, v in enumerate(enc.dictionary.to_pylist()):
+            code = self._code.get(v)
+            if code is None:
+                code = self._code[v] = len(self.vocabulary)
+                self.vocabulary.append(v)
+            codes[k] = code
+        idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return codes[idx]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         table = np.array(self.vocabulary + [None], dtype=object)  # code -1 -> None

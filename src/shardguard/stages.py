@@ -111,10 +111,10 @@ class DuplicateClusters:
         else:
             lab_all = lab
         self.members[shard] = (r, ro, s, lab_all)
-        # Duplicates are few next to the data: a loop over them is cheap.
-        for u, label in zip(root[dup].tolist(), lab.tolist()):
-            self.counts[u] = self.counts.get(u, 0) + 1
-            self.member_labels.setdefault(u, Counter())[label] += 1
+        # One Python step per distinct (root, label) pair, not per copy.
+        for (u, label), c in Counter(zip(root[dup].tolist(), lab.tolist())).items():
+            self.counts[u] = self.counts.get(u, 0) + c
+            self.member_labels.setdefault(u, Counter())[label] += c
 
     def resolve(self, root_labels: Mapping[int, Any]) -> None:
         """Fix every cluster's reference and majority label from its root's label."""
