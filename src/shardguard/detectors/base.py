@@ -45,6 +45,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
@@ -118,4 +120,19 @@ def as_labels(y: Any, n: int) -> np.ndarray | None:
     arr = np.asarray(y, dtype=object)
     if arr.shape != (n,):
         raise ValueError(f"y must have shape ({n},), got {arr.shape}")
-    return np.array([None if v is None else str(v) for v in arr], dtype=object)
+    try:  # already str / None (the pipeline's labels): Arrow checks that in C, no copy needed
+        pa.array(arr, type=pa.string())
+        return arr
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        return np.array([None if v is None else str(v) for v in arr], dtype=object)
+
+
+def label_groups(labels: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """Group labels (an :func:`as_labels` array) without a Python step per row.
+
+    Returns ``(codes, keys)``: ``codes`` (n,) intp and ``keys`` the distinct labels in
+    order of first occurrence (``None`` included), with ``labels[i] == keys[codes[i]]``.
+    """
+    encoded = pc.dictionary_encode(pa.array(labels, type=pa.string()), null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
+    return codes, encoded.dictionary.to_pylist()

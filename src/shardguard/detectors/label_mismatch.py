@@ -101,7 +101,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
-from shardguard.detectors.base import EmbeddingDetector, as_labels, check_X
+from shardguard.detectors.base import EmbeddingDetector, as_labels, check_X, label_groups
 from shardguard.detectors.thresholds import check_z, normal_tail, robust_center_scale
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,8 @@ class LabelMismatchDetector(EmbeddingDetector):
         if labels is None:
             return np.full(int(n or 0), -1, dtype=np.intp)
         index = {lab: k for k, lab in enumerate(self.classes_)}
-        return np.fromiter((index.get(lab, -1) for lab in labels.tolist()), dtype=np.intp,
-                           count=labels.shape[0])
+        codes, keys = label_groups(labels)
+        return np.array([index.get(lab, -1) for lab in keys], dtype=np.intp)[codes]
 
     def _logits(self, X: np.ndarray, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """Each row's fold-model logits (n, K; -inf for classes its fold model lacks)

@@ -64,7 +64,7 @@ from typing import Any, Hashable
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
-from shardguard.detectors.base import EmbeddingDetector, as_labels, check_X
+from shardguard.detectors.base import EmbeddingDetector, as_labels, check_X, label_groups
 from shardguard.detectors.thresholds import check_z, normal_tail, robust_center_scale, two_sided_z
 
 class _RareGroup:
@@ -86,10 +86,10 @@ def _group_rows(labels: np.ndarray | None, n: int) -> dict[Hashable, np.ndarray]
     """label -> row indices (in order); ``None`` is the unlabelled group."""
     if labels is None:
         return {None: np.arange(n)}
-    index: dict[Hashable, list[int]] = {}
-    for i, lab in enumerate(labels.tolist()):
-        index.setdefault(lab, []).append(i)
-    return {lab: np.asarray(rows, dtype=np.intp) for lab, rows in index.items()}
+    codes, keys = label_groups(labels)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.cumsum(np.bincount(codes, minlength=len(keys)))[:-1]
+    return dict(zip(keys, np.split(order, bounds)))
 
 
 def _top_eigenpair(cov: np.ndarray) -> tuple[float, np.ndarray]:
@@ -257,14 +257,9 @@ class SpectralSignatureDetector(EmbeddingDetector):
         if labels is None:
             g = self.label_to_group_.get(None, rare_idx)
             return np.full(n, g, dtype=np.intp)
-        out = np.empty(n, dtype=np.intp)
-        cache: dict[Hashable, int] = {}
-        for i, lab in enumerate(labels.tolist()):
-            g = cache.get(lab)
-            if g is None:
-                g = cache[lab] = self.label_to_group_.get(lab, rare_idx)
-            out[i] = g
-        return out
+        codes, keys = label_groups(labels)
+        lut = np.array([self.label_to_group_.get(lab, rare_idx) for lab in keys], dtype=np.intp)
+        return lut[codes]
 
     def projections(self, X: np.ndarray, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Signed projections ``(x - mu_y) . v_y`` (float64) and each row's group
