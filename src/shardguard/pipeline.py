@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -432,17 +433,34 @@ class ScanPipeline:
 
     # -- pass 1b ------------------------------------------------------------------------------
     def _replay_shard(self, o: ShardOutcome, state: "ScanState", reservoir: ReservoirSample) -> int:
-        """Feed one shard's valid rows to the global state; returns how many there were."""
+        """Feed one shard's valid rows to the global state; returns how many there were.
+
+        The two consumers of a batch are independent -- the near-duplicate index reads
+        the texts, the statistics and reservoir the embeddings -- so the index works on
+        a batch in a second thread while this one feeds the statistics (both spend
+        their time in numpy / BLAS, which release the GIL). The index still sees the
+        batches one at a time, in scan order: the results are those of a serial run.
+        """
         path = _work_path(state.work_dir, o.shard)
         n_valid = 0
         streaming = [d for d in state.detectors.values() if d.streaming]
-        with workfile.WorkFileReader(path) as reader:
+        with workfile.WorkFileReader(path) as reader, ThreadPoolExecutor(1, "shardguard-index") as pool:
             dim = _embedding_dim(reader.schema)
             for batch in reader:
                 vb = batch.filter(batch.column("detail").is_null())
                 n_valid += vb.num_rows
+                indexing = None
                 if vb.num_rows and state.dup_index is not None:
-                    root, sim = state.dup_index.add(vb.column("text").to_pylist())
+                    indexing = pool.submit(state.dup_index.add, vb.column("text").to_pylist())
+                if vb.num_rows and state.detectors and dim is not None:
+                    X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
+                    y = vb.column("label").to_numpy(zero_copy_only=False)
+                    texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
+                    reservoir.add(X, y, texts)
+                    for det in streaming:
+                        det.partial_fit(X, y, **text_kwargs(det, texts))
+                if indexing is not None:
+                    root, sim = indexing.result()
                     root = np.asarray(root)
                     state.clusters.record(o.shard.name, vb.column("row").to_numpy(), root, np.asarray(sim),
                                           vb.column("label").to_numpy(zero_copy_only=False))
@@ -454,13 +472,6 @@ class ScanPipeline:
                         state.root_rows.append(vb.column("row").to_numpy()[is_root])
                         state.root_labels.append(vb.column("label").to_numpy(zero_copy_only=False)[is_root])
                         state.root_shards.append(np.full(int(is_root.sum()), len(state.seq_start) - 1, np.int32))
-                if vb.num_rows and state.detectors and dim is not None:
-                    X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
-                    y = vb.column("label").to_numpy(zero_copy_only=False)
-                    texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
-                    reservoir.add(X, y, texts)
-                    for det in streaming:
-                        det.partial_fit(X, y, **text_kwargs(det, texts))
                 self.progress.advance(batch.num_rows)
         return n_valid
 
