@@ -1,7 +1,7 @@
 """Embedding and whole-scan benchmark, all in one run on the same texts.
 
     python benchmarks/bench_embed.py [--data ../shared/data] [--n-model 5000] [--sizes 50000 200000]
-                                     [--repeats 3] [--skip-model]
+                                     [--repeats 3] [--skip-model] [--child-env KEY=VALUE ...]
 
 1. Model path: rows/s of ``shardguard scan`` with the default embedder (all-MiniLM-L6-v2)
    against bare ``SentenceTransformer.encode`` on the same texts (SST-2 sentences), and the
@@ -148,8 +148,12 @@ def run_bare(shards: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: Extra environment of every scan child (``--child-env``), e.g. allocator settings.
+CHILD_ENV: dict[str, str] = {}
+
+
 def run_scan(shards: Path, out: Path, overrides: dict) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **CHILD_ENV}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(shards), str(out), json.dumps(overrides)],
                           env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -171,7 +175,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000])
     ap.add_argument("--repeats", type=int, default=3, help="fresh-process scans per size (median taken)")
     ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--child-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the scan children, e.g. ARROW_DEFAULT_MEMORY_POOL=system "
+                         "MALLOC_ARENA_MAX=1 (allocator settings, read at process start); repeatable")
     args = ap.parse_args()
+    CHILD_ENV.update(kv.split("=", 1) for kv in args.child_env)
+    if CHILD_ENV:
+        print("scan children run with " + " ".join(f"{k}={v}" for k, v in CHILD_ENV.items()))
 
     texts = corpus(args.data)
     print(f"real texts available: {len(texts):,}")

@@ -246,7 +246,7 @@ class ScanPipeline:
         self.timings["score_write"] += time.perf_counter() - t
 
         wall = time.perf_counter() - t_start
-        report = self._report(state.outcomes, state.detectors, state.clusters, wall, state.input_bytes, root_ids)
+        report = self._report(state.outcomes, state.detectors, clusters, wall, state.input_bytes, root_ids)
         report["skipped_detectors"] = state.skipped_detectors
         manifest["shards"] = [x.to_json() for x in state.outcomes]
         manifest["complete"] = True
@@ -436,31 +436,35 @@ class ScanPipeline:
         """Feed one shard's valid rows to the global state; returns how many there were.
 
         The two consumers of a batch are independent -- the near-duplicate index reads
-        the texts, the statistics and reservoir the embeddings -- so the index works on
-        a batch in a second thread while this one feeds the statistics (both spend
-        their time in numpy / BLAS, which release the GIL). The index still sees the
-        batches one at a time, in scan order: the results are those of a serial run.
+        the texts, the statistics and reservoir the embeddings -- so a second thread
+        feeds a batch to the statistics while this one indexes it (both spend their
+        time in numpy / BLAS, which release the GIL). Each sees the batches one at a
+        time, in scan order: the results are those of a serial run. The index stays in
+        this thread: its temporaries grow with the index, and a second thread's
+        allocator arena would keep what they leave behind.
         """
         path = _work_path(state.work_dir, o.shard)
         n_valid = 0
         streaming = [d for d in state.detectors.values() if d.streaming]
-        with workfile.WorkFileReader(path) as reader, ThreadPoolExecutor(1, "shardguard-index") as pool:
+
+        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None) -> None:
+            reservoir.add(X, y, texts)
+            for det in streaming:
+                det.partial_fit(X, y, **text_kwargs(det, texts))
+
+        with workfile.WorkFileReader(path) as reader, ThreadPoolExecutor(1, "shardguard-statistics") as pool:
             dim = _embedding_dim(reader.schema)
             for batch in reader:
                 vb = batch.filter(batch.column("detail").is_null())
                 n_valid += vb.num_rows
-                indexing = None
-                if vb.num_rows and state.dup_index is not None:
-                    indexing = pool.submit(state.dup_index.add, vb.column("text").to_pylist())
+                feeding = None
                 if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
                     texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
-                    reservoir.add(X, y, texts)
-                    for det in streaming:
-                        det.partial_fit(X, y, **text_kwargs(det, texts))
-                if indexing is not None:
-                    root, sim = indexing.result()
+                    feeding = pool.submit(feed_statistics, X, y, texts)
+                if vb.num_rows and state.dup_index is not None:
+                    root, sim = state.dup_index.add(vb.column("text"))
                     root = np.asarray(root)
                     state.clusters.record(o.shard.name, vb.column("row").to_numpy(), root, np.asarray(sim),
                                           vb.column("label").to_numpy(zero_copy_only=False))
@@ -472,6 +476,8 @@ class ScanPipeline:
                         state.root_rows.append(vb.column("row").to_numpy()[is_root])
                         state.root_labels.append(vb.column("label").to_numpy(zero_copy_only=False)[is_root])
                         state.root_shards.append(np.full(int(is_root.sum()), len(state.seq_start) - 1, np.int32))
+                if feeding is not None:
+                    feeding.result()  # one batch in flight: the statistics see the batches in order
                 self.progress.advance(batch.num_rows)
         return n_valid
 
@@ -501,13 +507,7 @@ class ScanPipeline:
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
                      root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
-        members = state.clusters.members.get(o.shard.name)
-        if members is not None:
-            order = np.argsort(members[0])
-            m_rows, m_root, m_sim = members[0][order], members[1][order], members[2][order]
-        else:
-            m_rows = m_root = np.zeros(0, np.int64)
-            m_sim = np.zeros(0, np.float32)
+        m_rows, m_root, m_sim = state.clusters.members(o.shard.name)
         nd = self.config.near_duplicates
         o.clean = o.quarantined = o.invalid = 0
         o.reasons = Counter()
@@ -591,7 +591,7 @@ class ScanPipeline:
             "shards": [],
         }
 
-    def _report(self, outcomes, detectors, clusters, wall, total_bytes,
+    def _report(self, outcomes, detectors, table: ClusterTable, wall, total_bytes,
                 root_ids: dict[int, tuple[str, str, int, Any]] | None = None) -> dict[str, Any]:
         reasons: Counter = Counter()
         for o in outcomes:
@@ -619,14 +619,14 @@ class ScanPipeline:
                 "rule": "estimated Jaccard similarity of character n-gram sets to an earlier row >= threshold; "
                         f"quarantined: {copies_rule}",
                 "jaccard": nd.threshold, "num_perm": nd.num_perm, "ngram": nd.ngram, "copies": nd.copies,
-                "copies_found": int(sum(clusters.counts.values())),
+                "copies_found": int((table.sizes - 1).sum()),
             }
             thresholds[DUPLICATE_FLOOD] = {"threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
                                            "rule": "the rows carrying the majority label of a cluster with more "
                                                    "rows than the threshold (all of them when unlabelled)"}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
-        largest = sorted(clusters.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        largest = np.lexsort((table.roots, -table.sizes))[:10]  # by size, then scan order
         where = root_ids or {}
         return {
             "version": __version__,
@@ -638,12 +638,12 @@ class ScanPipeline:
                     "root_id": where.get(k, (None, None, None))[0],
                     "root_shard": where.get(k, (None, None, None))[1],
                     "root_row": where.get(k, (None, None, None))[2],
-                    "size": v + 1,
-                    "flood": v + 1 > nd.flood_size,
-                    "first_label": clusters.reference.get(k),
-                    "majority_label": clusters.majority.get(k),
+                    "size": int(table.sizes[i]),
+                    "flood": bool(table.sizes[i] > nd.flood_size),
+                    "first_label": table.reference[i],
+                    "majority_label": table.majority[i],
                 }
-                for k, v in largest
+                for i, k in zip(largest.tolist(), table.roots[largest].tolist())
             ],
             "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
             "wall_s": round(wall, 3),

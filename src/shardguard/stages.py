@@ -6,13 +6,14 @@ clusters, turn scores into verdicts.
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
 import xxhash
+
+from shardguard.detectors.base import as_labels, label_groups
 
 #: Reasons written by the near-duplicate stage and the validator.
 INVALID = "invalid"
@@ -76,76 +77,104 @@ def text_kwargs(detector: Any, texts: np.ndarray | None) -> dict[str, Any]:
     return {"texts": texts} if getattr(detector, "needs_text", False) else {}
 
 
-@dataclass
 class DuplicateClusters:
     """Near-duplicate bookkeeping over a run, in scan order.
 
     ``roots`` are global sequence numbers (over valid rows, in scan order) of
     first occurrences that something duplicates; members point at them.
-    Memory grows with the number of duplicates, not with the data.
+    Memory grows with the number of copies, not with the data: 24 bytes a copy,
+    in numpy arrays (no Python object per copy or per cluster while a scan
+    streams; label strings are kept once each, as small integer codes).
 
     After pass 1b, :meth:`resolve` is given the roots' labels and fixes each
     cluster's reference label (its first occurrence's) and majority label (the
-    label most of its rows carry; ties go to the reference), which
-    :func:`duplicate_flags` turns into verdicts.
+    label most of its rows carry; ties go to the reference, then to the
+    smallest label as a string), which :func:`duplicate_flags` turns into verdicts
+    through :meth:`table`.
     """
 
-    flood_size: int
-    members: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)
-    member_labels: dict[int, Counter] = field(default_factory=dict)
-    reference: dict[int, Any] = field(default_factory=dict)
-    majority: dict[int, Any] = field(default_factory=dict)
+    def __init__(self, flood_size: int) -> None:
+        self.flood_size = flood_size
+        self._shard_chunks: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        self._roots: list[np.ndarray] = []  # root of every copy, a chunk per batch
+        self._codes: list[np.ndarray] = []  # label code of every copy
+        self._code_of: dict[Any, int] = {}  # label -> code
+        self._table: ClusterTable | None = None
+
+    def _encode(self, labels: list[Any]) -> np.ndarray:
+        return np.array([self._code_of.setdefault(lab, len(self._code_of)) for lab in labels], dtype=np.int32)
 
     def record(self, shard: str, rows: np.ndarray, root: np.ndarray, sim: np.ndarray,
                labels: np.ndarray | None = None) -> None:
-        """Keep the duplicates among ``rows`` (root >= 0) of one shard, with their labels."""
-        dup = root >= 0
-        if not dup.any():
+        """Keep the copies among ``rows`` (root >= 0) of one shard, with their labels.
+
+        All arrays ``(n,)``: ``rows`` (row numbers in the shard), ``root`` (sequence
+        number of the first occurrence, -1 for none), ``sim``, ``labels`` (object).
+        """
+        dup = np.flatnonzero(np.asarray(root) >= 0)
+        if not dup.size:
             return
-        lab = np.full(int(dup.sum()), None, dtype=object) if labels is None else np.asarray(labels, dtype=object)[dup]
-        r, ro, s = rows[dup], root[dup], sim[dup]
-        if shard in self.members:
-            a, b, c, d = self.members[shard]
-            r, ro, s, lab_all = np.concatenate([a, r]), np.concatenate([b, ro]), np.concatenate([c, s]), np.concatenate([d, lab])
+        self._table = None
+        ro = np.asarray(root, dtype=np.int64)[dup]
+        self._shard_chunks.setdefault(shard, []).append(
+            (np.asarray(rows, dtype=np.int64)[dup], ro, np.asarray(sim, dtype=np.float32)[dup])
+        )
+        self._roots.append(ro)
+        if labels is None:
+            self._codes.append(np.full(dup.size, self._encode([None])[0], dtype=np.int32))
         else:
-            lab_all = lab
-        self.members[shard] = (r, ro, s, lab_all)
-        # One Python step per distinct (root, label) pair, not per copy.
-        for (u, label), c in Counter(zip(root[dup].tolist(), lab.tolist())).items():
-            self.counts[u] = self.counts.get(u, 0) + c
-            self.member_labels.setdefault(u, Counter())[label] += c
+            codes, keys = label_groups(as_labels(np.asarray(labels, dtype=object)[dup], dup.size))
+            self._codes.append(self._encode(keys)[codes])
 
-    def resolve(self, root_labels: Mapping[int, Any]) -> None:
-        """Fix every cluster's reference and majority label from its root's label."""
-        for root, tally in self.member_labels.items():
-            ref = root_labels.get(root)
-            counts = Counter(tally)
-            counts[ref] += 1
-            best = max(counts.values())
-            self.reference[root] = ref
-            self.majority[root] = ref if counts[ref] == best else min(
-                (k for k, v in counts.items() if v == best), key=str)
-
-    def flood_roots(self) -> np.ndarray:
-        """Roots of clusters with more than ``flood_size`` members in all (root included)."""
-        return np.array(sorted(k for k, c in self.counts.items() if c + 1 > self.flood_size), dtype=np.int64)
+    def members(self, shard: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, root, sim)`` of one shard's copies, sorted by row."""
+        chunks = self._shard_chunks.get(shard)
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        rows, root, sim = (np.concatenate(c) for c in zip(*chunks))
+        order = np.argsort(rows, kind="stable")
+        return rows[order], root[order], sim[order]
 
     def all_roots(self) -> np.ndarray:
-        return np.array(sorted(self.counts), dtype=np.int64)
+        """Sorted roots of every cluster so far (int64)."""
+        return np.unique(np.concatenate(self._roots)) if self._roots else np.zeros(0, np.int64)
 
-    def cluster_size(self, root: int) -> int:
-        return self.counts.get(root, 0) + 1
+    def resolve(self, root_labels: Mapping[int, Any]) -> None:
+        """Fix every cluster's size, reference and majority label from its root's label."""
+        if not self._roots:
+            self._table = ClusterTable(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                                       np.zeros(0, dtype=object), np.zeros(0, dtype=object))
+            return
+        roots, inv = np.unique(np.concatenate(self._roots), return_inverse=True)
+        k = roots.size
+        ref_codes = self._encode([root_labels.get(r) for r in roots.tolist()])
+        labels = list(self._code_of)  # code -> label
+        K = len(labels)
+        # rows per (cluster, label) pair, the root's own row included
+        key = np.concatenate([inv.ravel() * K + np.concatenate(self._codes), np.arange(k) * K + ref_codes])
+        pairs, count = np.unique(key, return_counts=True)
+        cluster, code = pairs // K, pairs % K
+        best = np.zeros(k, np.int64)
+        np.maximum.at(best, cluster, count)
+        tied = count == best[cluster]
+        # among tied labels: the reference's if it is one, else the smallest as a string
+        rank = np.empty(K, np.int64)
+        rank[sorted(range(K), key=lambda c: str(labels[c]))] = np.arange(K)
+        prefer = np.where(code == ref_codes[cluster], -1, rank[code])
+        cand = np.flatnonzero(tied)
+        order = cand[np.lexsort((prefer[cand], cluster[cand]))]
+        first = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
+        majority_codes = np.empty(k, np.int64)
+        majority_codes[cluster[first]] = code[first]
+        label_arr = np.array(labels + [None], dtype=object)[:-1]
+        self._table = ClusterTable(roots, np.bincount(inv.ravel(), minlength=k) + 1,
+                                   label_arr[ref_codes], label_arr[majority_codes])
 
     def table(self) -> "ClusterTable":
         """The clusters as sorted arrays, for vectorised lookups (after :meth:`resolve`)."""
-        roots = self.all_roots()
-        return ClusterTable(
-            roots,
-            np.array([self.counts[r] + 1 for r in roots.tolist()], dtype=np.int64),
-            np.array([self.reference.get(r) for r in roots.tolist()] + [None], dtype=object)[:-1],
-            np.array([self.majority.get(r) for r in roots.tolist()] + [None], dtype=object)[:-1],
-        )
+        if self._table is None:
+            raise RuntimeError("DuplicateClusters.table() before resolve()")
+        return self._table
 
 
 @dataclass

@@ -11,6 +11,7 @@ import tracemalloc
 import unicodedata
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -107,6 +108,25 @@ def test_normalize_text():
     assert normalize_text("ＦＵＬＬ ﬁ") == "full fi"  # NFKC
     assert normalize_text("e\u0301") == "\u00e9"
     assert normalize_text("") == "" and normalize_text(" \t ") == ""
+
+
+def test_arrow_input_answers_like_python_strings(sst2, sms):
+    """The scan hands the index Arrow string arrays (no Python object per text)."""
+    texts = TRICKY + sst2[:2000] + sms[:500] + [t.upper() for t in sst2[:100]]
+    for arr in (pa.array(texts), pa.array(texts, pa.large_string()), pa.chunked_array([texts[:7], texts[7:]])):
+        a = normalize_codepoints(arr)
+        b = normalize_codepoints(texts)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    sliced = pa.array(["zzz"] + texts).slice(1)  # an offset into the buffers
+    np.testing.assert_array_equal(normalize_codepoints(sliced)[0], normalize_codepoints(texts)[0])
+    np.testing.assert_array_equal(normalize_codepoints(pa.array(["a\x00b", " X "]))[1], [3, 1])
+    r1 = NearDuplicateIndex().add(pa.array(texts))
+    r2 = NearDuplicateIndex().add(texts)
+    np.testing.assert_array_equal(r1[0], r2[0])
+    np.testing.assert_array_equal(r1[1], r2[1])
+    with pytest.raises(ValueError, match="null"):
+        NearDuplicateIndex().add(pa.array(["a", None]))
 
 
 def test_batch_normalisation_equals_per_text(sst2, sms):

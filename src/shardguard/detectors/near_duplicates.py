@@ -145,6 +145,8 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
@@ -188,20 +190,40 @@ _WS_TABLE = np.zeros(0x3002, dtype=bool)
 _WS_TABLE[[c for c in range(0x3001) if chr(c).isspace()]] = True
 
 
-def normalize_codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def _joined(texts: "Sequence[str] | pa.Array | pa.ChunkedArray") -> str:
+    """The texts joined with NUL, as one Python string.
+
+    An Arrow string array is joined by Arrow itself: no Python object per text
+    (the texts of a batch would otherwise be thousands of small objects whose
+    memory the interpreter keeps in pools that long-lived objects pin).
+    """
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if isinstance(texts, pa.Array):
+        if texts.null_count:
+            raise ValueError("texts must not be null")
+        texts = texts.cast(pa.large_string())  # the joined batch may pass 2 GiB
+        one_list = pa.ListArray.from_arrays(pa.array([0, len(texts)], pa.int32()), texts)
+        return pc.binary_join(one_list, pa.scalar("\x00", pa.large_string()))[0].as_py()
+    return "\x00".join(texts)
+
+
+def normalize_codepoints(texts: "Sequence[str] | pa.Array") -> tuple[np.ndarray, np.ndarray]:
     """The normalised texts as one uint32 array of code points, and their lengths.
 
     Equal to ``[normalize_text(t) for t in texts]`` joined (tested), but only
     NFKC and lowercasing run in Python, once, on the texts joined with NUL: NUL
     is an NFKC starter that composes with nothing, is not cased and not
     whitespace, so neither step crosses it. Whitespace runs are collapsed and
-    stripped on the code-point array.
+    stripped on the code-point array. ``texts``: str sequence or Arrow string array.
     """
     n = len(texts)
     if n == 0:
         return np.empty(0, np.uint32), np.zeros(0, np.int64)
-    big = "\x00".join(texts)
+    big = _joined(texts)
     if big.count("\x00") != n - 1:  # a text contains NUL itself: per-text path
+        if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+            texts = texts.to_pylist()
         norm = [normalize_text(t) for t in texts]
         cps = np.frombuffer("".join(norm).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         return cps, np.fromiter(map(len, norm), dtype=np.int64, count=n)
@@ -942,7 +964,13 @@ class NearDuplicateIndex:
         return np.fromiter((h(mv[a:b]) for a, b in zip(starts, ends)), dtype=np.uint64, count=lens.size)
 
     # -- main entry point --------------------------------------------------------
-    def add(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def add(self, texts: "Sequence[str] | pa.Array") -> tuple[np.ndarray, np.ndarray]:
+        """Index ``texts`` (str sequence or Arrow string array, no nulls) in order.
+
+        Returns ``(root, sim)``, both ``(n,)``: the global sequence number of the
+        first occurrence each text duplicates (-1: none, the text is a new root)
+        and the estimated Jaccard similarity to it (float32, NaN for roots).
+        """
         n = len(texts)
         root = np.full(n, -1, dtype=np.int64)
         sim = np.full(n, np.nan, dtype=np.float32)

@@ -1,0 +1,80 @@
+"""Pipeline stages shared by scan and Guard: duplicate-cluster bookkeeping."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from shardguard.stages import DuplicateClusters
+
+
+def record_all(clusters, batches):
+    for shard, rows, root, labels in batches:
+        clusters.record(shard, np.asarray(rows), np.asarray(root), np.linspace(0.5, 1, len(rows)).astype(np.float32),
+                        None if labels is None else np.array(labels, dtype=object))
+
+
+def test_sizes_reference_and_majority_with_ties():
+    c = DuplicateClusters(flood_size=3)
+    record_all(c, [
+        # root 0 (label "a"): copies b, b, a -> a 2 vs b 2: tie goes to the reference "a"
+        ("s1", [1, 2, 3, 4], [0, 0, -1, 0], ["b", "b", "x", "a"]),
+        # root 3 (label "x"): copies y, y -> y wins 2 to 1
+        ("s2", [0, 1, 5], [3, 3, -1], ["y", "y", "z"]),
+        # root 7 (label "p"): copies q, r -> tie of three, reference p wins
+        ("s2", [8, 9], [7, 7], ["q", "r"]),
+    ])
+    assert c.all_roots().tolist() == [0, 3, 7]
+    c.resolve({0: "a", 3: "x", 7: "p"})
+    t = c.table()
+    assert t.roots.tolist() == [0, 3, 7]
+    assert t.sizes.tolist() == [4, 3, 3]
+    assert t.reference.tolist() == ["a", "x", "p"]
+    assert t.majority.tolist() == ["a", "y", "p"]
+    rows, root, sim = c.members("s2")
+    assert rows.tolist() == [0, 1, 8, 9] and root.tolist() == [3, 3, 7, 7] and sim.dtype == np.float32
+    assert c.members("nowhere")[0].size == 0
+
+
+def test_tie_without_the_reference_goes_to_the_smallest_label():
+    c = DuplicateClusters(flood_size=3)
+    record_all(c, [("s", [1, 2, 3, 4], [0, 0, 0, 0], ["d", "c", "d", "c"])])
+    c.resolve({0: "z"})
+    assert c.table().majority.tolist() == ["c"]
+
+
+def test_unlabelled_and_empty():
+    c = DuplicateClusters(flood_size=3)
+    with pytest.raises(RuntimeError, match="resolve"):
+        c.table()
+    c.resolve({})
+    assert c.table().roots.size == 0 and c.all_roots().size == 0
+    record_all(c, [("s", [2, 3], [1, 1], None)])
+    c.resolve({1: None})
+    t = c.table()
+    assert t.sizes.tolist() == [3] and t.reference.tolist() == [None] and t.majority.tolist() == [None]
+
+
+def test_matches_a_plain_counter_on_random_clusters():
+    rng = np.random.default_rng(3)
+    c = DuplicateClusters(flood_size=5)
+    ref_labels = {r: str(rng.integers(0, 3)) for r in range(0, 400, 4)}
+    tally: dict[int, Counter] = {}
+    for b in range(6):
+        n = 500
+        root = np.where(rng.random(n) < 0.6, rng.choice(list(ref_labels), n), -1)
+        labels = np.array([str(v) for v in rng.integers(0, 3, n)], dtype=object)
+        c.record(f"s{b % 2}", np.arange(n) + 1000 * b, root, np.ones(n, np.float32), labels)
+        for r, lab in zip(root.tolist(), labels.tolist()):
+            if r >= 0:
+                tally.setdefault(r, Counter())[lab] += 1
+    c.resolve(ref_labels)
+    t = c.table()
+    assert t.roots.tolist() == sorted(tally)
+    for r, size, maj in zip(t.roots.tolist(), t.sizes.tolist(), t.majority.tolist()):
+        counts = tally[r] + Counter({ref_labels[r]: 1})
+        best = max(counts.values())
+        expected = ref_labels[r] if counts[ref_labels[r]] == best else min(k for k, v in counts.items() if v == best)
+        assert size == sum(tally[r].values()) + 1 and maj == expected
