@@ -1,14 +1,17 @@
 """Embedding and whole-scan benchmark, all in one run on the same texts.
 
     python benchmarks/bench_embed.py [--data ../shared/data] [--n-model 5000] [--sizes 50000 200000]
-                                     [--repeats 3] [--skip-model] [--child-env KEY=VALUE ...]
+                                     [--repeats 3] [--skip-model] [--plain-env] [--child-env KEY=VALUE ...]
 
 1. Model path: rows/s of ``shardguard scan`` with the default embedder (all-MiniLM-L6-v2)
    against bare ``SentenceTransformer.encode`` on the same texts (SST-2 sentences), and the
    scan's overhead over the bare model (target: <= 15% on CPU).
-2. Memory: peak RSS of a hashing-embedder scan at each of ``--sizes`` rows, each in its own
-   process, against the growth of the near-duplicate index alone on the same texts (target:
-   the scan grows no more than the index; the on-disk cache is excluded by construction).
+2. Memory: peak RSS (the child's own high-water mark, VmHWM) of a hashing-embedder scan at
+   each of ``--sizes`` rows, each in its own process, against the growth of the
+   near-duplicate index alone on the same texts (target: the scan grows no more than the
+   index; the on-disk cache is excluded by construction). The scan children run in the
+   environment the ``shardguard`` command gives itself (allocator settings, see
+   ``shardguard.launch``); ``--plain-env`` runs them without.
    Peak RSS moves by +-10-20 MiB from run to run (allocator state, thread timing), so every
    size runs ``--repeats`` times, each in a fresh process and output folder, and the growth
    is taken between medians. The near-duplicate copies found are printed too: the duplicate
@@ -114,11 +117,23 @@ import json, resource, sys, time
 from shardguard.config import load_config
 from shardguard.pipeline import scan
 cfg = load_config(None, json.loads(sys.argv[3]))
+
+
+def peak_rss_mib():
+    # VmHWM: this process's own high-water mark. ru_maxrss is not: Linux carries the
+    # parent's resident size at fork over exec, so a child of a large parent (this
+    # benchmark after loading the model) reports at least the parent's size.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 t = time.perf_counter()
 res = scan([sys.argv[1]], sys.argv[2], cfg)
 wall = time.perf_counter() - t
-print(json.dumps({"wall_s": wall, "rows": res.report["totals"]["rows"],
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"wall_s": wall, "rows": res.report["totals"]["rows"], "peak_rss_mib": peak_rss_mib(),
                   "copies": res.report["thresholds"].get("near_duplicate", {}).get("copies_found"),
                   "timings": res.report["timings_s"]}))
 """
@@ -150,10 +165,17 @@ def run_bare(shards: Path) -> dict:
 
 #: Extra environment of every scan child (``--child-env``), e.g. allocator settings.
 CHILD_ENV: dict[str, str] = {}
+#: ``--plain-env``: scan children without the allocator settings of the ``shardguard`` command.
+PLAIN_ENV = False
 
 
 def run_scan(shards: Path, out: Path, overrides: dict) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **CHILD_ENV}
+    """One scan in a fresh process, in the environment the ``shardguard`` command gives
+    itself (shardguard.launch) unless ``--plain-env``."""
+    from shardguard.launch import scan_environment
+
+    base = dict(os.environ) if PLAIN_ENV else scan_environment()
+    env = {**base, "HF_HUB_OFFLINE": "1", **CHILD_ENV}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(shards), str(out), json.dumps(overrides)],
                           env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -178,10 +200,18 @@ def main() -> None:
     ap.add_argument("--child-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment of the scan children, e.g. ARROW_DEFAULT_MEMORY_POOL=system "
                          "MALLOC_ARENA_MAX=1 (allocator settings, read at process start); repeatable")
+    ap.add_argument("--plain-env", action="store_true",
+                    help="run the scan children without the allocator settings the shardguard command sets "
+                         "for itself (shardguard.launch.ALLOCATOR_ENV)")
     args = ap.parse_args()
+    global PLAIN_ENV
+    PLAIN_ENV = args.plain_env
     CHILD_ENV.update(kv.split("=", 1) for kv in args.child_env)
-    if CHILD_ENV:
-        print("scan children run with " + " ".join(f"{k}={v}" for k, v in CHILD_ENV.items()))
+    from shardguard.launch import ALLOCATOR_ENV
+
+    print("scan children: " + ("plain environment" if PLAIN_ENV else "the shardguard command's allocator settings ("
+          + " ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items()) + ", where unset)")
+          + "".join(f" {k}={v}" for k, v in CHILD_ENV.items()))
 
     texts = corpus(args.data)
     print(f"real texts available: {len(texts):,}")

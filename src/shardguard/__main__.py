@@ -1,5 +1,3 @@
-import sys
+from shardguard.launch import main
 
-from shardguard.cli import main
-
-sys.exit(main())
+main()

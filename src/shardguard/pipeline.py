@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -646,6 +647,9 @@ class ScanPipeline:
                 for i, k in zip(largest.tolist(), table.roots[largest].tolist())
             ],
             "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
+            # what the timings and memory depend on besides the config (see shardguard.launch)
+            "runtime": {"arrow_memory_pool": pa.default_memory_pool().backend_name,
+                        "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")},
             "wall_s": round(wall, 3),
             "throughput_rows_per_s": round(rows / wall, 1) if wall > 0 else None,
             "input_bytes": total_bytes,
