@@ -241,16 +241,15 @@ class Guard:
         return table
 
     def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
-        texts = valid_batch.column("text").to_pylist()
-        row_ids = valid_batch.column("id").to_pylist()
+        ids = valid_batch.column("id")
         labels = valid_batch.column("label").to_numpy(zero_copy_only=False)
         first = self.dup_index.n_docs
-        root, sim = self.dup_index.add(texts)
+        root, sim = self.dup_index.add(valid_batch.column("text"))
         root, sim = np.asarray(root), np.asarray(sim, dtype=np.float64)
         # Rows new to the index are remembered with their ids and labels.
         is_root = root < 0
         self._new_seqs.append(first + np.flatnonzero(is_root))
-        self._new_ids.append(pa.array([row_ids[i] for i in np.flatnonzero(is_root)], pa.large_string()))
+        self._new_ids.append(pc.filter(ids, pa.array(is_root)).cast(pa.large_string()))
         self._new_labels.append(self._labels.encode(labels[is_root].tolist()))
         member = root >= 0
         root_id = np.full(root.size, None, dtype=object)
@@ -262,7 +261,7 @@ class Guard:
             if hit is not None:
                 root_id[i], root_shard[i], root_row[i], root_label[i] = hit
         if self.config.input.id_column:
-            is_self = member & (root_id == np.array(row_ids, dtype=object))
+            is_self = member & (root_id == ids.to_numpy(zero_copy_only=False))
         else:
             is_self = member & (sim >= 1.0) & np.asarray(labels == root_label, bool)
         is_copy_v = member & ~is_self
