@@ -458,24 +458,24 @@ class ScanPipeline:
             for batch in reader:
                 vb = batch.filter(batch.column("detail").is_null())
                 n_valid += vb.num_rows
+                y = vb.column("label").to_numpy(zero_copy_only=False)
                 feeding = None
                 if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
-                    y = vb.column("label").to_numpy(zero_copy_only=False)
                     texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
                     feeding = pool.submit(feed_statistics, X, y, texts)
                 if vb.num_rows and state.dup_index is not None:
                     root, sim = state.dup_index.add(vb.column("text"))
                     root = np.asarray(root)
-                    state.clusters.record(o.shard.name, vb.column("row").to_numpy(), root, np.asarray(sim),
-                                          vb.column("label").to_numpy(zero_copy_only=False))
+                    rows = vb.column("row").to_numpy()
+                    state.clusters.record(o.shard.name, rows, root, np.asarray(sim), y)
                     if state.root_ids is not None:
                         is_root = root < 0
                         first = state.dup_index.n_docs - vb.num_rows
                         state.root_seqs.append(first + np.flatnonzero(is_root))
                         state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
-                        state.root_rows.append(vb.column("row").to_numpy()[is_root])
-                        state.root_labels.append(vb.column("label").to_numpy(zero_copy_only=False)[is_root])
+                        state.root_rows.append(rows[is_root])
+                        state.root_labels.append(y[is_root])
                         state.root_shards.append(np.full(int(is_root.sum()), len(state.seq_start) - 1, np.int32))
                 if feeding is not None:
                     feeding.result()  # one batch in flight: the statistics see the batches in order
