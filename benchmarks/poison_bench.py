@@ -1,16 +1,20 @@
 """Poisoning benchmark (issue 4): published attacks planted into real data, scanned
 with shardguard's DEFAULT detector config, scored per detector and downstream.
 
-    python benchmarks/poison_bench.py --out bench-out/poison [--quick] [--data ../shared/data]
+    python benchmarks/poison_bench.py --out bench-out/poison [--embedder static|minilm|both]
+                                      [--quick] [--data ../shared/data]
 
-Embeddings: every distinct text is embedded once with the default model
-(all-MiniLM-L6-v2 via shardguard's own SentenceTransformerEmbedder) into a
-text-keyed cache (``--cache``, default ``<out>/../emb-cache``), then handed to the
-scan as a precomputed column -- the vectors a default scan computes, without
-re-embedding the 90% of rows that scenarios share. ``--embed hashing`` uses the
-model-free hashing embedder instead (fast, for smoke tests).
+Embeddings: every distinct text is embedded once with the chosen embedder
+(``static``: the CPU default, distilled from all-MiniLM-L6-v2; ``minilm``: the
+transformer itself; ``both``, the default: one after the other, side by side)
+through shardguard's own embedder classes into a text-keyed cache (``--cache``,
+default ``<out>/../emb-cache``), then handed to the scan as a precomputed column --
+the vectors a default scan computes, without re-embedding the 90% of rows that
+scenarios share. ``--embedder hashing`` lets the scan embed with the model-free
+hashing embedder instead (fast, for smoke tests).
 
-Writes ``<out>/results.json``, ``<out>/results.md`` and ``<out>/recall_fpr.png``.
+Writes ``<out>/<embedder>/results.json``, ``results.md`` and ``recall_fpr.png``
+per embedder, and ``<out>/results.md`` (side by side first).
 """
 
 from __future__ import annotations
@@ -345,32 +349,38 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="bench-out/poison")
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--cache", default=None, help="embedding cache folder (default <out>/../emb-cache)")
-    ap.add_argument("--embed", choices=("cache", "hashing"), default="cache")
-    ap.add_argument("--quick", action="store_true", help="SST-2 at 1%% and 5%%, Alpaca at 1%%")
-    ap.add_argument("--only", default=None, help="regex: run only matching scenario names")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = None
-    if args.embed == "cache":
-        from shardguard.bench.embcache import EmbeddingCache
+EMBEDDERS = {
+    "minilm": "all-MiniLM-L6-v2 (sentence-transformers; cached, precomputed column)",
+    "static": "static model distilled from all-MiniLM-L6-v2 (model2vec; cached, precomputed column)",
+    "hashing": "hashing (the scan embeds)",
+}
 
-        cache = EmbeddingCache(args.cache or (out.parent / "emb-cache"))
+
+def make_cache(kind: str, cache_dir: Path):
+    """The text-keyed cache of ``kind``'s vectors (None for hashing: the scan embeds itself)."""
+    if kind == "hashing":
+        return None
+    from shardguard.bench.embcache import EmbeddingCache
+
+    if kind == "minilm":
+        from shardguard.embed import SentenceTransformerEmbedder
+
+        return EmbeddingCache(cache_dir, SentenceTransformerEmbedder())
+    from shardguard.embed import StaticEmbedder
+
+    return EmbeddingCache(cache_dir, StaticEmbedder())
+
+
+def run_one(kind: str, args, out: Path) -> list[dict]:
+    cache = make_cache(kind, Path(args.cache) if args.cache else out.parent.parent / "emb-cache")
     results = []
-    t0 = time.perf_counter()
     for sc, data in suite.all_scenarios(args.data, quick=args.quick):
         if args.only and not re.search(args.only, sc.name):
             continue
         t = time.perf_counter()
         vecs = cache.embed(suite.scenario_texts(sc)) if cache is not None else None
         t_embed = time.perf_counter() - t
-        res, wall = run_scan(sc, vecs, out, args.embed)
+        res, wall = run_scan(sc, vecs, out, "hashing" if cache is None else "cache")
         det = detection_metrics(res, sc.is_poison)
         ds = downstream(sc, data, res["union"])
         opt_in = label_mismatch_opt_in(sc, vecs)
@@ -380,18 +390,69 @@ def main(argv: list[str] | None = None) -> int:
              "scan_s": round(wall, 2), "embed_s": round(t_embed, 2), "info": sc.info}
         results.append(r)
         u = det["union"]
-        print(f"{sc.name:32s} poison {r['poison']:5d} recall {fmt(u['recall'])} fpr {100 * u['fpr']:.2f}% "
+        print(f"[{kind}] {sc.name:32s} poison {r['poison']:5d} recall {fmt(u['recall'])} fpr {100 * u['fpr']:.2f}% "
               f"flagged {u['flagged']:5d}  trigger {det.get('trigger', {}).get('flagged', 0):5d}  "
-              f"scan {wall:.1f}s", flush=True)
-    checks = targets(results)
-    meta = {"command": " ".join(["python", "benchmarks/poison_bench.py"] + (argv if argv is not None else sys.argv[1:])),
-            "embed": "all-MiniLM-L6-v2 (cached, precomputed column)" if args.embed == "cache" else "hashing",
-            "wall_s": round(time.perf_counter() - t0, 1)}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results, "targets": checks}, indent=1, default=float))
-    md = markdown(results) + "\n### Targets\n\n" + "\n".join(f"- {c}" for c in checks) + "\n"
-    (out / "results.md").write_text(md)
-    plot(results, out / "recall_fpr.png")
-    print(md)
+              f"embed {t_embed:.1f}s scan {wall:.1f}s", flush=True)
+    return results
+
+
+def side_by_side(runs: dict[str, list[dict]]) -> str:
+    """One row per scenario: union recall / FPR and trigger recall for each embedder."""
+    kinds = list(runs)
+    head = "| scenario | poison rows | " + " | ".join(
+        f"{k} recall | {k} FPR % | {k} trigger recall" for k in kinds) + " |"
+    lines = ["### Side by side (union of the default detectors)", "", head,
+             "|---|---|" + "---|---|---|" * len(kinds)]
+    by = {k: {r["scenario"]: r for r in v} for k, v in runs.items()}
+    for r0 in runs[kinds[0]]:
+        cells = []
+        for k in kinds:
+            r = by[k].get(r0["scenario"])
+            if r is None:
+                cells += ["–", "–", "–"]
+                continue
+            m = r["detection"]
+            cells += [fmt(m["union"]["recall"]), fmt(m["union"]["fpr"], True), fmt(m.get("trigger", {}).get("recall"))]
+        lines.append(f"| {r0['scenario']} | {r0['poison']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench-out/poison")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--cache", default=None, help="embedding cache folder (default <out>/../emb-cache)")
+    ap.add_argument("--embedder", choices=("static", "minilm", "both", "hashing"), default="both",
+                    help="static: the CPU default (distilled from MiniLM); minilm: the transformer; both side by side")
+    ap.add_argument("--quick", action="store_true", help="SST-2 at 1%% and 5%%, Alpaca at 1%%")
+    ap.add_argument("--only", default=None, help="regex: run only matching scenario names")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    root = Path(args.out)
+    kinds = ["static", "minilm"] if args.embedder == "both" else [args.embedder]
+    t0 = time.perf_counter()
+    runs: dict[str, list[dict]] = {}
+    md_all = []
+    for kind in kinds:
+        out = root / kind
+        out.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        results = runs[kind] = run_one(kind, args, out)
+        checks = targets(results)
+        meta = {"command": " ".join(["python", "benchmarks/poison_bench.py"] + (argv if argv is not None else sys.argv[1:])),
+                "embed": EMBEDDERS[kind], "wall_s": round(time.perf_counter() - t, 1)}
+        (out / "results.json").write_text(json.dumps({"meta": meta, "results": results, "targets": checks},
+                                                     indent=1, default=float))
+        md = markdown(results) + "\n### Targets\n\n" + "\n".join(f"- {c}" for c in checks) + "\n"
+        (out / "results.md").write_text(md)
+        plot(results, out / "recall_fpr.png")
+        md_all.append(f"## {kind}: {EMBEDDERS[kind]}\n\n{md}")
+        fails = [c for c in checks if c.startswith("FAIL")]
+        print(f"[{kind}] {len(checks)} checks, {len(fails)} FAIL", *fails, sep="\n", flush=True)
+    if len(runs) > 1:
+        md_all.insert(0, side_by_side(runs))
+    (root / "results.md").write_text("\n".join(md_all))
+    print(f"wrote {root / 'results.md'} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 

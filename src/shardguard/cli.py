@@ -64,9 +64,12 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                    help="which later copies are quarantined as near_duplicate: those whose label contradicts the "
                         "first occurrence's (default), all of them (dedup), or none")
     g = p.add_argument_group("embedding detectors")
-    g.add_argument("--embedder", choices=["sentence-transformers", "hashing", "precomputed", "none"],
-                   help="how rows become vectors (default sentence-transformers; 'none' skips the embedding detectors)")
-    g.add_argument("--model", metavar="PATH", help="local sentence-transformers model folder (default: packaged all-MiniLM-L6-v2)")
+    g.add_argument("--embedder", choices=["auto", "sentence-transformers", "static", "hashing", "precomputed", "none"],
+                   help="how rows become vectors (default auto: the transformer on a GPU, else the static model "
+                        "distilled from it; 'none' skips the embedding detectors)")
+    g.add_argument("--model", metavar="PATH",
+                   help="local sentence-transformers model folder (default: packaged all-MiniLM-L6-v2); with "
+                        "--embedder static also a model2vec folder (e.g. from 'shardguard model distill')")
     g.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N (default auto)")
     g.add_argument("--disable", action="append", default=[], metavar="NAME",
                    help=f"switch a detector off (repeatable): {', '.join(sorted(REGISTRY))}")
@@ -194,6 +197,10 @@ def _summary(console, result) -> None:
               *[f"{result.report['reasons'].get(r, 0):,}" for r in reasons],
               f"{result.report['wall_s']:.1f} s")
     console.print(t)
+    emb = result.report.get("embedder")
+    if emb:
+        console.print(f"embedder: {emb['kind']} {emb.get('model') or ''} on {emb.get('device') or 'cpu'}"
+                      + (f" ({emb['why']})" if emb.get("why") else ""), markup=False, highlight=False)
     for o in result.failed:
         console.print(f"[red]failed:[/red] {o.status}")
 
@@ -271,6 +278,50 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
 
 
+def _model_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model",
+        help="manage local embedding models (distil a static model ahead of time)",
+        description="Embedding models, offline. 'distill' builds the static (model2vec) model that "
+        "'--embedder static' and the CPU default use, from a local sentence-transformers model: run it once "
+        "on a machine with the source model and copy the folder to air-gapped machines "
+        "(pass it as --model / embed.model).",
+    )
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    d = msub.add_parser(
+        "distill",
+        help="distil a static model from a local sentence-transformers model",
+        description="Distil a static (model2vec) embedding model from a local sentence-transformers model, "
+        "offline. Without --out it goes into the cache the scan looks in (embed.cache_dir, default "
+        "$XDG_CACHE_HOME/shardguard); with --out into that folder, which must not exist yet. The folder "
+        "records the sha256 of each of its files; a scan refuses it when they no longer match.",
+    )
+    d.add_argument("--from", dest="source", metavar="PATH",
+                   help="local sentence-transformers model folder (default: the packaged all-MiniLM-L6-v2)")
+    d.add_argument("--out", metavar="DIR", help="write the model here instead of into the cache")
+    d.add_argument("--dim", type=int, default=256, metavar="N", help="dimensions kept (principal components; default 256)")
+    d.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: $SHARDGUARD_CACHE_DIR or $XDG_CACHE_HOME/shardguard)")
+    d.set_defaults(func=_cmd_model_distill)
+
+
+def _cmd_model_distill(args: argparse.Namespace) -> int:
+    from shardguard.embed.static import distill_static_model, resolve_static_model
+
+    if args.dim is not None and not 2 <= args.dim <= 4096:
+        raise ConfigError(f"--dim must be in [2, 4096], got {args.dim}")
+    if args.out:
+        record = distill_static_model(args.source, args.out, dim=args.dim)
+        path = args.out
+    else:
+        folder, info = resolve_static_model(args.source, args.cache_dir, args.dim)
+        path, record = str(folder), {"model_sha256": info["weights_sha256"], "dim": args.dim,
+                                     "source_model": info["source_model"]}
+    print(f"static model: {path}")
+    print(f"  source: {record.get('source_model')}  dim: {record.get('dim')}  sha256: {record.get('model_sha256')}")
+    print(f"  use it with: shardguard scan ... --embedder static --model {path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardguard",
@@ -284,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     _scan_parser(sub)
     _report_parser(sub)
     _apply_parser(sub)
+    _model_parser(sub)
     return parser
 
 

@@ -79,15 +79,17 @@ class NearDuplicateConfig:
 class EmbedConfig:
     """Which embedder turns rows into vectors."""
 
-    embedder: str = "sentence-transformers"  # or "hashing", "precomputed", "none"
+    embedder: str = "auto"  # or "sentence-transformers", "static", "hashing", "precomputed", "none"
     model: str | None = None  # local path; None = the packaged all-MiniLM-L6-v2
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     batch_size: int = 64
     max_seq_length: int | None = None
+    static_dim: int = 256
+    cache_dir: str | None = None  # None: $SHARDGUARD_CACHE_DIR, $XDG_CACHE_HOME/shardguard, ~/.cache/shardguard
     hashing_dim: int = 384
     cache: bool = True
 
-    EMBEDDERS = ("sentence-transformers", "hashing", "precomputed", "none")
+    EMBEDDERS = ("auto", "sentence-transformers", "static", "hashing", "precomputed", "none")
 
     def validate(self) -> None:
         if self.embedder not in self.EMBEDDERS:
@@ -98,6 +100,8 @@ class EmbedConfig:
             raise ConfigError("embed.batch_size must be >= 1")
         if self.hashing_dim < 2:
             raise ConfigError("embed.hashing_dim must be >= 2")
+        if not 2 <= self.static_dim <= 4096:
+            raise ConfigError("embed.static_dim must be in [2, 4096]")
 
 
 @dataclass

@@ -27,6 +27,8 @@ the JSON: loading a profile never runs code, and a tampered one is refused.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -457,6 +459,10 @@ class Guard:
         root_ids = _arrays_to_strings(arrays["roots.id_offsets"], arrays["roots.id_data"])
         embedder = None
         if check_model and detectors:
+            saved_kind = (profile.get("embedder") or {}).get("kind")
+            if config.embed.embedder == "auto" and saved_kind:
+                # auto may pick another embedder on this machine than where the guard was fitted
+                config.embed = dataclasses.replace(config.embed, embedder=saved_kind)
             embedder = make_embedder(config.embed, config.random_state)
             current = embedder.describe()
             saved_e = profile.get("embedder") or {}

@@ -171,7 +171,7 @@ def build_detectors(config: Config, embedder: Any = None,
         params = dict(params)
         cls = REGISTRY[name]
         if cls.needs_semantic_embeddings and not getattr(embedder, "semantic", True):
-            why = (f"needs semantic embeddings; the {config.embed.embedder} embedder's vectors carry "
+            why = (f"needs semantic embeddings; the {getattr(embedder, 'kind', config.embed.embedder)} embedder's vectors carry "
                    "words, not meaning (use the default model or a precomputed column)")
             log.warning("detector %s left out: %s", name, why)
             if skipped is not None:
@@ -181,6 +181,15 @@ def build_detectors(config: Config, embedder: Any = None,
             params["random_state"] = config.random_state
         out[name] = cls(**params)
     return out
+
+
+def _embedder_summary(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What report.json says of the embedder: which ran, which model, and why it was chosen."""
+    if info is None:
+        return None
+    sel = info.get("selected") or {}
+    return {"kind": info.get("kind"), "model": info.get("model"), "device": info.get("device"),
+            "dim": info.get("dim"), "why": sel.get("why")}
 
 
 def score_columns(config: Config, detectors: Sequence[str]) -> list[str]:
@@ -249,6 +258,7 @@ class ScanPipeline:
         wall = time.perf_counter() - t_start
         report = self._report(state.outcomes, state.detectors, clusters, wall, state.input_bytes, root_ids)
         report["skipped_detectors"] = state.skipped_detectors
+        report["embedder"] = _embedder_summary(state.embedder_info)
         manifest["shards"] = [x.to_json() for x in state.outcomes]
         manifest["complete"] = True
         manifest["totals"] = report["totals"]
@@ -279,6 +289,9 @@ class ScanPipeline:
         t = time.perf_counter()
         embedder = make_embedder(cfg.embed, cfg.random_state)  # imports torch for the model path
         embedder_info = embedder.describe() if embedder is not None else None  # hashes the weights
+        if embedder_info is not None and getattr(embedder, "selection", None):
+            embedder_info["selected"] = embedder.selection
+            log.info("embedder: %s (%s)", embedder.selection["embedder"], embedder.selection["why"])
         self.timings["setup"] += time.perf_counter() - t
         skipped: dict[str, str] = {}
         detectors = build_detectors(cfg, embedder, skipped)

@@ -54,6 +54,18 @@ def minilm():
     return f
 
 
+@pytest.fixture(scope="module")
+def static(tmp_path_factory):
+    """The static model distilled from the packaged MiniLM (once; from $SHARDGUARD_CACHE_DIR when set)."""
+    import os
+
+    from shardguard.embed import StaticEmbedder
+
+    cache = os.environ.get("SHARDGUARD_CACHE_DIR") or tmp_path_factory.mktemp("static-cache")
+    emb = StaticEmbedder(cache_dir=str(cache))
+    return lambda texts: emb.embed_texts(list(texts))
+
+
 def _run(det, X, y, texts):
     t = np.array(texts, dtype=object)
     det.fit(X, y, texts=t)
@@ -76,6 +88,19 @@ def test_planted_triggers_found(sst2, minilm, attack):
     p = sc.is_poison
     assert (flagged & p).sum() / p.sum() >= 0.95
     assert (flagged & ~p).sum() / (~p).sum() <= 0.01
+
+
+@pytest.mark.slow
+def test_planted_sentence_trigger_found_on_static_vectors(sst2, static):
+    """The static model (the fast CPU embedder) carries the trigger test for a sentence trigger.
+    (Rare-word BadNets triggers lose power on static vectors: docs/benchmarks.md.)"""
+    ids, texts, labels = sst2
+    sc = attacks.addsent(ids, texts, labels, target="1", rate=0.03, seed=3, dataset="sst2")
+    flagged = _run(TriggerDetector(), static(sc.texts), sc.labels, sc.texts)
+    p = sc.is_poison
+    assert (flagged & p).sum() / p.sum() >= 0.95
+    assert (flagged & ~p).sum() / (~p).sum() <= 0.01
+    assert _run(TriggerDetector(), static(texts), labels, texts).mean() <= 0.005
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from shardguard.embed.base import Embedder
 from shardguard.embed.hashing import HashingEmbedder
@@ -16,35 +18,89 @@ from shardguard.embed.precomputed import PrecomputedEmbedder
 if TYPE_CHECKING:
     from shardguard.config import EmbedConfig
     from shardguard.embed.sentence_transformer import SentenceTransformerEmbedder
+    from shardguard.embed.static import StaticEmbedder
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device; on Linux without an NVIDIA driver, answered without importing torch."""
+    if sys.platform.startswith("linux") and not Path("/proc/driver/nvidia").exists() \
+            and not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+#: What ``auto`` runs where no GPU runs the transformer. The static model is 50-200x faster on
+#: CPUs, but on the poisoning benchmark (docs/benchmarks.md, "Static vs MiniLM") it does not
+#: yet meet every target MiniLM meets: BadNets at 1% on SST-2 (recall 0.81), the lowercase-free
+#: McDonald's injection (0.42-0.56) and clean SMS Spam (1.7% flagged). Until the detectors
+#: close that gap, auto keeps the transformer on CPUs too; ``--embedder static`` is one flag away.
+CPU_DEFAULT = "sentence-transformers"
+_CPU_WHY = ("the static model is faster but does not yet meet every poisoning-benchmark target "
+            "(docs/benchmarks.md); --embedder static runs it")
+
+
+def select_embedder(cfg: "EmbedConfig") -> tuple[str, str]:
+    """``(kind, why)``: the embedder ``cfg`` asks for, resolving ``auto``.
+
+    ``auto`` is the sentence-transformers model where it runs on a GPU (``embed.device``
+    cuda, or auto with CUDA available), and :data:`CPU_DEFAULT` on CPUs.
+    """
+    kind = cfg.embedder
+    if kind != "auto":
+        return kind, f"embed.embedder: {kind}"
+    dev = cfg.device
+    if dev.startswith("cuda") or dev == "mps":
+        return "sentence-transformers", f"auto: embed.device is {dev}, the transformer runs there"
+    if dev == "cpu":
+        return CPU_DEFAULT, f"auto: embed.device is cpu; {_CPU_WHY}"
+    if cuda_available():
+        return "sentence-transformers", "auto: a CUDA device is available, the transformer runs there"
+    return CPU_DEFAULT, f"auto: no CUDA device; {_CPU_WHY}"
 
 
 def make_embedder(cfg: "EmbedConfig", random_state: int = 0) -> Embedder | None:
-    """The embedder named by ``cfg.embedder``; None for ``"none"``.
+    """The embedder named by ``cfg.embedder`` (``auto`` resolved by :func:`select_embedder`);
+    None for ``"none"``. The embedder's ``selection`` attribute says which one and why.
 
     ``sentence-transformers`` -> :class:`SentenceTransformerEmbedder` (model,
-    device, batch_size, max_seq_length); ``hashing`` -> :class:`HashingEmbedder`
+    device, batch_size, max_seq_length); ``static`` -> :class:`StaticEmbedder`
+    (a model2vec folder in ``model``, or distilled from the sentence-transformers
+    ``model`` into ``cache_dir``); ``hashing`` -> :class:`HashingEmbedder`
     (``dim=cfg.hashing_dim``, seeded by ``random_state``); ``precomputed`` ->
     :class:`PrecomputedEmbedder` (reads the batch's ``embedding`` column).
     """
-    kind = cfg.embedder
+    kind, why = select_embedder(cfg)
+    emb: Any
     if kind == "none":
         return None
     if kind == "hashing":
-        return HashingEmbedder(dim=cfg.hashing_dim, random_state=random_state)
-    if kind == "precomputed":
-        return PrecomputedEmbedder()
-    if kind == "sentence-transformers":
+        emb = HashingEmbedder(dim=cfg.hashing_dim, random_state=random_state)
+    elif kind == "precomputed":
+        emb = PrecomputedEmbedder()
+    elif kind == "static":
+        from shardguard.embed.static import StaticEmbedder
+
+        emb = StaticEmbedder(model=cfg.model, cache_dir=cfg.cache_dir, dim=cfg.static_dim,
+                             max_seq_length=cfg.max_seq_length)
+    elif kind == "sentence-transformers":
         from shardguard.embed.sentence_transformer import SentenceTransformerEmbedder
 
-        return SentenceTransformerEmbedder(
+        emb = SentenceTransformerEmbedder(
             model=cfg.model,
             device=cfg.device,
             batch_size=cfg.batch_size,
             max_seq_length=cfg.max_seq_length,
         )
-    from shardguard.config import ConfigError
+    else:
+        from shardguard.config import ConfigError
 
-    raise ConfigError(f"unknown embedder {kind!r}")
+        raise ConfigError(f"unknown embedder {kind!r}")
+    emb.selection = {"embedder": kind, "why": why}
+    return emb
 
 
 def __getattr__(name: str):  # lazy: keep torch out of the hashing / precomputed paths
@@ -52,6 +108,10 @@ def __getattr__(name: str):  # lazy: keep torch out of the hashing / precomputed
         from shardguard.embed.sentence_transformer import SentenceTransformerEmbedder
 
         return SentenceTransformerEmbedder
+    if name == "StaticEmbedder":
+        from shardguard.embed.static import StaticEmbedder
+
+        return StaticEmbedder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -60,5 +120,7 @@ __all__ = [
     "HashingEmbedder",
     "PrecomputedEmbedder",
     "SentenceTransformerEmbedder",
+    "StaticEmbedder",
     "make_embedder",
+    "select_embedder",
 ]

@@ -26,3 +26,16 @@ class Embedder(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-able identity: kind, model, weights_sha256, device, dim."""
         ...
+
+
+class TextEmbedder:
+    """Base of the embedders that read the batch's ``text`` column: ``embed_batch`` hands the
+    texts to ``embed_texts(list[str]) -> (n, dim) float32``."""
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def embed_batch(self, batch: pa.RecordBatch) -> np.ndarray:
+        if "text" not in batch.schema.names:
+            raise ValueError("the batch has no 'text' column")
+        return self.embed_texts(batch.column("text").to_pylist())

