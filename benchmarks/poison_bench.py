@@ -426,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="static: the CPU default (distilled from MiniLM); minilm: the transformer; both side by side")
     ap.add_argument("--quick", action="store_true", help="SST-2 at 1%% and 5%%, Alpaca at 1%%")
     ap.add_argument("--only", default=None, help="regex: run only matching scenario names")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="run nothing: rebuild <out>/results.md from the embedders' results.json already there")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.out)
@@ -435,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     md_all = []
     for kind in kinds:
         out = root / kind
+        if args.tables_only:
+            saved = json.loads((out / "results.json").read_text())
+            runs[kind] = saved["results"]
+            md_all.append(f"## {kind}: {EMBEDDERS[kind]}\n\n{(out / 'results.md').read_text()}")
+            continue
         out.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         results = runs[kind] = run_one(kind, args, out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Static models distilled by the tests (the CLI's subprocesses inherit it): one cache for the
+# machine's test runs, never the user's own ~/.cache/shardguard.
+os.environ.setdefault("SHARDGUARD_CACHE_DIR", os.path.join(tempfile.gettempdir(), "shardguard-test-cache"))
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"

@@ -55,14 +55,11 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def static(tmp_path_factory):
-    """The static model distilled from the packaged MiniLM (once; from $SHARDGUARD_CACHE_DIR when set)."""
-    import os
-
+def static():
+    """The static model distilled from the packaged MiniLM (once per $SHARDGUARD_CACHE_DIR, see conftest)."""
     from shardguard.embed import StaticEmbedder
 
-    cache = os.environ.get("SHARDGUARD_CACHE_DIR") or tmp_path_factory.mktemp("static-cache")
-    emb = StaticEmbedder(cache_dir=str(cache))
+    emb = StaticEmbedder()
     return lambda texts: emb.embed_texts(list(texts))
 
 
@@ -91,16 +88,24 @@ def test_planted_triggers_found(sst2, minilm, attack):
 
 
 @pytest.mark.slow
-def test_planted_sentence_trigger_found_on_static_vectors(sst2, static):
-    """The static model (the fast CPU embedder) carries the trigger test for a sentence trigger.
-    (Rare-word BadNets triggers lose power on static vectors: docs/benchmarks.md.)"""
-    ids, texts, labels = sst2
-    sc = attacks.addsent(ids, texts, labels, target="1", rate=0.03, seed=3, dataset="sst2")
-    flagged = _run(TriggerDetector(), static(sc.texts), sc.labels, sc.texts)
+@pytest.mark.parametrize("attack", ["badnets", "addsent"])
+def test_planted_triggers_found_on_static_vectors(shared_data, static, attack):
+    """The static model (the fast CPU embedder) carries the trigger test: 1% poison in all of
+    SST-2 train (6,920 rows; ~17 rows per BadNets word). Reading the embeddings in their top
+    principal directions is what makes rare-word triggers work here (n_components=None, the
+    raw static vectors, found 0.81 of BadNets)."""
+    data = suite.load_labelled(shared_data, "sst2")
+    sc = getattr(attacks, attack)(data.ids, data.texts, data.labels, target="1", rate=0.01,
+                                  seed=suite.seed_of(f"sst2/{attack}"), dataset="sst2")
+    X = static(sc.texts)
+    flagged = _run(TriggerDetector(), X, sc.labels, sc.texts)
     p = sc.is_poison
     assert (flagged & p).sum() / p.sum() >= 0.95
     assert (flagged & ~p).sum() / (~p).sum() <= 0.01
-    assert _run(TriggerDetector(), static(texts), labels, texts).mean() <= 0.005
+    clean = ~p
+    texts = [t for t, c in zip(sc.texts, clean) if c]
+    labels = [lab for lab, c in zip(sc.labels, clean) if c]
+    assert _run(TriggerDetector(), X[clean], labels, texts).mean() <= 0.005
 
 
 @pytest.mark.slow

@@ -126,15 +126,27 @@ class TriggerDetector(EmbeddingDetector):
         most this much above random rows' (AddSent's shared sentence gives ~0.24 on SST-2).
     max_rounds : int, default 4
         Drop-refit-repeat rounds.
+    n_components : int or None, default 128
+        The held-out ridge and the coherence guards read the embeddings in the top
+        ``n_components`` principal directions of the fit sample (centred, rows re-normalised):
+        principal-component regression. A direction the data barely spans -- a rare token's own
+        vector in a static (model2vec) model, which is a large share of a short text's mean --
+        is extrapolation for the ridge, and reading it adds one common offset to every row that
+        carries the token: BadNets at 1% on SST-2 went from recall 0.81 to 1.00 on static
+        vectors, and clean SMS Spam from 1.0% to 0.5% of rows flagged (docs/benchmarks.md).
+        None: the raw embeddings.
     suffix_words : int, default 8
         Unlabelled: length of the shared ending that marks a fixed response.
     min_enrichment : float, default 10.0
         Unlabelled: observed / expected (general-language) occurrences of an injected word.
     max_zipf : float, default 5.0
         Unlabelled: words at least this common in English (wordfreq zipf) never count.
-    max_coherence_unlabelled : float, default 0.05
-        Unlabelled: an injected word's rows must be unrelated (mean pairwise cosine at most
-        this much above random rows').
+    max_coherence_unlabelled : float, default 0.1
+        Unlabelled: an injected word's rows must be unrelated (mean pairwise cosine, in the
+        principal directions, at most this much above random rows'). Measured on Alpaca: the
+        rows of natural topic and entity words ("recipe", "Google", "Paris", "China") sit at
+        0.12-0.59 (MiniLM) and 0.21-0.59 (static), McDonald's injected into 1-5% of answers
+        at 0.044-0.056 (static; it carries its fixed sentences along).
     min_position : float, default 0.4
         Unlabelled: median relative position (0 = start, 1 = end of the text) of an injected
         word; instruction wording ("summarize", "construct") sits at the start.
@@ -162,10 +174,11 @@ class TriggerDetector(EmbeddingDetector):
         min_other_share: float = 0.4,
         max_coherence: float = 0.35,
         max_rounds: int = 4,
+        n_components: int | None = 128,
         suffix_words: int = 8,
         min_enrichment: float = 10.0,
         max_zipf: float = 5.0,
-        max_coherence_unlabelled: float = 0.05,
+        max_coherence_unlabelled: float = 0.1,
         min_position: float = 0.4,
         min_proper_share: float = 0.6,
         random_state: int | None = 0,
@@ -178,6 +191,7 @@ class TriggerDetector(EmbeddingDetector):
         self.min_other_share = min_other_share
         self.max_coherence = max_coherence
         self.max_rounds = max_rounds
+        self.n_components = n_components
         self.suffix_words = suffix_words
         self.min_enrichment = min_enrichment
         self.max_zipf = max_zipf
@@ -201,7 +215,7 @@ class TriggerDetector(EmbeddingDetector):
         if n < max(2 * int(self.min_support), 10):
             self.rounds_ = 0
             return self
-        Xf = np.asarray(X, dtype=np.float64)
+        Xf = _principal_rows(np.asarray(X, dtype=np.float64), self.n_components)
         lab_ok = labels is not None and not any(v is None for v in labels.tolist())
         if lab_ok and len(set(labels.tolist())) >= 2:
             self._fit_labelled(Xf, labels, texts)
@@ -545,6 +559,21 @@ def _margins(Y: np.ndarray, codes: np.ndarray) -> np.ndarray:
     other = Y.copy()
     other[rows, codes] = -np.inf
     return own - other.max(axis=1)
+
+
+def _principal_rows(X: np.ndarray, k: int | None) -> np.ndarray:
+    """(n, min(k, d)) float64: ``X`` centred, projected on its top ``k`` principal directions
+    (eigenvectors of the scatter matrix, largest first) and each row L2-normalised (an all-zero
+    row stays zero). ``X`` itself when ``k`` is None or not below the dimension."""
+    n, d = X.shape
+    if k is None or int(k) >= d or n < 2:
+        return X
+    Z = X - X.mean(axis=0)
+    _, vecs = np.linalg.eigh(Z.T @ Z)
+    Z = Z @ vecs[:, ::-1][:, : int(k)]
+    norms = np.linalg.norm(Z, axis=1, keepdims=True)
+    np.divide(Z, norms, out=Z, where=norms > 0)
+    return Z
 
 
 def _held_out(Xa, T, Yhat, P, A, XtT, S: np.ndarray) -> np.ndarray:
