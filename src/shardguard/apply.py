@@ -1,10 +1,11 @@
 """``shardguard apply``: write each scanned shard again without its quarantined rows.
 
 Same schema and format as the input (Parquet, Arrow IPC file or stream, JSON
-Lines with the original lines kept byte for byte), so the fine-tuning job reads
-the clean copy exactly as it would have read the original. Inputs are checked
-against the sha256 the scan recorded: rows are dropped by row number, which
-would be wrong for a file changed since.
+Lines with every kept JSON value copied exactly as written, one per line), so
+the fine-tuning job reads the clean copy exactly as it would have read the
+original. Rows are read through the scan's own readers (one row model: a JSON
+Lines row is a JSON value, however it is laid out on lines) and dropped by row
+number, so inputs are checked against the sha256 the scan recorded first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shardguard import __version__
-from shardguard.io.readers import Shard, ShardError, ShardReader, UsageError
+from shardguard.io.readers import Shard, ShardError, ShardReader, UsageError, iter_json_values
 from shardguard.io.writers import _commit, _tmp_path, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,9 @@ def _write_jsonl(src: Path, dst: Path, drop: np.ndarray) -> tuple[int, int]:
     drop_set = set(drop.tolist())
     try:
         with opener(src, "rb") as fin, (gzip.GzipFile(tmp, "wb", mtime=0) if gz else open(tmp, "wb")) as fout:
-            for line in fin:
-                if not line.strip():
-                    continue  # blank lines hold no row
+            for _value, raw in iter_json_values(fin, str(src)):
                 if row not in drop_set:
-                    fout.write(line if line.endswith(b"\n") else line + b"\n")
+                    fout.write(raw.encode("utf-8") + b"\n")
                     kept += 1
                 row += 1
         _commit(tmp, dst)

@@ -89,11 +89,12 @@ class ShardOutcome:
     reasons: Counter = field(default_factory=Counter)
     resumed: bool = False
     done: bool = False
+    size: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.shard.name,
-            "input": str(self.shard.path.resolve()),
+            "input": self.shard.display_path,
             "format": self.shard.format,
             "output": f"quarantine/{self.shard.output_name}",
             "sha256": self.sha256,
@@ -140,6 +141,20 @@ class ScanState:
     root_labels: list[np.ndarray] = field(default_factory=list)
     #: Cluster root sequence number -> (id, shard, row, label), for ``duplicate_of*`` and the report.
     cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
+
+
+def _hashed(shard: Shard) -> ShardOutcome:
+    """The shard's outcome with its sha256, or failed with a one-line reason (never raises)."""
+    if shard.error is not None:
+        log.error("%s: %s", shard.path, shard.error)
+        return ShardOutcome(shard, "", status=f"{shard.path}: {shard.error}")
+    try:
+        sha = shard.sha256()
+        size = os.stat(shard.path).st_size
+    except (ShardError, OSError) as exc:
+        log.error("%s", exc)
+        return ShardOutcome(shard, "", status=str(exc) if isinstance(exc, ShardError) else f"{shard.path}: {exc}")
+    return ShardOutcome(shard, sha, size=size)
 
 
 def _work_path(work_dir: Path, shard: Shard) -> Path:
@@ -273,7 +288,7 @@ class ScanPipeline:
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
 
         t = time.perf_counter()
-        outcomes = [ShardOutcome(s, s.sha256()) for s in shards]
+        outcomes = [_hashed(s) for s in shards]
         self.timings["hash_inputs"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -294,7 +309,8 @@ class ScanPipeline:
         # Pass 1a: read, validate, embed each shard into its work file.
         self.progress.start("read + embed", None)
         for o in outcomes:
-            self._pass1_shard(o, embedder, embedder_info, work_dir)
+            if o.status == "ok":
+                self._pass1_shard(o, embedder, embedder_info, work_dir)
         self.progress.finish()
         ok = [o for o in outcomes if o.status == "ok"]
 
@@ -319,7 +335,7 @@ class ScanPipeline:
             dup_index=dup_index,
             clusters=DuplicateClusters(cfg.near_duplicates.flood_size),
             run_key=run_key,
-            input_bytes=sum(o.shard.path.stat().st_size for o in outcomes),
+            input_bytes=sum(o.size for o in outcomes),
             root_ids=[] if remember_roots else None,
             skipped_detectors=skipped,
         )
