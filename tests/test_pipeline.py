@@ -149,9 +149,10 @@ def test_corrupt_shard_fails_alone(tmp_path, samples_dir):
 
 
 def test_missing_column_fails_the_shard_naming_file_and_column(tmp_path):
-    pq.write_table(pa.table({"text": ["a b c d e", "f g h i j"]}), tmp_path / "good.parquet")
-    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "other.parquet")
-    result = scan([tmp_path], tmp_path / "out", load_config(None, {"embed.embedder": "hashing"}))
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"text": ["a b c d e", "f g h i j"]}), tmp_path / "in" / "good.parquet")
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "in" / "other.parquet")
+    result = scan([tmp_path / "in"], tmp_path / "out", load_config(None, {"embed.embedder": "hashing"}))
     (failed,) = result.failed
     assert "other.parquet" in failed.status and "'text'" in failed.status
 

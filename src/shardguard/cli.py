@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from typing import Any, Sequence
@@ -19,6 +21,30 @@ from shardguard.io.readers import UsageError
 log = logging.getLogger("shardguard")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: 128 + the signal number, as shells report a process ended by it.
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters (escape codes from hostile ids or texts) made visible."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _markup_safe(text: object) -> str:
+    """A value for a rich table cell: control characters visible, ``[...]`` not read as markup."""
+    from rich.markup import escape
+
+    return escape(printable(str(text)))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so the run unwinds as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def _parse_set(values: Sequence[str]) -> dict[str, Any]:
@@ -27,7 +53,11 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem", None) or "cannot be parsed"
+            raise ConfigError(f"--set {key.strip()}: value {raw!r} is not valid YAML ({where})") from None
     return out
 
 
@@ -182,11 +212,11 @@ def _summary(console, result) -> None:
     from rich.table import Table
 
     reasons = sorted({r for o in result.shards for r in o.reasons})
-    t = Table(title=f"shardguard scan -> {result.out_dir}")
+    t = Table(title=f"shardguard scan -> {_markup_safe(result.out_dir)}")
     for col in ["shard", "rows", "clean", "quarantined", *reasons, "status"]:
         t.add_column(col, justify="left" if col in ("shard", "status") else "right")
     for o in result.shards:
-        t.add_row(o.shard.name, f"{o.rows:,}", f"{o.clean:,}", f"{o.quarantined:,}",
+        t.add_row(_markup_safe(o.shard.name), f"{o.rows:,}", f"{o.clean:,}", f"{o.quarantined:,}",
                   *[f"{o.reasons.get(r, 0):,}" for r in reasons],
                   "ok" + (" (resumed)" if o.resumed else "") if o.status == "ok" else "[red]FAILED[/red]")
     tot = result.report["totals"]
@@ -195,7 +225,7 @@ def _summary(console, result) -> None:
               f"{result.report['wall_s']:.1f} s")
     console.print(t)
     for o in result.failed:
-        console.print(f"[red]failed:[/red] {o.status}")
+        console.print(f"[red]failed:[/red] {_markup_safe(o.status)}")
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
@@ -208,7 +238,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     tty = sys.stderr.isatty() and not args.no_progress
     progress = _BarProgress(Console(stderr=True)) if tty else _LogProgress()
-    result = ScanPipeline(config, args.out, progress).run(args.paths)
+    try:
+        result = ScanPipeline(config, args.out, progress).run(args.paths)
+    finally:
+        if isinstance(progress, _BarProgress):
+            progress.finish()  # leave the terminal as it was, also when interrupted
     _summary(console, result)
     return EXIT_FAILED if result.failed else EXIT_OK
 
@@ -236,7 +270,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         path = report_html.write_report(args.out, args.html, top=args.top)
         print(f"wrote {path}")
     else:
-        print(report_html.text_summary(args.out), end="")
+        print(printable(report_html.text_summary(args.out)), end="")
     return EXIT_OK
 
 
@@ -261,12 +295,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     results = apply_quarantine(args.out, args.to)
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    t = Table(title=f"shardguard apply -> {args.to}")
+    t = Table(title=f"shardguard apply -> {_markup_safe(args.to)}")
     for col in ("shard", "rows in", "removed", "rows out", "status"):
         t.add_column(col, justify="left" if col in ("shard", "status") else "right")
     for r in results:
-        t.add_row(r.name, f"{r.rows_in:,}", f"{r.removed:,}", f"{r.rows_out:,}",
-                  "ok" if r.status == "ok" else f"[red]{r.status}[/red]")
+        t.add_row(_markup_safe(r.name), f"{r.rows_in:,}", f"{r.removed:,}", f"{r.rows_out:,}",
+                  "ok" if r.status == "ok" else f"[red]{_markup_safe(r.status)}[/red]")
     console.print(t)
     return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
 
@@ -295,10 +329,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         return args.func(args)
     except (ConfigError, UsageError) as exc:
-        print(f"shardguard: error: {exc}", file=sys.stderr)
+        print(f"shardguard: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        print("shardguard: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,9 +24,10 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,7 @@ from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
+from shardguard.io.outputs import OutputLock, check_scan_output, real_path
 from shardguard.io.readers import Shard, ShardError, ShardReader, discover_shards
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
 from shardguard.stages import (
@@ -218,6 +220,30 @@ class ScanPipeline:
         self.out_dir = Path(out_dir)
         self.progress = progress or _NoProgress()
         self.timings: Counter = Counter()
+        self._lock: OutputLock | None = None
+        self._inputs: list[str] = []
+
+    @contextmanager
+    def _exclusive(self, paths: Sequence[str | Path]) -> Iterator[None]:
+        """Check OUT against the inputs and hold its lock; an interrupted run leaves no temporary file.
+
+        Re-entrant: ``run`` holds it across ``prepare`` and pass 2.
+        """
+        if self._lock is not None:
+            yield
+            return
+        check_scan_output(self.out_dir, paths)
+        self._inputs = [str(real_path(p)) for p in paths]
+        lock = OutputLock(self.out_dir, "scan").acquire()
+        self._lock = lock
+        try:
+            yield
+        except BaseException:  # KeyboardInterrupt, SIGTERM (see cli): what is half-written goes
+            remove_stale_temps(self.out_dir)
+            raise
+        finally:
+            self._lock = None
+            lock.release()
 
     # -- keys -------------------------------------------------------------------------
     def _pass1_key(self, sha: str, embedder_info: dict[str, Any] | None) -> str:
@@ -233,6 +259,10 @@ class ScanPipeline:
     # -- the run --------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> ScanResult:
         """Scan ``paths`` into the output folder; see the module docstring."""
+        with self._exclusive(paths):
+            return self._run(paths)
+
+    def _run(self, paths: Sequence[str | Path]) -> ScanResult:
         t_start = time.perf_counter()
         state = self.prepare(paths)
         ok = [o for o in state.outcomes if o.status == "ok"]
@@ -264,6 +294,7 @@ class ScanPipeline:
         wall = time.perf_counter() - t_start
         report = self._report(state.outcomes, state.detectors, clusters, wall, state.input_bytes, root_ids)
         report["skipped_detectors"] = state.skipped_detectors
+        report["run_key"] = state.run_key
         manifest["shards"] = [x.to_json() for x in state.outcomes]
         manifest["complete"] = True
         manifest["totals"] = report["totals"]
@@ -278,6 +309,10 @@ class ScanPipeline:
         (first-occurrence) row, so a guard can tell a fitted row from a repeat
         of it and name what a repeat duplicates.
         """
+        with self._exclusive(paths):
+            return self._prepare(paths, remember_roots)
+
+    def _prepare(self, paths: Sequence[str | Path], remember_roots: bool) -> "ScanState":
         shards = discover_shards(paths)
         cfg = self.config
         (self.out_dir / "quarantine").mkdir(parents=True, exist_ok=True)
@@ -603,6 +638,7 @@ class ScanPipeline:
             "version": __version__,
             "run_key": run_key,
             "complete": False,
+            "inputs": self._inputs,
             "config": self.config.to_dict(),
             "embedder": embedder_info,
             "shards": [],
