@@ -82,3 +82,31 @@ def test_apply_reads_jsonl_rows_as_the_scan_does_whatever_the_line_layout(tmp_pa
     assert main(["apply", str(out), "--to", str(clean)]) == 0
     kept = [json.loads(line) for line in (clean / "layout.jsonl").read_text().splitlines()]
     assert kept == [o for o in objs if o["id"] != "r2"]
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_apply_never_writes_over_an_input_or_the_scan(scanned, tmp_path, capsys):
+    data, out = scanned
+    before = {**_digests(data), **_digests(out)}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for target, why in [(data, "is the input"), (data / "extra", "is inside the input"),
+                        (tmp_path, "contains the scan"), (out, "is the scan's output"),
+                        (out / "quarantine", "is inside the scan's output"), (tmp_path / "mine", "not empty")]:
+        assert main(["apply", str(out), "--to", str(target)]) == 2, target
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
+    assert {**_digests(data), **_digests(out)} == before
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # an earlier apply's output is replaced as a whole, and nothing temporary is left beside it
+    clean = tmp_path / "clean"
+    assert main(["apply", str(out), "--to", str(clean)]) == 0
+    (clean / "stale.jsonl").write_text("{}\n")
+    assert main(["apply", str(out), "--to", str(clean)]) == 0
+    assert not (clean / "stale.jsonl").exists() and (clean / "sms_000.parquet").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []

@@ -216,3 +216,65 @@ def test_outputs_take_the_umask_and_odd_names_print(tmp_path, samples_dir):
     assert "[red]odd[x].parquet" in proc.stdout
     for p in [out / "manifest.json", out / "report.json", out / "quarantine" / "[red]odd[x].parquet"]:
         assert p.stat().st_mode & 0o777 == 0o644, p
+
+
+def test_one_writer_per_out_and_a_stale_lock_is_taken_over(tmp_path, samples_dir, capsys):
+    from shardguard.io.outputs import OutputLock
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from shardguard.io.outputs import OutputLock\n"
+        f"lock = OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["scan", str(samples_dir), "--out", str(out), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use: scan by pid {holder.pid} on host" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock file stays, and the next run takes it over
+    assert json.loads((out / ".lock").read_text())["pid"] == holder.pid
+    assert main(["scan", str(samples_dir), "--out", str(out), *FAST]) == 0
+    assert not (out / ".lock").exists()
+    with OutputLock(out):  # and it was released at the end
+        pass
+
+
+def test_report_refuses_an_unfinished_scan(tmp_path, samples_dir, capsys):
+    out = tmp_path / "out"
+    assert main(["scan", str(samples_dir), "--out", str(out), *FAST]) == 0
+    assert main(["report", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert "the scan did not finish" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_scan_says_one_line_leaves_no_temporary_files_and_resumes(tmp_path, shared_data, sig, code):
+    data = tmp_path / "data"
+    _make_shards(shared_data / "sst2_glue" / "train.parquet", data)
+    out = tmp_path / "out"
+    args = ["scan", str(data), "--out", str(out), *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "shardguard", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 120:
+        if (out / ".work").exists() and list((out / ".work").glob("*.arrow")):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    _, err = proc.communicate()
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == "shardguard: interrupted; rerun the same command to resume"
+    assert "Traceback" not in err
+    assert not list(out.rglob(".tmp-*")) and not (out / ".lock").exists()
+    assert subprocess.run([sys.executable, "-m", "shardguard", *args], capture_output=True).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = sum(pq.read_metadata(p).num_rows for p in data.glob("*.parquet"))
+    assert manifest["complete"] and sum(s["rows"] for s in manifest["shards"]) == rows
