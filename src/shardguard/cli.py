@@ -305,6 +305,34 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
 
 
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a delivery against a scan: every input, output and the manifest re-hashed",
+        description="Re-hash every input shard of a finished scan, every output file and the manifest itself "
+        "against the sha256 the scan recorded, and list every changed, missing or added shard or output (a shard "
+        "swapped after the scan is the attack this catches). With PATHs, inputs are looked up by their names "
+        "under those paths (a moved or copied delivery); without, where the scan found them. Exit 0 when "
+        "everything matches, 1 when anything differs, 2 when OUT is not a finished scan.",
+    )
+    p.add_argument("out", metavar="OUT", help="the scan's output folder")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="where the delivery is now (default: the scanned paths)")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from shardguard.verify import verify_scan
+
+    v = verify_scan(args.out, args.paths)
+    for problem in v.problems:
+        print(printable(problem))
+    if v.ok:
+        print(f"verified {v.shards} shard(s) and {v.outputs} output file(s): everything matches the manifest")
+        return EXIT_OK
+    print(f"{len(v.problems)} difference(s) from the scan in {printable(args.out)}")
+    return EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardguard",
@@ -318,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _scan_parser(sub)
     _report_parser(sub)
     _apply_parser(sub)
+    _verify_parser(sub)
     return parser
 
 

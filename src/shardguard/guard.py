@@ -47,6 +47,7 @@ from shardguard.config import Config, config_from_dict
 from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
+from shardguard.io.outputs import json_digest
 from shardguard.io.readers import Shard
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
 from shardguard.stages import ClusterTable, DuplicateVerdict, duplicate_flags, text_kwargs, verdict_table
@@ -60,8 +61,7 @@ PROFILE_FORMAT_VERSION = 2
 
 def _profile_digest(profile: Mapping[str, Any]) -> str:
     """sha256 of the profile's canonical JSON, without its own ``profile_sha256``."""
-    body = {k: v for k, v in profile.items() if k != "profile_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(profile, "profile_sha256")
 
 
 #: The guard's own arrays: dtype kinds allowed and number of dimensions.
@@ -458,7 +458,6 @@ class Guard:
             "labels": self._labels.vocabulary,
             "arrays_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
         }
-        profile = json.loads(json.dumps(profile, default=str))  # the digest is over what load will read
         profile["profile_sha256"] = _profile_digest(profile)
         (path / "profile.json").write_text(json.dumps(profile, indent=2, default=str) + "\n")
         return path

@@ -39,7 +39,7 @@ from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
-from shardguard.io.outputs import OutputLock, check_scan_output, real_path
+from shardguard.io.outputs import OutputLock, check_scan_output, file_sha256, json_digest, real_path
 from shardguard.io.readers import Shard, ShardError, ShardReader, discover_shards
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
 from shardguard.stages import (
@@ -296,10 +296,15 @@ class ScanPipeline:
         report["skipped_detectors"] = state.skipped_detectors
         report["run_key"] = state.run_key
         manifest["shards"] = [x.to_json() for x in state.outcomes]
-        manifest["complete"] = True
         manifest["totals"] = report["totals"]
-        atomic_write_json(self.out_dir / "manifest.json", manifest)
         atomic_write_json(self.out_dir / "report.json", report)
+        # Last: the manifest marks the run complete and records a digest of every output and of itself,
+        # which ``shardguard verify`` checks.
+        manifest["complete"] = True
+        outputs = ["report.json"] + [f"{sub}/{o.shard.output_name}" for o in ok for sub in ("quarantine", "scores")]
+        manifest["outputs"] = {name: file_sha256(self.out_dir / name) for name in outputs}
+        manifest["manifest_sha256"] = json_digest(manifest, "manifest_sha256")
+        atomic_write_json(self.out_dir / "manifest.json", manifest)
         return ScanResult(self.out_dir, state.outcomes, report)
 
     def prepare(self, paths: Sequence[str | Path], remember_roots: bool = False) -> "ScanState":

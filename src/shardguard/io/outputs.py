@@ -17,19 +17,35 @@ any work is done.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from shardguard.io.readers import UsageError
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_digest(obj: Mapping[str, Any], without: str) -> str:
+    """sha256 of ``obj``'s canonical JSON (sorted keys) without the key ``without`` (where its digest goes)."""
+    body = {k: v for k, v in json.loads(json.dumps(obj, default=str)).items() if k != without}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 class LockError(UsageError):
