@@ -16,7 +16,7 @@ from shardguard.cli import build_parser, main
 FAST = ["--embedder", "hashing", "--id-column", "id", "--label-column", "label", "--no-progress"]
 
 
-@pytest.mark.parametrize("command", ["scan", "apply", "report"])
+@pytest.mark.parametrize("command", ["scan", "apply", "report", "verify", "diff"])
 def test_help_documents_every_flag(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from shardguard import __version__
 from shardguard.io.readers import Shard, ShardError, ShardReader, UsageError, iter_json_values
-from shardguard.io.outputs import OutputLock, check_apply_target
+from shardguard.io.outputs import OutputLock, check_apply_target, read_scan_manifest
 from shardguard.io.writers import TMP_PREFIX, _commit, _tmp_path, atomic_write_json, current_umask
 
 log = logging.getLogger(__name__)
@@ -158,12 +158,7 @@ def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[Applied
     only when complete: an interrupted apply leaves ``clean_dir`` as it was.
     """
     out_dir, clean_dir = Path(out_dir), Path(clean_dir)
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{out_dir}: no readable manifest.json; run shardguard scan first ({exc})") from exc
-    if not manifest.get("complete"):
-        raise UsageError(f"{out_dir}: the scan did not finish; rerun shardguard scan into it to complete it")
+    manifest = read_scan_manifest(out_dir)
     check_apply_target(clean_dir, out_dir, _scan_inputs(out_dir, manifest))
     if clean_dir.is_dir() and any(clean_dir.iterdir()) and not _is_apply_output(clean_dir):
         raise UsageError(f"--to {clean_dir}: exists, is not empty and is not an earlier apply's output; "

@@ -333,6 +333,47 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def _diff_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="compare a new delivery with a trusted earlier scan: new, changed and removed rows",
+        description="Compare the shards at NEW_PATH with the finished scan in OLD_OUT (matched by its id column, "
+        "in the scan's normalised text and label): which rows are new, changed (same id, other text or label) or "
+        "removed. With --profile (a Guard profile of the trusted data) only the new and changed rows are scored, "
+        "with their verdicts. Exit 0 when no new or changed row is flagged and every shard was read, 1 otherwise, "
+        "2 when OLD_OUT is not a finished, unaltered scan.",
+    )
+    p.add_argument("old_out", metavar="OLD_OUT", help="the trusted scan's output folder (its .work folder is needed)")
+    p.add_argument("paths", nargs="+", metavar="NEW_PATH", help="the new delivery's shard files or folders")
+    p.add_argument("--profile", metavar="DIR", help="trusted Guard profile to score the new and changed rows with")
+    p.add_argument("--out", metavar="DIR", help="write DIR/report.json and DIR/rows.parquet (every row that differs)")
+    p.set_defaults(func=_cmd_diff)
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from shardguard.diff import diff_delivery, write_diff
+
+    if args.out:
+        from shardguard.io.outputs import check_scan_output
+
+        check_scan_output(args.out, [*args.paths, args.old_out])  # before any work
+    result = diff_delivery(args.old_out, args.paths, args.profile)
+    if args.out:
+        write_diff(result, args.out, args.paths)
+    c = result.counts
+    print(f"against {printable(args.old_out)}: {c['new']:,} new, {c['changed']:,} changed, "
+          f"{c['removed']:,} removed, {c['unchanged']:,} unchanged rows")
+    if result.scored:
+        verdicts = ", ".join(f"{k} {v:,}" for k, v in sorted(result.statuses.items())) or "none"
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(result.reasons.items())) or "none"
+        print(f"new and changed rows scored against the profile: {verdicts}; reasons: {reasons}")
+    else:
+        print("no --profile: the new and changed rows were not scored")
+    for f in result.failed:
+        print(f"failed: {printable(f)}")
+    return EXIT_FAILED if result.flagged or result.failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardguard",
@@ -347,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report_parser(sub)
     _apply_parser(sub)
     _verify_parser(sub)
+    _diff_parser(sub)
     return parser
 
 

@@ -17,13 +17,12 @@ manifest recorded.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from shardguard.io.outputs import file_sha256, json_digest
+from shardguard.io.outputs import file_sha256, json_digest, read_scan_manifest
 from shardguard.io.readers import Shard, ShardError, UsageError, discover_shards
 
 log = logging.getLogger(__name__)
@@ -40,18 +39,6 @@ class Verification:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _load_manifest(out_dir: Path) -> dict:
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{out_dir}: no readable manifest.json ({exc})") from None
-    if not isinstance(manifest, dict) or not manifest.get("complete"):
-        raise UsageError(f"{out_dir}: not a finished scan; rerun shardguard scan into it first")
-    if "manifest_sha256" not in manifest:
-        raise UsageError(f"{out_dir}: manifest.json has no digests (written by an older shardguard); scan again")
-    return manifest
 
 
 def _check_outputs(out_dir: Path, manifest: dict, v: Verification) -> None:
@@ -85,7 +72,9 @@ def _current_shards(manifest: dict, paths: Sequence[str]) -> dict[str, Shard]:
 def verify_scan(out_dir: str | Path, paths: Sequence[str] = ()) -> Verification:
     """Re-hash a scan's inputs and outputs against its manifest; see the module docstring."""
     out_dir = Path(out_dir)
-    manifest = _load_manifest(out_dir)
+    manifest = read_scan_manifest(out_dir)
+    if "manifest_sha256" not in manifest:
+        raise UsageError(f"{out_dir}: manifest.json has no digests (written by an older shardguard); scan again")
     v = Verification()
     if json_digest(manifest, "manifest_sha256") != manifest["manifest_sha256"]:
         v.problems.append("manifest.json altered: its sha256 does not match its contents")

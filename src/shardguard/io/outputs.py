@@ -48,6 +48,27 @@ def json_digest(obj: Mapping[str, Any], without: str) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def read_scan_manifest(out_dir: str | os.PathLike, trusted: bool = False) -> dict[str, Any]:
+    """A finished scan's ``manifest.json``; :class:`UsageError` when there is none or the scan did not finish.
+
+    With ``trusted`` the manifest must also carry its own sha256 and match it.
+    """
+    out_dir = Path(out_dir)
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{out_dir}: no readable manifest.json; run shardguard scan first ({exc})") from None
+    if not isinstance(manifest, dict) or not manifest.get("complete"):
+        raise UsageError(f"{out_dir}: the scan did not finish; rerun shardguard scan into it to complete it")
+    if trusted:
+        if "manifest_sha256" not in manifest:
+            raise UsageError(f"{out_dir}: manifest.json has no digests (written by an older shardguard); scan again")
+        if manifest["manifest_sha256"] != json_digest(manifest, "manifest_sha256"):
+            raise UsageError(f"{out_dir}: manifest.json altered (its sha256 does not match its contents); "
+                             "it cannot be trusted")
+    return manifest
+
+
 class LockError(UsageError):
     """Another live run holds OUT's lock."""
 
