@@ -5,6 +5,7 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from shardguard.cli import main
 from shardguard.config import load_config
@@ -14,12 +15,19 @@ OPTS = {"embed.embedder": "hashing", "input.id_column": "id", "input.label_colum
 FAST = ["--embedder", "hashing", "--id-column", "id", "--label-column", "label", "--no-progress"]
 
 
-def test_diff_names_new_changed_and_removed_rows_and_scores_only_those(tmp_path, samples_dir, capsys):
+@pytest.fixture()
+def baseline(tmp_path, samples_dir):
+    """A delivery of one real shard and its scan."""
     old = tmp_path / "v1"
     old.mkdir()
     shutil.copy(samples_dir / "sms_000.parquet", old)
     base = tmp_path / "base"
     assert main(["-q", "scan", str(old), "--out", str(base), *FAST]) == 0
+    return old, base
+
+
+def test_diff_names_new_changed_and_removed_rows_and_scores_only_those(tmp_path, baseline, capsys):
+    old, base = baseline
     profile = Guard.fit(old, load_config(None, OPTS)).save(tmp_path / "profile")
 
     rows = pq.read_table(old / "sms_000.parquet").to_pylist()
@@ -52,12 +60,8 @@ def test_diff_names_new_changed_and_removed_rows_and_scores_only_those(tmp_path,
     assert code == 1  # a new row was flagged
 
 
-def test_diff_refuses_an_altered_baseline(tmp_path, samples_dir, capsys):
-    data = tmp_path / "v1"
-    data.mkdir()
-    shutil.copy(samples_dir / "sms_000.parquet", data)
-    base = tmp_path / "base"
-    assert main(["-q", "scan", str(data), "--out", str(base), *FAST]) == 0
+def test_diff_refuses_an_altered_baseline(baseline, capsys):
+    data, base = baseline
     m = json.loads((base / "manifest.json").read_text())
     m["config"]["input"]["label_column"] = None
     (base / "manifest.json").write_text(json.dumps(m))
