@@ -107,7 +107,7 @@ class RowNormalizer:
         if pa.types.is_floating(col.type):
             # 1.0 and 1 are one label; cast floats that are whole numbers to integers first.
             as_int = pc.cast(col, pa.int64(), safe=False)
-            if pc.all(pc.equal(pc.cast(as_int, col.type), col)).as_py() in (True, None):
+            if pc.all(pc.equal(pc.cast(as_int, col.type, safe=False), col)).as_py() in (True, None):
                 col = as_int
         return pc.cast(col, pa.string())
 
