@@ -108,3 +108,12 @@ def test_detector_knobs_from_a_file_are_typed_like_their_defaults(tmp_path):
     p.write_text("detectors:\n  spectral:\n    threshold_z: 3\n    min_group_size: 50\n")
     cfg = load_config(p)
     assert cfg.detectors["spectral"]["threshold_z"] == 3.0 and isinstance(cfg.detectors["spectral"]["threshold_z"], float)
+
+
+def test_broken_yaml_is_one_line_naming_file_line_and_column(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("near_duplicates:\n  threshold: [0.5,\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert "\n" not in str(exc.value)
+    assert str(exc.value).startswith(f"{p}: not valid YAML at line 3, column 1: ")

@@ -300,12 +300,13 @@ def test_every_hostile_path_is_a_failed_manifest_row_and_the_rest_completes(tmp_
     (data / "deep.jsonl").write_text('{"id": "a", "text": "' + "x" * 20 + '"}\n{"id": "b", "text": '
                                      + "[" * 30000 + "]" * 30000 + "}\n")
     (data / "latin1.jsonl").write_bytes(b'{"id": "a", "text": "caf\xe9 au lait"}\n')
+    (data / "garbage.parquet").write_bytes(b"PAR1" + b"\0" * 500 + b"PAR1")  # pyarrow's error spans lines
     out = tmp_path / "out"
     result = scan([data], out, load_config(None, FAST))
     manifest = json.loads((out / "manifest.json").read_text())
     status = {s["name"]: s["status"] for s in manifest["shards"]}
     assert set(status) == {"sms_000.parquet", "dangling.jsonl", "loop.jsonl", "fifo.jsonl", "zero.jsonl",
-                           "deep.jsonl", "latin1.jsonl"}
+                           "deep.jsonl", "latin1.jsonl", "garbage.parquet"}
     assert status["sms_000.parquet"] == "ok"
     assert "dangling symlink" in status["dangling.jsonl"]
     assert "symlink loop" in status["loop.jsonl"]
@@ -314,7 +315,8 @@ def test_every_hostile_path_is_a_failed_manifest_row_and_the_rest_completes(tmp_
     assert "deep.jsonl: line 2 (row 1): JSON nested deeper" in status["deep.jsonl"]
     assert "latin1.jsonl: line 1 (row 0): invalid UTF-8" in status["latin1.jsonl"]
     assert all("\n" not in s for s in status.values())
-    assert manifest["complete"] and len(result.failed) == 6
+    assert "garbage.parquet: cannot read parquet file" in status["garbage.parquet"]
+    assert manifest["complete"] and len(result.failed) == 7
     ok = next(s for s in manifest["shards"] if s["status"] == "ok")
     assert ok["rows"] == ok["clean"] + ok["quarantined"] > 0
 

@@ -307,7 +307,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or 'cannot be parsed'}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

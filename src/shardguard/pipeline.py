@@ -145,6 +145,11 @@ class ScanState:
     cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
 
 
+def one_line(message: str) -> str:
+    """A manifest status is one line: a library's multi-line error is folded onto it."""
+    return " ".join(message.split())
+
+
 def _hashed(shard: Shard) -> ShardOutcome:
     """The shard's outcome with its sha256, or failed with a one-line reason (never raises)."""
     if shard.error is not None:
@@ -155,7 +160,7 @@ def _hashed(shard: Shard) -> ShardOutcome:
         size = os.stat(shard.path).st_size
     except (ShardError, OSError) as exc:
         log.error("%s", exc)
-        return ShardOutcome(shard, "", status=str(exc) if isinstance(exc, ShardError) else f"{shard.path}: {exc}")
+        return ShardOutcome(shard, "", status=one_line(str(exc) if isinstance(exc, ShardError) else f"{shard.path}: {exc}"))
     return ShardOutcome(shard, sha, size=size)
 
 
@@ -467,13 +472,13 @@ class ScanPipeline:
             if writer is not None:
                 writer.abort()
             workfile.remove(path)
-            o.status = str(exc)
+            o.status = one_line(str(exc))
             log.error("%s", exc)
         except Exception as exc:  # a shard's failure must not stop the others
             if writer is not None:
                 writer.abort()
             workfile.remove(path)
-            o.status = f"{o.shard.path}: {type(exc).__name__}: {exc}"
+            o.status = one_line(f"{o.shard.path}: {type(exc).__name__}: {exc}")
             log.exception("%s failed", o.shard.path)
 
     def _timed(self, stage: str, iterable):
