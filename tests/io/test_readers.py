@@ -136,3 +136,18 @@ def test_paths_that_are_not_readable_files_become_failed_shards(tmp_path):
     assert "symlink loop" in errors["loop.jsonl"]
     assert "FIFO" in errors["fifo.jsonl"]
     assert "character device" in errors["zero.parquet"]
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root reads a folder whatever its mode")
+def test_an_unreadable_sub_folder_is_a_failed_shard_not_a_silent_gap(tmp_path):
+    (tmp_path / "good.jsonl").write_text('{"text": "x"}\n')
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "hidden.jsonl").write_text('{"text": "y"}\n')
+    locked.chmod(0)
+    try:
+        errors = {s.name: s.error for s in discover_shards([tmp_path])}
+    finally:
+        locked.chmod(0o755)
+    assert errors["good.jsonl"] is None
+    assert "cannot list folder" in errors["locked"]
