@@ -193,6 +193,7 @@ def test_config_and_output_errors_are_one_line_exit_2_before_any_work(tmp_path, 
     afile = tmp_path / "file"
     afile.write_text("x")
     _one_line_usage_error(_cli("scan", str(data), "--out", str(afile)), "is not a folder")
+    _one_line_usage_error(_cli("scan", str(data), "--out", "/proc/shardguard-out"), "not writable")
     _one_line_usage_error(_cli("scan", str(data), "--out", str(data / "out")), "inside the input folder")
     _one_line_usage_error(_cli("scan", str(data), "--out", str(data)), "is the input")
     _one_line_usage_error(_cli("scan", str(data / "a.jsonl"), "--out", str(tmp_path)), "inside --out")

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -92,21 +93,38 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_writable_folder(path: str | os.PathLike, what: str) -> None:
-    """``path`` is a folder, or can be created as one, by this process."""
+def check_writable_folder(path: str | os.PathLike, what: str, create: bool = False) -> None:
+    """``path`` is a folder this process can write in, or can be created as one.
+
+    With ``create`` the folder is made now; either way a probe file is created
+    and removed, so a read-only file system or a missing permission is found
+    here, as root too (where ``os.access`` says yes to everything).
+    """
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{what} {p}: exists and is not a folder")
-    anchor = _nearest_existing(real_path(p))
-    if not anchor.is_dir():
-        raise UsageError(f"{what} {p}: {anchor} is not a folder")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {p}: {anchor} is not writable")
+    try:
+        if create:
+            p.mkdir(parents=True, exist_ok=True)
+            anchor = p
+        else:
+            anchor = _nearest_existing(real_path(p))
+            if not anchor.is_dir():
+                raise UsageError(f"{what} {p}: {anchor} is not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=anchor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {p}: not writable ({exc.strerror or exc})") from None
 
 
 def check_scan_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> None:
-    """Refuse an output folder that could read or overwrite the scan's inputs (see the module docstring)."""
-    check_writable_folder(out, "--out")
+    """Refuse an output folder that could read or overwrite the scan's inputs (see the module docstring).
+
+    When every check passes the folder exists (it is created) and is writable.
+    """
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
     r_out = real_path(out)
     for raw in inputs:
         r_in = real_path(raw)
@@ -118,6 +136,7 @@ def check_scan_output(out: str | os.PathLike, inputs: Sequence[str | os.PathLike
         if _within(r_in, r_out):
             raise UsageError(f"the input {raw} is inside --out {out}: the scan's files could overwrite it; "
                              "write the results to another folder")
+    check_writable_folder(out, "--out", create=True)
 
 
 def check_apply_target(target: str | os.PathLike, out_dir: str | os.PathLike, roots: Iterable[str]) -> None:
