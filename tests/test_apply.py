@@ -62,3 +62,51 @@ def test_apply_refuses_changed_inputs_and_unfinished_scans(scanned, tmp_path):
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UsageError, match="did not finish"):
         apply_quarantine(out, tmp_path / "c3")
+
+
+def test_apply_reads_jsonl_rows_as_the_scan_does_whatever_the_line_layout(tmp_path):
+    """Two objects on one line, one object over two lines: scan and apply agree on every row."""
+    data = tmp_path / "data"
+    data.mkdir()
+    texts = [f"message number {i} about {w}" for i, w in enumerate(["rain", "trains", "lunch", "work", "tea"])]
+    objs = [{"id": f"r{i}", "text": t, "label": "ham"} for i, t in enumerate(texts)]
+    objs[2]["text"] = "   "  # invalid: quarantined
+    raw = (json.dumps(objs[0]) + " " + json.dumps(objs[1]) + "\n"
+           + json.dumps(objs[2]).replace(", ", ",\n  ") + "\n\n"
+           + json.dumps(objs[3]) + json.dumps(objs[4]))
+    (data / "layout.jsonl").write_text(raw)
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    scan([data], out, load_config(None, OPTS))
+    q = pq.read_table(out / "quarantine" / "layout.parquet").to_pylist()
+    assert [(r["id"], r["row"]) for r in q] == [("r2", 2)]
+    assert main(["apply", str(out), "--to", str(clean)]) == 0
+    kept = [json.loads(line) for line in (clean / "layout.jsonl").read_text().splitlines()]
+    assert kept == [o for o in objs if o["id"] != "r2"]
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_apply_never_writes_over_an_input_or_the_scan(scanned, tmp_path, capsys):
+    data, out = scanned
+    before = {**_digests(data), **_digests(out)}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for target, why in [(data, "is the input"), (data / "extra", "is inside the input"),
+                        (tmp_path, "contains the scan"), (out, "is the scan's output"),
+                        (out / "quarantine", "is inside the scan's output"), (tmp_path / "mine", "not empty")]:
+        assert main(["apply", str(out), "--to", str(target)]) == 2, target
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
+    assert {**_digests(data), **_digests(out)} == before
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # an earlier apply's output is replaced as a whole, and nothing temporary is left beside it
+    clean = tmp_path / "clean"
+    assert main(["apply", str(out), "--to", str(clean)]) == 0
+    (clean / "stale.jsonl").write_text("{}\n")
+    assert main(["apply", str(out), "--to", str(clean)]) == 0
+    assert not (clean / "stale.jsonl").exists() and (clean / "sms_000.parquet").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from shardguard.cli import build_parser, main
 FAST = ["--embedder", "hashing", "--id-column", "id", "--label-column", "label", "--no-progress"]
 
 
-@pytest.mark.parametrize("command", ["scan", "apply", "report"])
+@pytest.mark.parametrize("command", ["scan", "apply", "report", "verify", "diff"])
 def test_help_documents_every_flag(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -149,3 +150,132 @@ def test_killed_scan_resumes_to_identical_lists(tmp_path, shared_data, when):
         assert pq.read_table(p).equals(pq.read_table(out / "quarantine" / p.name)), p.name
         assert pq.read_table(ref / "scores" / p.name).equals(pq.read_table(out / "scores" / p.name))
     assert not list(out.rglob(".tmp-*"))
+
+
+def _cli(*args, **kw):
+    """Run the installed command's module in a subprocess, as a user does."""
+    return subprocess.run([sys.executable, "-m", "shardguard", *args], capture_output=True, text=True, **kw)
+
+
+def _one_line_usage_error(proc, *words):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("shardguard: error: "), proc.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+class _Ran:
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def test_config_and_output_errors_are_one_line_exit_2_before_any_work(tmp_path, samples_dir, capsys):
+    def _cli(*args):  # in-process: the same entry point, without a new interpreter per case
+        code = main(list(args))
+        return _Ran(code, capsys.readouterr().err)
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"text": "hello there"}\n')
+    out = tmp_path / "out"
+    cases = [
+        (["--set", "detectors.outlier.threshold_z=[1,"], "--set detectors.outlier.threshold_z"),
+        (["--set", "detectors.outlier.enabled='no'"], "detectors.outlier.enabled"),
+        (["--set", "detectors.spectral.threshold_z=.nan"], "detectors.spectral.threshold_z"),
+        (["--set", "input.batch_size=1000000000000"], "input.batch_size"),
+        (["--set", "detectors.trigger.min_support=-1"], "detectors.trigger.min_support"),
+    ]
+    for extra, key in cases:
+        _one_line_usage_error(_cli("scan", str(data), "--out", str(out), *extra), key)
+        assert not out.exists(), "a config error must stop the run before it writes anything"
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    _one_line_usage_error(_cli("scan", str(data), "--out", str(afile)), "is not a folder")
+    _one_line_usage_error(_cli("scan", str(data), "--out", "/proc/shardguard-out"), "not writable")
+    _one_line_usage_error(_cli("scan", str(data), "--out", str(data / "out")), "inside the input folder")
+    _one_line_usage_error(_cli("scan", str(data), "--out", str(data)), "is the input")
+    _one_line_usage_error(_cli("scan", str(data / "a.jsonl"), "--out", str(tmp_path)), "inside --out")
+    assert sorted(p.name for p in data.iterdir()) == ["a.jsonl"]
+
+
+def test_a_config_error_in_the_command_prints_no_traceback(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "hello there"}\n')
+    proc = _cli("scan", str(tmp_path / "a.jsonl"), "--out", str(tmp_path / "out"), "--set", "fit.reservoir_size=1e99")
+    _one_line_usage_error(proc, "fit.reservoir_size")
+
+
+def test_outputs_take_the_umask_and_odd_names_print(tmp_path, samples_dir):
+    data = tmp_path / "in [x]"
+    data.mkdir()
+    shutil.copy(samples_dir / "sms_000.parquet", data / "[red]odd[x].parquet")
+    out = tmp_path / "out"
+    proc = _cli("scan", str(data), "--out", str(out), *FAST,
+                preexec_fn=lambda: os.umask(0o022))
+    assert proc.returncode == 0, proc.stderr
+    assert "[red]odd[x].parquet" in proc.stdout
+    for p in [out / "manifest.json", out / "report.json", out / "quarantine" / "[red]odd[x].parquet"]:
+        assert p.stat().st_mode & 0o777 == 0o644, p
+
+
+def test_one_writer_per_out_and_a_stale_lock_is_taken_over(tmp_path, samples_dir, capsys):
+    from shardguard.io.outputs import OutputLock
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from shardguard.io.outputs import OutputLock\n"
+        f"lock = OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["scan", str(samples_dir), "--out", str(out), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use: scan by pid {holder.pid} on host" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock file stays, and the next run takes it over
+    assert json.loads((out / ".lock").read_text())["pid"] == holder.pid
+    assert main(["scan", str(samples_dir), "--out", str(out), *FAST]) == 0
+    assert not (out / ".lock").exists()
+    with OutputLock(out):  # and it was released at the end
+        pass
+
+
+def test_report_refuses_an_unfinished_scan(tmp_path, samples_dir, capsys):
+    out = tmp_path / "out"
+    assert main(["scan", str(samples_dir), "--out", str(out), *FAST]) == 0
+    assert main(["report", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert "the scan did not finish" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_scan_says_one_line_leaves_no_temporary_files_and_resumes(tmp_path, shared_data, sig, code):
+    data = tmp_path / "data"
+    _make_shards(shared_data / "sst2_glue" / "train.parquet", data)
+    out = tmp_path / "out"
+    args = ["scan", str(data), "--out", str(out), *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "shardguard", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 120:
+        if (out / ".work").exists() and list((out / ".work").glob("*.arrow")):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    _, err = proc.communicate()
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == "shardguard: interrupted; rerun the same command to resume"
+    assert "Traceback" not in err
+    assert not list(out.rglob(".tmp-*")) and not (out / ".lock").exists()
+    assert subprocess.run([sys.executable, "-m", "shardguard", *args], capture_output=True).returncode == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = sum(pq.read_metadata(p).num_rows for p in data.glob("*.parquet"))
+    assert manifest["complete"] and sum(s["rows"] for s in manifest["shards"]) == rows

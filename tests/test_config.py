@@ -77,3 +77,43 @@ def test_digest_changes_with_any_knob():
     assert a.digest() == b.digest()
     b.near_duplicates.threshold = 0.9
     assert a.digest() != b.digest()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("detectors.outlier.enabled", "no", r"detectors\.outlier\.enabled must be true or false, got 'no'"),
+    ("detectors.spectral.threshold_z", float("nan"), r"detectors\.spectral\.threshold_z must be a finite number"),
+    ("detectors.outlier.threshold_z", -1.0, r"detectors\.outlier\.threshold_z must be in \(0, inf\), got -1"),
+    ("detectors.outlier.n_estimators", 10**9, r"detectors\.outlier\.n_estimators must be in \[1, 10000\]"),
+    ("detectors.outlier.pca_components", "many", r"detectors\.outlier\.pca_components must be a finite number"),
+    ("detectors.trigger.alpha_test", 1.5, r"detectors\.trigger\.alpha_test must be in \(0, 1\)"),
+    ("detectors.label_mismatch.class_weight", "heavy", r"detectors\.label_mismatch\.class_weight must be"),
+    ("near_duplicates.threshold", float("inf"), r"near_duplicates\.threshold must be a finite number"),
+    ("input.batch_size", 10**12, r"input\.batch_size must be in \[1, 1048576\]"),
+    ("input.max_text_chars", -5, r"input\.max_text_chars must be in \[1, "),
+    ("fit.reservoir_size", 10**12, r"fit\.reservoir_size must be in \[100, "),
+    ("input.label_column", "", r"input\.label_column must name a column"),
+    ("random_state", -3, r"random_state must be an integer >= 0"),
+    ("input.id_column", {"a": 1}, r"input\.id_column must be a single value"),
+])
+def test_every_knob_is_checked_for_type_and_range_before_a_run(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, {key: value})
+
+
+def test_detector_knobs_from_a_file_are_typed_like_their_defaults(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text('detectors:\n  outlier:\n    enabled: "no"\n')
+    with pytest.raises(ConfigError, match=r"c\.yaml: detectors\.outlier\.enabled must be true or false"):
+        load_config(p)
+    p.write_text("detectors:\n  spectral:\n    threshold_z: 3\n    min_group_size: 50\n")
+    cfg = load_config(p)
+    assert cfg.detectors["spectral"]["threshold_z"] == 3.0 and isinstance(cfg.detectors["spectral"]["threshold_z"], float)
+
+
+def test_broken_yaml_is_one_line_naming_file_line_and_column(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("near_duplicates:\n  threshold: [0.5,\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert "\n" not in str(exc.value)
+    assert str(exc.value).startswith(f"{p}: not valid YAML at line 3, column 1: ")

@@ -127,6 +127,52 @@ def test_hugging_face_filter_keeps_only_clean_rows(fitted, samples_dir):
     assert clean["id"] == expected
 
 
+def _rewrite_profile(p, meta):
+    """Write ``meta`` as an attacker who also recomputes the digests would (the documented rule)."""
+    import hashlib
+
+    meta["arrays_sha256"] = hashlib.sha256((p / "arrays.npz").read_bytes()).hexdigest()
+    body = {k: v for k, v in meta.items() if k != "profile_sha256"}
+    meta["profile_sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    (p / "profile.json").write_text(json.dumps(meta))
+
+
+def test_edited_profile_json_is_refused(fitted, tmp_path):
+    guard, _, _ = fitted
+    p = guard.save(tmp_path / "j")
+    meta = json.loads((p / "profile.json").read_text())
+    meta["labels"] = list(reversed(meta["labels"]))  # swap the label vocabulary
+    (p / "profile.json").write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match=r"profile\.json: sha256 does not match its contents"):
+        Guard.load(p)
+    k = guard.save(tmp_path / "k")
+    meta = json.loads((k / "profile.json").read_text())
+    meta["detectors"]["outlier"]["params"]["threshold_z"] = 1e9  # switch the detector off by stealth
+    (k / "profile.json").write_text(json.dumps(meta))
+    with pytest.raises(ProfileError, match="altered"):
+        Guard.load(k)
+
+
+@pytest.mark.parametrize("key, bad", [
+    ("roots.seqs", np.zeros(3, np.float32)),          # wrong dtype
+    ("roots.rows", np.zeros((2, 2), np.int64)),       # wrong shape
+    ("clusters.counts", np.zeros(1, np.int64)),       # inconsistent length
+    ("roots.labels", np.full(1, 10**6, np.int32)),    # outside the vocabulary
+])
+def test_profile_arrays_of_the_wrong_dtype_or_shape_are_refused(fitted, tmp_path, key, bad):
+    guard, _, _ = fitted
+    p = guard.save(tmp_path / "a")
+    with np.load(p / "arrays.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    if key == "roots.labels":
+        bad = np.concatenate([arrays[key][:-1], bad])
+    arrays[key] = bad
+    np.savez(p / "arrays.npz", **arrays)
+    _rewrite_profile(p, json.loads((p / "profile.json").read_text()))
+    with pytest.raises(ProfileError, match=key.replace(".", r"\.")):
+        Guard.load(p)
+
+
 def test_tampered_profile_is_refused(fitted, tmp_path):
     guard, _, profile = fitted
     p = guard.save(tmp_path / "t")
@@ -147,14 +193,12 @@ def test_pickled_profile_is_refused_even_with_a_matching_digest(fitted, tmp_path
     arrays["roots.seqs"] = np.array([object()], dtype=object)  # an array only pickle can hold
     np.savez(p / "arrays.npz", **arrays)
     meta = json.loads((p / "profile.json").read_text())
-    meta["arrays_sha256"] = hashlib.sha256((p / "arrays.npz").read_bytes()).hexdigest()
-    (p / "profile.json").write_text(json.dumps(meta))
+    _rewrite_profile(p, meta)
     with pytest.raises(ProfileError, match="plain arrays only"):
         Guard.load(p)
     # a bare pickle in place of the arrays is refused the same way
     (p / "arrays.npz").write_bytes(pickle.dumps({"x": 1}))
-    meta["arrays_sha256"] = hashlib.sha256((p / "arrays.npz").read_bytes()).hexdigest()
-    (p / "profile.json").write_text(json.dumps(meta))
+    _rewrite_profile(p, meta)
     with pytest.raises(ProfileError, match="refused"):
         Guard.load(p)
 
@@ -164,13 +208,13 @@ def test_profile_from_another_version_or_model_fails_clearly(fitted, tmp_path):
     p = guard.save(tmp_path / "v")
     meta = json.loads((p / "profile.json").read_text())
     meta["shardguard_version"] = "9.9.0"
-    (p / "profile.json").write_text(json.dumps(meta))
+    _rewrite_profile(p, meta)
     with pytest.raises(ProfileError, match="shardguard 9.9.0"):
         Guard.load(p)
     p = guard.save(tmp_path / "m")
     meta = json.loads((p / "profile.json").read_text())
     meta["embedder"]["model"] = "some-other-model"
-    (p / "profile.json").write_text(json.dumps(meta))
+    _rewrite_profile(p, meta)
     with pytest.raises(ProfileError, match="some-other-model"):
         Guard.load(p)
 

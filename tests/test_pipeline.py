@@ -149,9 +149,10 @@ def test_corrupt_shard_fails_alone(tmp_path, samples_dir):
 
 
 def test_missing_column_fails_the_shard_naming_file_and_column(tmp_path):
-    pq.write_table(pa.table({"text": ["a b c d e", "f g h i j"]}), tmp_path / "good.parquet")
-    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "other.parquet")
-    result = scan([tmp_path], tmp_path / "out", load_config(None, {"embed.embedder": "hashing"}))
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"text": ["a b c d e", "f g h i j"]}), tmp_path / "in" / "good.parquet")
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "in" / "other.parquet")
+    result = scan([tmp_path / "in"], tmp_path / "out", load_config(None, {"embed.embedder": "hashing"}))
     (failed,) = result.failed
     assert "other.parquet" in failed.status and "'text'" in failed.status
 
@@ -284,3 +285,56 @@ def test_a_flood_scanned_before_its_source_still_spares_the_source(tmp_path):
     # flood and nothing more; the genuine sentence contradicts the flood, not a lone row
     assert all(q[f"flood-{k:02d}"]["reasons"] == ["duplicate_flood"] for k in range(30))
     assert s["genuine"]["status"] == "clean" and s["genuine"]["duplicate_of"] == "flood-00"
+
+
+def test_every_hostile_path_is_a_failed_manifest_row_and_the_rest_completes(tmp_path, samples_dir):
+    import os
+
+    data = tmp_path / "in"
+    data.mkdir()
+    shutil.copy(samples_dir / "sms_000.parquet", data)
+    (data / "dangling.jsonl").symlink_to(data / "gone.jsonl")
+    (data / "loop.jsonl").symlink_to(data / "loop.jsonl")
+    os.mkfifo(data / "fifo.jsonl")  # would block a reader forever
+    (data / "zero.jsonl").symlink_to("/dev/zero")  # would never end
+    (data / "deep.jsonl").write_text('{"id": "a", "text": "' + "x" * 20 + '"}\n{"id": "b", "text": '
+                                     + "[" * 30000 + "]" * 30000 + "}\n")
+    (data / "latin1.jsonl").write_bytes(b'{"id": "a", "text": "caf\xe9 au lait"}\n')
+    (data / "garbage.parquet").write_bytes(b"PAR1" + b"\0" * 500 + b"PAR1")  # pyarrow's error spans lines
+    out = tmp_path / "out"
+    result = scan([data], out, load_config(None, FAST))
+    manifest = json.loads((out / "manifest.json").read_text())
+    status = {s["name"]: s["status"] for s in manifest["shards"]}
+    assert set(status) == {"sms_000.parquet", "dangling.jsonl", "loop.jsonl", "fifo.jsonl", "zero.jsonl",
+                           "deep.jsonl", "latin1.jsonl", "garbage.parquet"}
+    assert status["sms_000.parquet"] == "ok"
+    assert "dangling symlink" in status["dangling.jsonl"]
+    assert "symlink loop" in status["loop.jsonl"]
+    assert "FIFO" in status["fifo.jsonl"]
+    assert "character device" in status["zero.jsonl"]
+    assert "deep.jsonl: line 2 (row 1): JSON nested deeper" in status["deep.jsonl"]
+    assert "latin1.jsonl: line 1 (row 0): invalid UTF-8" in status["latin1.jsonl"]
+    assert all("\n" not in s for s in status.values())
+    assert "garbage.parquet: cannot read parquet file" in status["garbage.parquet"]
+    assert manifest["complete"] and len(result.failed) == 7
+    ok = next(s for s in manifest["shards"] if s["status"] == "ok")
+    assert ok["rows"] == ok["clean"] + ok["quarantined"] > 0
+
+
+def test_mixed_label_and_id_types_are_compared_as_text_never_nulled(tmp_path):
+    p = tmp_path / "mixed.jsonl"
+    rows = [{"id": 1, "text": "one fine message about the weather", "label": 1},
+            {"id": "2", "text": "another message about a train", "label": "1"},
+            {"id": 3.0, "text": "a third message about lunch", "label": 0.0},
+            {"id": "x", "text": "a fourth message about dinner", "label": "spam"},
+            {"id": "y", "text": "a fifth message about nothing", "label": {"nested": 1}},
+            {"id": True, "text": "a sixth message about the sea", "label": False}]
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    scan([p], tmp_path / "out", load_config(None, FAST))
+    scores = pq.read_table(tmp_path / "out" / "scores" / "mixed.parquet").to_pylist()
+    assert [s["id"] for s in scores] == ["1", "2", "3", "x", "y", "true"]
+    assert [s["label"] for s in scores] == ["1", "1", "0", "spam", None, "false"]
+    assert [s["status"] for s in scores].count("invalid") == 1
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "mixed.parquet").to_pylist()
+    (bad,) = [r for r in q if r["id"] == "y"]
+    assert bad["detail"] == "column 'label': label is a JSON object, expected a string or number"

@@ -1,10 +1,11 @@
 """``shardguard apply``: write each scanned shard again without its quarantined rows.
 
 Same schema and format as the input (Parquet, Arrow IPC file or stream, JSON
-Lines with the original lines kept byte for byte), so the fine-tuning job reads
-the clean copy exactly as it would have read the original. Inputs are checked
-against the sha256 the scan recorded: rows are dropped by row number, which
-would be wrong for a file changed since.
+Lines with every kept JSON value copied exactly as written, one per line), so
+the fine-tuning job reads the clean copy exactly as it would have read the
+original. Rows are read through the scan's own readers (one row model: a JSON
+Lines row is a JSON value, however it is laid out on lines) and dropped by row
+number, so inputs are checked against the sha256 the scan recorded first.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shardguard import __version__
-from shardguard.io.readers import Shard, ShardError, ShardReader, UsageError
-from shardguard.io.writers import _commit, _tmp_path, atomic_write_json
+from shardguard.io.readers import Shard, ShardError, ShardReader, UsageError, iter_json_values
+from shardguard.io.outputs import OutputLock, check_apply_target, read_scan_manifest
+from shardguard.io.writers import TMP_PREFIX, _commit, _tmp_path, atomic_write_json, current_umask
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +62,9 @@ def _write_jsonl(src: Path, dst: Path, drop: np.ndarray) -> tuple[int, int]:
     drop_set = set(drop.tolist())
     try:
         with opener(src, "rb") as fin, (gzip.GzipFile(tmp, "wb", mtime=0) if gz else open(tmp, "wb")) as fout:
-            for line in fin:
-                if not line.strip():
-                    continue  # blank lines hold no row
+            for _value, raw in iter_json_values(fin, str(src)):
                 if row not in drop_set:
-                    fout.write(line if line.endswith(b"\n") else line + b"\n")
+                    fout.write(raw.encode("utf-8") + b"\n")
                     kept += 1
                 row += 1
         _commit(tmp, dst)
@@ -101,56 +104,102 @@ def _write_arrow_like(shard: Shard, dst: Path, drop: np.ndarray) -> tuple[int, i
     return rows, kept
 
 
+def _scan_inputs(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """The scan's input roots (older manifests: every shard's folder)."""
+    roots = manifest.get("inputs")
+    if roots:
+        return list(roots)
+    return sorted({str(Path(e["input"]).parent) for e in manifest.get("shards", []) if e.get("input")})
+
+
+def _apply_shard(out_dir: Path, entry: dict[str, Any], dst: Path) -> AppliedShard:
+    """One shard's clean copy at ``dst``, or why it was not written."""
+    name = entry["name"]
+    if entry["status"] != "ok":
+        return AppliedShard(name, entry.get("rows", 0), 0, 0, str(dst), f"not written: scan failed: {entry['status']}")
+    src = Path(entry["input"])
+    shard = Shard(src, src.parent, name, entry["format"])
+    try:
+        if not src.exists():
+            raise ShardError(f"{src}: input no longer exists")
+        if shard.sha256() != entry["sha256"]:
+            raise ShardError(f"{src}: changed since the scan (sha256 differs); scan it again")
+        drop = _quarantined_rows(out_dir, entry)
+        if shard.format == "jsonl":
+            rows, kept = _write_jsonl(src, dst, drop)
+        else:
+            rows, kept = _write_arrow_like(shard, dst, drop)
+        if rows != entry["rows"] or kept != entry["clean"]:
+            raise ShardError(f"{src}: read {rows} rows and kept {kept}, but the scan saw "
+                             f"{entry['rows']} rows with {entry['clean']} clean")
+        return AppliedShard(name, rows, rows - kept, kept, str(dst))
+    except (ShardError, OSError, pa.ArrowException) as exc:
+        dst.unlink(missing_ok=True)
+        log.error("%s", exc)
+        return AppliedShard(name, entry.get("rows", 0), 0, 0, str(dst), str(exc))
+
+
+def _is_apply_output(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("command") == "apply"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[AppliedShard]:
     """Write every ok shard of the scan in ``out_dir`` to ``clean_dir`` without its quarantined rows.
 
     Returns one :class:`AppliedShard` per shard of the scan; a shard that failed
     in the scan, or whose input changed since, is reported and not written.
+
+    ``clean_dir`` may not be, contain or lie inside an input root or ``out_dir``,
+    and an existing ``clean_dir`` must be empty or an earlier ``apply``'s output.
+    Everything is written into a temporary folder next to it, which replaces it
+    only when complete: an interrupted apply leaves ``clean_dir`` as it was.
     """
     out_dir, clean_dir = Path(out_dir), Path(clean_dir)
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{out_dir}: no readable manifest.json; run shardguard scan first ({exc})") from exc
-    if not manifest.get("complete"):
-        raise UsageError(f"{out_dir}: the scan did not finish; rerun shardguard scan into it to complete it")
-    if clean_dir.resolve() == out_dir.resolve():
-        raise UsageError("--to must be another folder than the scan's output")
-    results = []
+    manifest = read_scan_manifest(out_dir)
+    check_apply_target(clean_dir, out_dir, _scan_inputs(out_dir, manifest))
+    if clean_dir.is_dir() and any(clean_dir.iterdir()) and not _is_apply_output(clean_dir):
+        raise UsageError(f"--to {clean_dir}: exists, is not empty and is not an earlier apply's output; "
+                         "choose a new folder")
     for entry in manifest["shards"]:
         name = entry["name"]
-        dst = clean_dir / name
         if ".." in Path(name).parts or Path(name).is_absolute():
             raise UsageError(f"manifest names a shard outside the output folder: {name!r}")
-        if entry["status"] != "ok":
-            results.append(AppliedShard(name, entry.get("rows", 0), 0, 0, str(dst), f"not written: scan failed: {entry['status']}"))
-            continue
-        src = Path(entry["input"])
-        shard = Shard(src, src.parent, name, entry["format"])
+    with OutputLock(out_dir, "apply"):
+        clean_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{clean_dir.name}.", dir=clean_dir.parent))
         try:
-            if not src.exists():
-                raise ShardError(f"{src}: input no longer exists")
-            if shard.sha256() != entry["sha256"]:
-                raise ShardError(f"{src}: changed since the scan (sha256 differs); scan it again")
-            drop = _quarantined_rows(out_dir, entry)
-            if shard.format == "jsonl":
-                rows, kept = _write_jsonl(src, dst, drop)
-            else:
-                rows, kept = _write_arrow_like(shard, dst, drop)
-            if rows != entry["rows"] or kept != entry["clean"]:
-                raise ShardError(f"{src}: read {rows} rows and kept {kept}, but the scan saw "
-                                 f"{entry['rows']} rows with {entry['clean']} clean")
-            results.append(AppliedShard(name, rows, rows - kept, kept, str(dst)))
-        except (ShardError, OSError, pa.ArrowException) as exc:
-            dst.unlink(missing_ok=True)
-            results.append(AppliedShard(name, entry.get("rows", 0), 0, 0, str(dst), str(exc)))
-            log.error("%s", exc)
-    atomic_write_json(clean_dir / "manifest.json", {
-        "tool": "shardguard",
-        "version": __version__,
-        "command": "apply",
-        "scan": str(out_dir),
-        "scan_run_key": manifest.get("run_key"),
-        "shards": [r.to_json() for r in results],
-    })
+            os.chmod(staging, 0o777 & ~current_umask())
+            results = [_apply_shard(out_dir, entry, staging / entry["name"]) for entry in manifest["shards"]]
+            for r in results:  # the paths the caller will find them at
+                r.output = str(clean_dir / r.name)
+            atomic_write_json(staging / "manifest.json", {
+                "tool": "shardguard",
+                "version": __version__,
+                "command": "apply",
+                "scan": str(out_dir),
+                "scan_run_key": manifest.get("run_key"),
+                "shards": [r.to_json() for r in results],
+            })
+            _swap_in(staging, clean_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return results
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an earlier output there is replaced as a whole."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}.old.", dir=target.parent))
+    os.replace(target, old / "x")
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old / "x", target)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

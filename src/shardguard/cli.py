@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import signal
 import sys
 import time
 from typing import Any, Sequence
@@ -19,6 +21,30 @@ from shardguard.io.readers import UsageError
 log = logging.getLogger("shardguard")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: 128 + the signal number, as shells report a process ended by it.
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters (escape codes from hostile ids or texts) made visible."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _markup_safe(text: object) -> str:
+    """A value for a rich table cell: control characters visible, ``[...]`` not read as markup."""
+    from rich.markup import escape
+
+    return escape(printable(str(text)))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so the run unwinds as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def _parse_set(values: Sequence[str]) -> dict[str, Any]:
@@ -27,7 +53,11 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem", None) or "cannot be parsed"
+            raise ConfigError(f"--set {key.strip()}: value {raw!r} is not valid YAML ({where})") from None
     return out
 
 
@@ -185,11 +215,11 @@ def _summary(console, result) -> None:
     from rich.table import Table
 
     reasons = sorted({r for o in result.shards for r in o.reasons})
-    t = Table(title=f"shardguard scan -> {result.out_dir}")
+    t = Table(title=f"shardguard scan -> {_markup_safe(result.out_dir)}")
     for col in ["shard", "rows", "clean", "quarantined", *reasons, "status"]:
         t.add_column(col, justify="left" if col in ("shard", "status") else "right")
     for o in result.shards:
-        t.add_row(o.shard.name, f"{o.rows:,}", f"{o.clean:,}", f"{o.quarantined:,}",
+        t.add_row(_markup_safe(o.shard.name), f"{o.rows:,}", f"{o.clean:,}", f"{o.quarantined:,}",
                   *[f"{o.reasons.get(r, 0):,}" for r in reasons],
                   "ok" + (" (resumed)" if o.resumed else "") if o.status == "ok" else "[red]FAILED[/red]")
     tot = result.report["totals"]
@@ -202,7 +232,7 @@ def _summary(console, result) -> None:
         console.print(f"embedder: {emb['kind']} {emb.get('model') or ''} on {emb.get('device') or 'cpu'}"
                       + (f" ({emb['why']})" if emb.get("why") else ""), markup=False, highlight=False)
     for o in result.failed:
-        console.print(f"[red]failed:[/red] {o.status}")
+        console.print(f"[red]failed:[/red] {_markup_safe(o.status)}")
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
@@ -215,7 +245,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     tty = sys.stderr.isatty() and not args.no_progress
     progress = _BarProgress(Console(stderr=True)) if tty else _LogProgress()
-    result = ScanPipeline(config, args.out, progress).run(args.paths)
+    try:
+        result = ScanPipeline(config, args.out, progress).run(args.paths)
+    finally:
+        if isinstance(progress, _BarProgress):
+            progress.finish()  # leave the terminal as it was, also when interrupted
     _summary(console, result)
     return EXIT_FAILED if result.failed else EXIT_OK
 
@@ -243,7 +277,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         path = report_html.write_report(args.out, args.html, top=args.top)
         print(f"wrote {path}")
     else:
-        print(report_html.text_summary(args.out), end="")
+        print(printable(report_html.text_summary(args.out)), end="")
     return EXIT_OK
 
 
@@ -268,12 +302,12 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     results = apply_quarantine(args.out, args.to)
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    t = Table(title=f"shardguard apply -> {args.to}")
+    t = Table(title=f"shardguard apply -> {_markup_safe(args.to)}")
     for col in ("shard", "rows in", "removed", "rows out", "status"):
         t.add_column(col, justify="left" if col in ("shard", "status") else "right")
     for r in results:
-        t.add_row(r.name, f"{r.rows_in:,}", f"{r.removed:,}", f"{r.rows_out:,}",
-                  "ok" if r.status == "ok" else f"[red]{r.status}[/red]")
+        t.add_row(_markup_safe(r.name), f"{r.rows_in:,}", f"{r.removed:,}", f"{r.rows_out:,}",
+                  "ok" if r.status == "ok" else f"[red]{_markup_safe(r.status)}[/red]")
     console.print(t)
     return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED
 
@@ -322,6 +356,75 @@ def _cmd_model_distill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check a delivery against a scan: every input, output and the manifest re-hashed",
+        description="Re-hash every input shard of a finished scan, every output file and the manifest itself "
+        "against the sha256 the scan recorded, and list every changed, missing or added shard or output (a shard "
+        "swapped after the scan is the attack this catches). With PATHs, inputs are looked up by their names "
+        "under those paths (a moved or copied delivery); without, where the scan found them. Exit 0 when "
+        "everything matches, 1 when anything differs, 2 when OUT is not a finished scan.",
+    )
+    p.add_argument("out", metavar="OUT", help="the scan's output folder")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="where the delivery is now (default: the scanned paths)")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from shardguard.verify import verify_scan
+
+    v = verify_scan(args.out, args.paths)
+    for problem in v.problems:
+        print(printable(problem))
+    if v.ok:
+        print(f"verified {v.shards} shard(s) and {v.outputs} output file(s): everything matches the manifest")
+        return EXIT_OK
+    print(f"{len(v.problems)} difference(s) from the scan in {printable(args.out)}")
+    return EXIT_FAILED
+
+
+def _diff_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="compare a new delivery with a trusted earlier scan: new, changed and removed rows",
+        description="Compare the shards at NEW_PATH with the finished scan in OLD_OUT (matched by its id column, "
+        "in the scan's normalised text and label): which rows are new, changed (same id, other text or label) or "
+        "removed. With --profile (a Guard profile of the trusted data) only the new and changed rows are scored, "
+        "with their verdicts. Exit 0 when no new or changed row is flagged and every shard was read, 1 otherwise, "
+        "2 when OLD_OUT is not a finished, unaltered scan.",
+    )
+    p.add_argument("old_out", metavar="OLD_OUT", help="the trusted scan's output folder (its .work folder is needed)")
+    p.add_argument("paths", nargs="+", metavar="NEW_PATH", help="the new delivery's shard files or folders")
+    p.add_argument("--profile", metavar="DIR", help="trusted Guard profile to score the new and changed rows with")
+    p.add_argument("--out", metavar="DIR", help="write DIR/report.json and DIR/rows.parquet (every row that differs)")
+    p.set_defaults(func=_cmd_diff)
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from shardguard.diff import diff_delivery, write_diff
+
+    if args.out:
+        from shardguard.io.outputs import check_scan_output
+
+        check_scan_output(args.out, [*args.paths, args.old_out])  # before any work
+    result = diff_delivery(args.old_out, args.paths, args.profile)
+    if args.out:
+        write_diff(result, args.out, args.paths)
+    c = result.counts
+    print(f"against {printable(args.old_out)}: {c['new']:,} new, {c['changed']:,} changed, "
+          f"{c['removed']:,} removed, {c['unchanged']:,} unchanged rows")
+    if result.scored:
+        verdicts = ", ".join(f"{k} {v:,}" for k, v in sorted(result.statuses.items())) or "none"
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(result.reasons.items())) or "none"
+        print(f"new and changed rows scored against the profile: {verdicts}; reasons: {reasons}")
+    else:
+        print("no --profile: the new and changed rows were not scored")
+    for f in result.failed:
+        print(f"failed: {printable(f)}")
+    return EXIT_FAILED if result.flagged or result.failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardguard",
@@ -336,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     _report_parser(sub)
     _apply_parser(sub)
     _model_parser(sub)
+    _verify_parser(sub)
+    _diff_parser(sub)
     return parser
 
 
@@ -347,10 +452,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         return args.func(args)
     except (ConfigError, UsageError) as exc:
-        print(f"shardguard: error: {exc}", file=sys.stderr)
+        print(f"shardguard: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        print("shardguard: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +21,12 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
+
+
+#: Upper bounds that keep an absurd size a config error instead of a MemoryError mid-run.
+MAX_BATCH_SIZE = 1 << 20
+MAX_TEXT_CHARS = 100_000_000
+MAX_RESERVOIR = 10_000_000
 
 
 @dataclass
@@ -35,10 +42,13 @@ class InputConfig:
     batch_size: int = 8192
 
     def validate(self) -> None:
-        if self.max_text_chars < 1:
-            raise ConfigError("input.max_text_chars must be >= 1")
-        if self.batch_size < 1:
-            raise ConfigError("input.batch_size must be >= 1")
+        if not 1 <= self.max_text_chars <= MAX_TEXT_CHARS:
+            raise ConfigError(f"input.max_text_chars must be in [1, {MAX_TEXT_CHARS}], got {self.max_text_chars}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"input.batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
+        for key in ("id_column", "text_column", "label_column", "embedding_column"):
+            if getattr(self, key) == "":
+                raise ConfigError(f"input.{key} must name a column, got an empty string")
         if self.text_template is not None and "{" not in self.text_template:
             raise ConfigError(
                 "input.text_template must name at least one column as {column}, "
@@ -67,10 +77,12 @@ class NearDuplicateConfig:
             raise ConfigError("near_duplicates.threshold must be in (0, 1]")
         if self.num_perm < 16 or self.num_perm > 1024:
             raise ConfigError("near_duplicates.num_perm must be in [16, 1024]")
-        if self.ngram < 1:
-            raise ConfigError("near_duplicates.ngram must be >= 1")
+        if not 1 <= self.ngram <= 64:
+            raise ConfigError("near_duplicates.ngram must be in [1, 64]")
         if self.flood_size < 2:
             raise ConfigError("near_duplicates.flood_size must be >= 2")
+        if self.seed < 0:
+            raise ConfigError("near_duplicates.seed must be >= 0")
         if self.copies not in COPY_MODES:
             raise ConfigError(f"near_duplicates.copies must be one of {', '.join(COPY_MODES)}, got {self.copies!r}")
 
@@ -96,10 +108,14 @@ class EmbedConfig:
             raise ConfigError(
                 f"embed.embedder must be one of {', '.join(self.EMBEDDERS)}, got {self.embedder!r}"
             )
-        if self.batch_size < 1:
-            raise ConfigError("embed.batch_size must be >= 1")
-        if self.hashing_dim < 2:
-            raise ConfigError("embed.hashing_dim must be >= 2")
+        if not 1 <= self.batch_size <= 65536:
+            raise ConfigError("embed.batch_size must be in [1, 65536]")
+        if not 2 <= self.hashing_dim <= 65536:
+            raise ConfigError("embed.hashing_dim must be in [2, 65536]")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+            raise ConfigError(f"embed.cache_dir must be a folder path (a string), got {self.cache_dir!r}")
+        if self.model is not None and not isinstance(self.model, str):
+            raise ConfigError(f"embed.model must be a folder path (a string), got {self.model!r}")
         if not 2 <= self.static_dim <= 4096:
             raise ConfigError("embed.static_dim must be in [2, 4096]")
 
@@ -111,8 +127,8 @@ class FitConfig:
     reservoir_size: int = 50_000
 
     def validate(self) -> None:
-        if self.reservoir_size < 100:
-            raise ConfigError("fit.reservoir_size must be >= 100")
+        if not 100 <= self.reservoir_size <= MAX_RESERVOIR:
+            raise ConfigError(f"fit.reservoir_size must be in [100, {MAX_RESERVOIR}], got {self.reservoir_size}")
 
 
 def _default_detectors() -> dict[str, dict[str, Any]]:
@@ -160,9 +176,19 @@ class Config:
             unknown = set(params) - allowed
             if unknown:
                 raise ConfigError(
-                    f"detectors.{name}: unknown knob(s) {', '.join(sorted(unknown))}; "
+                    f"detectors.{name}: unknown knob(s) {', '.join(sorted(map(str, unknown)))}; "
                     f"known: {', '.join(sorted(allowed))}"
                 )
+            defaults = {"enabled": True, **REGISTRY[name]().get_params()}
+            for knob, value in params.items():
+                params[knob] = _coerce(value, defaults[knob], f"detectors.{name}.{knob}")
+            knobs = {k: v for k, v in params.items() if k != "enabled"}
+            try:  # the detector's own ranges, now rather than after the embedding pass
+                REGISTRY[name](**knobs).check_params()
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"detectors.{name}.{exc}") from None
+        if self.random_state is not None and (not isinstance(self.random_state, int) or self.random_state < 0):
+            raise ConfigError(f"random_state must be an integer >= 0, got {self.random_state!r}")
         if self.embed.embedder == "precomputed" and not self.input.embedding_column:
             raise ConfigError("embed.embedder 'precomputed' needs input.embedding_column")
         return self
@@ -216,7 +242,11 @@ def _build_section(cls: type, data: Any, where: str) -> Any:
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
     """Check a YAML value against the type of its default; ints widen to floats."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if value is None or default is None:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a single value, got {value!r}")
         return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -229,6 +259,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -283,7 +315,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or 'cannot be parsed'}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

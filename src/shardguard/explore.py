@@ -218,6 +218,13 @@ class ScanOutput:
             raise ScanOutputError(f"{self.out_dir} is not a folder")
         self.manifest = _read_json(self.out_dir / "manifest.json")
         self.report = _read_json(self.out_dir / "report.json")
+        if not self.manifest.get("complete") or self.report.get("run_key", self.manifest.get("run_key")) \
+                != self.manifest.get("run_key"):
+            done = sum(1 for s in self.manifest.get("shards", []) if s.get("status") == "ok")
+            raise ScanOutputError(
+                f"{self.out_dir}: the scan did not finish ({done} shard(s) written so far, and report.json is "
+                "from another run); rerun the same shardguard scan into it to complete it"
+            )
         self.all_shards = [
             ShardInfo(
                 name=s["name"],

@@ -22,7 +22,10 @@ cluster sizes and majority labels known at fit time.
 Profiles (``save``/``load``) hold JSON and one ``.npz`` of plain numeric arrays
 (loaded with ``allow_pickle=False``; the isolation forest travels as skops
 bytes checked against a list of trusted types), with a sha256 of the arrays in
-the JSON: loading a profile never runs code, and a tampered one is refused.
+the JSON and a sha256 of the JSON itself (``profile_sha256``, over its
+canonical form without that field): loading a profile never runs code, and a
+tampered one -- arrays, thresholds or label vocabulary -- is refused, as is an
+array of the wrong dtype or shape.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from shardguard.config import Config, config_from_dict
 from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
+from shardguard.io.outputs import json_digest
 from shardguard.io.readers import Shard
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
 from shardguard.stages import ClusterTable, DuplicateVerdict, duplicate_flags, text_kwargs, verdict_table
@@ -55,6 +59,53 @@ log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "shardguard-profile"
 PROFILE_FORMAT_VERSION = 2
+
+
+def _profile_digest(profile: Mapping[str, Any]) -> str:
+    """sha256 of the profile's canonical JSON, without its own ``profile_sha256``."""
+    return json_digest(profile, "profile_sha256")
+
+
+#: The guard's own arrays: dtype kinds allowed and number of dimensions.
+_ARRAY_KINDS = {
+    "roots.seqs": ("i", 1), "roots.id_offsets": ("i", 1), "roots.id_data": ("u", 1), "roots.rows": ("i", 1),
+    "roots.shards": ("i", 1), "roots.labels": ("i", 1), "clusters.roots": ("i", 1), "clusters.counts": ("i", 1),
+    "clusters.reference": ("i", 1), "clusters.majority": ("i", 1),
+}
+
+
+def _check_arrays(arrays: Mapping[str, np.ndarray], profile: Mapping[str, Any], where: Path) -> None:
+    """Refuse arrays of another dtype or shape than ``save`` writes, or inconsistent with each other."""
+    for key, arr in arrays.items():
+        if arr.dtype.kind not in "biuf":
+            raise ProfileError(f"{where}: array {key} has dtype {arr.dtype}; profiles hold numeric arrays only")
+    for key, (kind, ndim) in _ARRAY_KINDS.items():
+        arr = arrays.get(key)
+        if arr is None:
+            raise ProfileError(f"{where}: array {key} is missing")
+        if arr.dtype.kind != kind or arr.ndim != ndim:
+            raise ProfileError(f"{where}: array {key} has dtype {arr.dtype} and shape {arr.shape}; "
+                               f"expected a {ndim}-D array of kind {kind!r}")
+    n = arrays["roots.seqs"].shape[0]
+    offsets = arrays["roots.id_offsets"]
+    for key in ("roots.rows", "roots.shards", "roots.labels"):
+        if arrays[key].shape[0] != n:
+            raise ProfileError(f"{where}: array {key} has {arrays[key].shape[0]} entries, roots.seqs {n}")
+    if offsets.shape[0] != n + 1 or (n and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)
+                                            or offsets[-1] != arrays["roots.id_data"].shape[0])):
+        raise ProfileError(f"{where}: array roots.id_offsets does not index roots.id_data")
+    m = arrays["clusters.roots"].shape[0]
+    for key in ("clusters.counts", "clusters.reference", "clusters.majority"):
+        if arrays[key].shape[0] != m:
+            raise ProfileError(f"{where}: array {key} has {arrays[key].shape[0]} entries, clusters.roots {m}")
+    n_labels = len(profile.get("labels") or [])
+    for key in ("roots.labels", "clusters.reference", "clusters.majority"):
+        a = arrays[key]
+        if a.size and (a.min() < -1 or a.max() >= n_labels):
+            raise ProfileError(f"{where}: array {key} names a label outside the profile's vocabulary")
+    a = arrays["roots.shards"]
+    if a.size and (a.min() < 0 or a.max() >= len(profile.get("shards") or [])):
+        raise ProfileError(f"{where}: array roots.shards names a shard outside the profile's list")
 
 
 class ProfileError(ValueError):
@@ -409,6 +460,7 @@ class Guard:
             "labels": self._labels.vocabulary,
             "arrays_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
         }
+        profile["profile_sha256"] = _profile_digest(profile)
         (path / "profile.json").write_text(json.dumps(profile, indent=2, default=str) + "\n")
         return path
 
@@ -429,6 +481,8 @@ class Guard:
         if profile.get("format_version") != PROFILE_FORMAT_VERSION:
             raise ProfileError(f"{path}: profile format {profile.get('format_version')} is not supported "
                                f"(this shardguard reads format {PROFILE_FORMAT_VERSION})")
+        if profile.get("profile_sha256") != _profile_digest(profile):
+            raise ProfileError(f"{path / 'profile.json'}: sha256 does not match its contents: the profile was altered")
         saved = str(profile.get("shardguard_version", ""))
         if saved.split(".")[:2] != __version__.split(".")[:2]:
             raise ProfileError(f"{path}: profile written by shardguard {saved}; this is {__version__}: fit it again")
@@ -444,18 +498,24 @@ class Guard:
                 arrays = {k: z[k] for k in z.files}
         except ValueError as exc:
             raise ProfileError(f"{npz}: refused ({exc}); profiles hold plain arrays only") from exc
-        config = config_from_dict(profile["config"])
-        detectors = {}
-        for name, d in profile.get("detectors", {}).items():
-            if name not in REGISTRY or REGISTRY[name].__name__ != d.get("class"):
-                raise ProfileError(f"{path}: unknown detector {name!r} ({d.get('class')})")
-            prefix = f"detector.{name}."
-            arrs = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            detectors[name] = REGISTRY[name].from_state(d["params"], d["meta"], arrs)
-        dup_index = None
-        if profile.get("near_duplicates") is not None:
-            arrs = {k[len("near_duplicates."):]: v for k, v in arrays.items() if k.startswith("near_duplicates.")}
-            dup_index = NearDuplicateIndex.from_state(profile["near_duplicates"], arrs)
+        _check_arrays(arrays, profile, npz)
+        try:
+            config = config_from_dict(profile["config"])
+            detectors = {}
+            for name, d in profile.get("detectors", {}).items():
+                if name not in REGISTRY or REGISTRY[name].__name__ != d.get("class"):
+                    raise ProfileError(f"{path}: unknown detector {name!r} ({d.get('class')})")
+                prefix = f"detector.{name}."
+                arrs = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+                detectors[name] = REGISTRY[name].from_state(d["params"], d["meta"], arrs)
+            dup_index = None
+            if profile.get("near_duplicates") is not None:
+                arrs = {k[len("near_duplicates."):]: v for k, v in arrays.items() if k.startswith("near_duplicates.")}
+                dup_index = NearDuplicateIndex.from_state(profile["near_duplicates"], arrs)
+        except ProfileError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ProfileError(f"{path}: refused: {type(exc).__name__}: {exc}") from exc
         root_ids = _arrays_to_strings(arrays["roots.id_offsets"], arrays["roots.id_data"])
         embedder = None
         if check_model and detectors:

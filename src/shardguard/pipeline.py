@@ -24,9 +24,10 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +39,7 @@ from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
+from shardguard.io.outputs import OutputLock, check_scan_output, file_sha256, json_digest, real_path
 from shardguard.io.readers import Shard, ShardError, ShardReader, discover_shards
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
 from shardguard.stages import (
@@ -89,11 +91,12 @@ class ShardOutcome:
     reasons: Counter = field(default_factory=Counter)
     resumed: bool = False
     done: bool = False
+    size: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.shard.name,
-            "input": str(self.shard.path.resolve()),
+            "input": self.shard.display_path,
             "format": self.shard.format,
             "output": f"quarantine/{self.shard.output_name}",
             "sha256": self.sha256,
@@ -140,6 +143,25 @@ class ScanState:
     root_labels: list[np.ndarray] = field(default_factory=list)
     #: Cluster root sequence number -> (id, shard, row, label), for ``duplicate_of*`` and the report.
     cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
+
+
+def one_line(message: str) -> str:
+    """A manifest status is one line: a library's multi-line error is folded onto it."""
+    return " ".join(message.split())
+
+
+def _hashed(shard: Shard) -> ShardOutcome:
+    """The shard's outcome with its sha256, or failed with a one-line reason (never raises)."""
+    if shard.error is not None:
+        log.error("%s: %s", shard.path, shard.error)
+        return ShardOutcome(shard, "", status=f"{shard.path}: {shard.error}")
+    try:
+        sha = shard.sha256()
+        size = os.stat(shard.path).st_size
+    except (ShardError, OSError) as exc:
+        log.error("%s", exc)
+        return ShardOutcome(shard, "", status=one_line(str(exc) if isinstance(exc, ShardError) else f"{shard.path}: {exc}"))
+    return ShardOutcome(shard, sha, size=size)
 
 
 def _work_path(work_dir: Path, shard: Shard) -> Path:
@@ -212,6 +234,30 @@ class ScanPipeline:
         self.out_dir = Path(out_dir)
         self.progress = progress or _NoProgress()
         self.timings: Counter = Counter()
+        self._lock: OutputLock | None = None
+        self._inputs: list[str] = []
+
+    @contextmanager
+    def _exclusive(self, paths: Sequence[str | Path]) -> Iterator[None]:
+        """Check OUT against the inputs and hold its lock; an interrupted run leaves no temporary file.
+
+        Re-entrant: ``run`` holds it across ``prepare`` and pass 2.
+        """
+        if self._lock is not None:
+            yield
+            return
+        check_scan_output(self.out_dir, paths)
+        self._inputs = [str(real_path(p)) for p in paths]
+        lock = OutputLock(self.out_dir, "scan").acquire()
+        self._lock = lock
+        try:
+            yield
+        except BaseException:  # KeyboardInterrupt, SIGTERM (see cli): what is half-written goes
+            remove_stale_temps(self.out_dir)
+            raise
+        finally:
+            self._lock = None
+            lock.release()
 
     # -- keys -------------------------------------------------------------------------
     def _pass1_key(self, sha: str, embedder_info: dict[str, Any] | None) -> str:
@@ -227,6 +273,10 @@ class ScanPipeline:
     # -- the run --------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> ScanResult:
         """Scan ``paths`` into the output folder; see the module docstring."""
+        with self._exclusive(paths):
+            return self._run(paths)
+
+    def _run(self, paths: Sequence[str | Path]) -> ScanResult:
         t_start = time.perf_counter()
         state = self.prepare(paths)
         ok = [o for o in state.outcomes if o.status == "ok"]
@@ -259,11 +309,17 @@ class ScanPipeline:
         report = self._report(state.outcomes, state.detectors, clusters, wall, state.input_bytes, root_ids)
         report["skipped_detectors"] = state.skipped_detectors
         report["embedder"] = _embedder_summary(state.embedder_info)
+        report["run_key"] = state.run_key
         manifest["shards"] = [x.to_json() for x in state.outcomes]
-        manifest["complete"] = True
         manifest["totals"] = report["totals"]
-        atomic_write_json(self.out_dir / "manifest.json", manifest)
         atomic_write_json(self.out_dir / "report.json", report)
+        # Last: the manifest marks the run complete and records a digest of every output and of itself,
+        # which ``shardguard verify`` checks.
+        manifest["complete"] = True
+        outputs = ["report.json"] + [f"{sub}/{o.shard.output_name}" for o in ok for sub in ("quarantine", "scores")]
+        manifest["outputs"] = {name: file_sha256(self.out_dir / name) for name in outputs}
+        manifest["manifest_sha256"] = json_digest(manifest, "manifest_sha256")
+        atomic_write_json(self.out_dir / "manifest.json", manifest)
         return ScanResult(self.out_dir, state.outcomes, report)
 
     def prepare(self, paths: Sequence[str | Path], remember_roots: bool = False) -> "ScanState":
@@ -273,6 +329,10 @@ class ScanPipeline:
         (first-occurrence) row, so a guard can tell a fitted row from a repeat
         of it and name what a repeat duplicates.
         """
+        with self._exclusive(paths):
+            return self._prepare(paths, remember_roots)
+
+    def _prepare(self, paths: Sequence[str | Path], remember_roots: bool) -> "ScanState":
         shards = discover_shards(paths)
         cfg = self.config
         (self.out_dir / "quarantine").mkdir(parents=True, exist_ok=True)
@@ -283,7 +343,7 @@ class ScanPipeline:
             log.info("removed %d temporary file(s) left by an interrupted run", removed)
 
         t = time.perf_counter()
-        outcomes = [ShardOutcome(s, s.sha256()) for s in shards]
+        outcomes = [_hashed(s) for s in shards]
         self.timings["hash_inputs"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -307,7 +367,8 @@ class ScanPipeline:
         # Pass 1a: read, validate, embed each shard into its work file.
         self.progress.start("read + embed", None)
         for o in outcomes:
-            self._pass1_shard(o, embedder, embedder_info, work_dir)
+            if o.status == "ok":
+                self._pass1_shard(o, embedder, embedder_info, work_dir)
         self.progress.finish()
         ok = [o for o in outcomes if o.status == "ok"]
 
@@ -332,7 +393,7 @@ class ScanPipeline:
             dup_index=dup_index,
             clusters=DuplicateClusters(cfg.near_duplicates.flood_size),
             run_key=run_key,
-            input_bytes=sum(o.shard.path.stat().st_size for o in outcomes),
+            input_bytes=sum(o.size for o in outcomes),
             root_ids=[] if remember_roots else None,
             skipped_detectors=skipped,
         )
@@ -424,13 +485,13 @@ class ScanPipeline:
             if writer is not None:
                 writer.abort()
             workfile.remove(path)
-            o.status = str(exc)
+            o.status = one_line(str(exc))
             log.error("%s", exc)
         except Exception as exc:  # a shard's failure must not stop the others
             if writer is not None:
                 writer.abort()
             workfile.remove(path)
-            o.status = f"{o.shard.path}: {type(exc).__name__}: {exc}"
+            o.status = one_line(f"{o.shard.path}: {type(exc).__name__}: {exc}")
             log.exception("%s failed", o.shard.path)
 
     def _timed(self, stage: str, iterable):
@@ -600,6 +661,7 @@ class ScanPipeline:
             "version": __version__,
             "run_key": run_key,
             "complete": False,
+            "inputs": self._inputs,
             "config": self.config.to_dict(),
             "embedder": embedder_info,
             "shards": [],

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from shardguard.config import InputConfig
-from shardguard.io.readers import NONSTRING_PREFIX, Shard, ShardError
+from shardguard.io.readers import NONSTRING_PREFIX, ROW_ERROR_COLUMN, Shard, ShardError
 from shardguard.stages import id_hashes
 
 INVALID_SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("detail", pa.string())])
@@ -78,13 +78,47 @@ class RowNormalizer:
             raise ShardError(f"{self.shard.path}: missing column {name!r}")
         return batch.column(idx)
 
+    def _json_types(self, batch: pa.RecordBatch, name: str) -> np.ndarray | None:
+        """Per row, the JSON type of a non-string value of ``name`` in a mixed-type JSON Lines column."""
+        idx = batch.schema.get_field_index(NONSTRING_PREFIX + name)
+        return None if idx < 0 else batch.column(idx).to_numpy(zero_copy_only=False)
+
+    def _key_column(self, batch: pa.RecordBatch, name: str, what: str,
+                    detail: np.ndarray) -> pa.Array:
+        """An id or label column as text (the rule of :func:`~shardguard.io.readers.json_scalar_text`).
+
+        Numbers, booleans and strings are compared as text (``1``, ``1.0`` and
+        ``"1"`` are one label); an object or array value makes its row invalid,
+        naming the column and the value's type. Never a silent null.
+        """
+        col = self._column(batch, name)
+        n = batch.num_rows
+        types = self._json_types(batch, name)
+        if types is not None:
+            nested = np.isin(types, ["object", "array"])
+            detail[nested & (detail == None)] = [  # noqa: E711
+                f"column {name!r}: {what} is a JSON {t}, expected a string or number" for t in types[nested & (detail == None)]  # noqa: E711
+            ]
+            return col.cast(pa.string())
+        if pa.types.is_nested(col.type) or pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            present = col.is_valid().to_numpy(zero_copy_only=False)
+            detail[present & (detail == None)] = f"column {name!r}: {what} has type {col.type}, expected a string or number"  # noqa: E711
+            return pa.nulls(n, pa.string())
+        if pa.types.is_floating(col.type):
+            # 1.0 and 1 are one label; cast floats that are whole numbers to integers first.
+            as_int = pc.cast(col, pa.int64(), safe=False)
+            if pc.all(pc.equal(pc.cast(as_int, col.type, safe=False), col)).as_py() in (True, None):
+                col = as_int
+        return pc.cast(col, pa.string())
+
     def _nonstring_mask(self, batch: pa.RecordBatch, name: str, col: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """(column as strings with bad values nulled, mask of present-but-not-string values)."""
         n = batch.num_rows
         bad = np.zeros(n, dtype=bool)
-        idx = batch.schema.get_field_index(NONSTRING_PREFIX + name)
-        if idx >= 0:
-            bad |= batch.column(idx).to_numpy(zero_copy_only=False).astype(bool)
+        types = self._json_types(batch, name)
+        if types is not None:
+            bad |= types != None  # noqa: E711
+            return pc.if_else(pa.array(bad), pa.nulls(n, pa.string()), col.cast(pa.string())), bad
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             return col.cast(pa.string()), bad
         if pa.types.is_null(col.type):
@@ -147,11 +181,13 @@ class RowNormalizer:
         detail[empty] = f"{where}: text is empty or whitespace only"
         detail[is_null & ~nonstring] = f"{where}: text is null"
         detail[nonstring] = f"{where}: value is not a string"
+        idx = batch.schema.get_field_index(ROW_ERROR_COLUMN)
+        if idx >= 0:  # a JSON Lines value that is not an object: the row holds no columns
+            row_error = batch.column(idx).to_numpy(zero_copy_only=False)
+            detail[row_error != None] = row_error[row_error != None]  # noqa: E711
 
         if cfg.id_column:
-            ids = self._column(batch, cfg.id_column)
-            if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-                ids = pc.cast(ids, pa.string())
+            ids = self._key_column(batch, cfg.id_column, "id", detail)
             id_null = ids.is_null().to_numpy(zero_copy_only=False)
             fallback = pa.array([f"{self.shard.name}:{r}" for r in rows[id_null]], pa.string())
             if id_null.any():
@@ -164,13 +200,7 @@ class RowNormalizer:
             )
 
         if cfg.label_column:
-            label = self._column(batch, cfg.label_column)
-            if pa.types.is_floating(label.type):
-                # 1.0 and 1 are one label; cast floats that are whole numbers to integers first.
-                as_int = pc.cast(label, pa.int64(), safe=False)
-                if pc.all(pc.equal(pc.cast(as_int, label.type), label)).as_py() in (True, None):
-                    label = as_int
-            label = pc.cast(label, pa.string())
+            label = self._key_column(batch, cfg.label_column, "label", detail)
         else:
             label = pa.nulls(n, pa.string())
 

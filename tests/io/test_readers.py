@@ -34,11 +34,13 @@ def test_mixed_types_in_jsonl_are_marked_per_row_not_fatal(samples_dir):
     marks = []
     for b in batches:
         col = NONSTRING_PREFIX + "text"
-        marks += b.column(col).to_pylist() if col in b.schema.names else [False] * b.num_rows
+        marks += b.column(col).to_pylist() if col in b.schema.names else [None] * b.num_rows
     bad = [i for i, m in zip(ids, marks) if m]
     assert len(bad) == 1
     row = ids.index(bad[0])
-    assert table.column("text")[row].as_py() is None
+    # the value is kept as its text and its JSON type named; validation makes the row invalid
+    assert marks[row] == "number"
+    assert table.column("text")[row].as_py() == "12345"
 
 
 def test_missing_column_names_file_and_column(tmp_path):
@@ -84,3 +86,68 @@ def test_usage_errors(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "y"}\n')
     with pytest.raises(UsageError, match="would both write quarantine/a.parquet"):
         discover_shards([tmp_path])
+
+
+def _values(path, **kw):
+    (shard,) = discover_shards([path])
+    return [r for b in ShardReader(shard, **kw) for r in b.to_pylist()]
+
+
+def test_jsonl_rows_are_json_values_however_laid_out_on_lines(tmp_path):
+    p = tmp_path / "layout.jsonl"
+    p.write_text('{"text": "a", "n": 1} {"text": "b", "n": 2}\n\n{"text":\n "c", "n": 3}\n  \n{"text": "d", "n": 4}')
+    rows = _values(p, batch_size=2, columns=["text", "n"])
+    assert [(r["text"], r["n"]) for r in rows] == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+
+
+def test_hostile_json_fails_the_shard_naming_line_and_row_not_the_process(tmp_path):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "ok"}\n{"text": ' + "[" * 30000 + "]" * 30000 + "}\n")
+    with pytest.raises(ShardError, match=r"deep\.jsonl: line 2 \(row 1\): JSON nested deeper"):
+        _values(deep, columns=["text"])
+    bad = tmp_path / "utf8.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ShardError, match=r"utf8\.jsonl: line 3 \(row 2\): invalid UTF-8 \(byte 0xe9\)"):
+        _values(bad, columns=["text"])
+
+
+def test_a_json_value_that_is_not_an_object_is_a_row_marked_invalid(tmp_path):
+    from shardguard.io.readers import ROW_ERROR_COLUMN
+
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"text": "x"}\n[1, 2]\n"just text"\n')
+    rows = _values(p, columns=["text"])
+    assert len(rows) == 3
+    assert [r.get(ROW_ERROR_COLUMN) for r in rows] == [None, "row is a JSON array, not an object",
+                                                       "row is a JSON string, not an object"]
+
+
+def test_paths_that_are_not_readable_files_become_failed_shards(tmp_path):
+    import os
+
+    (tmp_path / "good.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    (tmp_path / "zero.parquet").symlink_to("/dev/zero")
+    errors = {s.name: s.error for s in discover_shards([tmp_path])}
+    assert errors["good.jsonl"] is None
+    assert "dangling symlink" in errors["dangling.jsonl"]
+    assert "symlink loop" in errors["loop.jsonl"]
+    assert "FIFO" in errors["fifo.jsonl"]
+    assert "character device" in errors["zero.parquet"]
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root reads a folder whatever its mode")
+def test_an_unreadable_sub_folder_is_a_failed_shard_not_a_silent_gap(tmp_path):
+    (tmp_path / "good.jsonl").write_text('{"text": "x"}\n')
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "hidden.jsonl").write_text('{"text": "y"}\n')
+    locked.chmod(0)
+    try:
+        errors = {s.name: s.error for s in discover_shards([tmp_path])}
+    finally:
+        locked.chmod(0o755)
+    assert errors["good.jsonl"] is None
+    assert "cannot list folder" in errors["locked"]

@@ -42,6 +42,8 @@ and numpy arrays; ``from_state`` rebuilds the fitted detector.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -61,6 +63,17 @@ class EmbeddingDetector(BaseEstimator):
     needs_semantic_embeddings: ClassVar[bool] = False
     #: False for opt-in detectors: the default config then lists them with ``enabled: false``.
     enabled_by_default: ClassVar[bool] = True
+    #: Allowed range of each numeric knob, as an interval: ``"(0, inf)"``, ``"[1, 10000]"``.
+    #: ``check_params`` enforces them; the config checks every knob with it before a run reads a shard.
+    param_ranges: ClassVar[dict[str, str]] = {}
+
+    def check_params(self) -> None:
+        """Raise ``ValueError`` naming the knob when a parameter is not a finite number in its range."""
+        for knob, interval in self.param_ranges.items():
+            value = getattr(self, knob)
+            if value is None:
+                continue
+            check_in_range(knob, value, interval)
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> "EmbeddingDetector":
         raise NotImplementedError
@@ -92,6 +105,23 @@ class EmbeddingDetector(BaseEstimator):
         """What report.json records about the threshold (JSON-able)."""
         check_is_fitted(self, "threshold_")
         return {"threshold": float(self.threshold_)}
+
+
+_INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^,\s\])]+)\s*([\])])$")
+
+
+def check_in_range(name: str, value: Any, interval: str) -> None:
+    """``ValueError`` unless ``value`` is a finite number in ``interval`` (e.g. ``"(0, 1]"``)."""
+    m = _INTERVAL.match(interval)
+    if m is None:
+        raise ValueError(f"bad interval {interval!r} for {name}")
+    lo, hi = float(m.group(2)), float(m.group(3))
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    v = float(value)
+    if (v < lo or (v == lo and m.group(1) == "(")) or (v > hi or (v == hi and m.group(4) == ")")):
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
 
 
 def check_X(X: Any, n_features: int | None = None, what: str = "X") -> np.ndarray:

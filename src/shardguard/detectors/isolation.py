@@ -103,6 +103,15 @@ class IsolationForestDetector(EmbeddingDetector):
 
     name = "outlier"
     streaming = False
+    param_ranges = {
+        "n_estimators": "[1, 10000]",
+        "max_samples": "[2, 10000000]",
+        "max_features": "(0, 1]",
+        "pca_components": "[1, 65536]",
+        "threshold_z": "(0, inf)",
+        "calibration_rows": "[1, 100000000]",
+        "n_jobs": "[-1, 1024]",
+    }
 
     def __init__(
         self,

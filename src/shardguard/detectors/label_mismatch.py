@@ -170,6 +170,13 @@ class LabelMismatchDetector(EmbeddingDetector):
     #: Off unless switched on: on MiniLM it catches few random flips at the
     #: clean-data budget (see the module docstring).
     enabled_by_default = False
+    param_ranges = {
+        "n_folds": "[2, 100]",
+        "C": "(0, inf)",
+        "max_iter": "[1, 100000]",
+        "min_class_size": "[1, inf)",
+        "threshold_z": "(0, inf)",
+    }
 
     def __init__(
         self,
@@ -190,6 +197,10 @@ class LabelMismatchDetector(EmbeddingDetector):
         self.random_state = random_state
 
     # -- parameters ------------------------------------------------------------------
+    def check_params(self) -> None:
+        super().check_params()
+        self._check_params()
+
     def _check_params(self) -> None:
         check_z(self.threshold_z)
         for knob, lo in (("n_folds", 2), ("max_iter", 1), ("min_class_size", 1)):

@@ -138,6 +138,11 @@ class SpectralSignatureDetector(EmbeddingDetector):
 
     name = "spectral"
     streaming = True
+    param_ranges = {
+        "threshold_z": "(0, inf)",
+        "min_group_size": "[2, inf)",
+        "min_calibration_size": "[2, inf)",
+    }
 
     def __init__(
         self,

@@ -163,6 +163,23 @@ class TriggerDetector(EmbeddingDetector):
     # Measured: on hashing vectors the held-out ridge reads every naturally pure n-gram's rows
     # as another label (2.3% of clean AG News, 6.4% of SMS Spam flagged, against 0.2-0.3% on MiniLM).
     needs_semantic_embeddings = True
+    param_ranges = {
+        "min_support": "[1, inf)",
+        "min_purity": "[0, 1]",
+        "max_df": "(0, 1]",
+        "alpha": "(0, inf)",
+        "alpha_test": "(0, 1)",
+        "min_other_share": "[0, 1]",
+        "max_coherence": "[-1, 1]",
+        "max_rounds": "[1, 100]",
+        "n_components": "[1, 4096]",
+        "suffix_words": "[1, 1000]",
+        "min_enrichment": "[0, inf)",
+        "max_zipf": "[0, 10]",
+        "max_coherence_unlabelled": "[-1, 1]",
+        "min_position": "[0, 1]",
+        "min_proper_share": "[0, 1]",
+    }
 
     def __init__(
         self,

@@ -18,10 +18,28 @@ import pyarrow.parquet as pq
 TMP_PREFIX = ".tmp-"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux); else set and restored at once."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_path(path: Path) -> Path:
+    """A new empty file next to ``path``, with the mode a plain ``open`` would give it (the umask's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask
+    finally:
+        os.close(fd)
     return Path(name)
 
 
