@@ -19,6 +19,8 @@ from shardguard.io.readers import UsageError
 log = logging.getLogger("shardguard")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: What ``report --html`` asks for when matplotlib cannot be imported.
+MATPLOTLIB_PIP = f'{sys.executable} -m pip install "matplotlib>=3.8"'
 
 
 def _parse_set(values: Sequence[str]) -> dict[str, Any]:
@@ -29,6 +31,14 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
         out[key.strip()] = yaml.safe_load(raw)
     return out
+
+
+def unescape_template(text: str) -> str:
+    r"""Turn the backslash escapes a user types on a command line (``\n``, ``\t``, ``\\``) into
+    characters, leaving every other character -- non-ASCII ones included -- as typed."""
+    # latin-1 + backslashreplace keeps non-ASCII characters as \xNN / \uNNNN escapes, which
+    # unicode_escape turns back into the same characters.
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +115,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             o[key] = v
     if args.text_template is not None:
         # Let users type \n and \t on the command line.
-        o["input.text_template"] = args.text_template.encode().decode("unicode_escape")
+        o["input.text_template"] = unescape_template(args.text_template)
     if args.embedding_column and args.embedder is None:
         o["embed.embedder"] = "precomputed"
     if args.no_near_duplicates:
@@ -233,6 +243,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from shardguard import report_html
 
     if args.html:
+        try:
+            import matplotlib  # noqa: F401  (a core dependency; an install may still lack it)
+        except ImportError:
+            print(f"shardguard: error: report --html draws its plots with matplotlib, which this Python lacks; "
+                  f"install it with: {MATPLOTLIB_PIP}", file=sys.stderr)
+            return EXIT_USAGE
         path = report_html.write_report(args.out, args.html, top=args.top)
         print(f"wrote {path}")
     else:

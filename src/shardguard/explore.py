@@ -527,8 +527,9 @@ class ScanOutput:
     def projection(self, max_rows: int = 5000, seed: int = 0) -> Projection:
         """PCA to 2-D of a seeded sample of at most ``max_rows`` rows that have an embedding.
 
-        Every flagged row is in the sample (a seeded subset of them if they alone exceed
-        ``max_rows``); clean rows fill the rest. PCA is fitted on the sample's clean rows (so
+        Every flagged row is in the sample when they fit in half of it, clean rows filling
+        the rest; otherwise a seeded subset of them, so that clean rows (at least half the
+        sample, or all of them when fewer) are always drawn to compare with. PCA is fitted on the sample's clean rows (so
         that a large flood does not claim a component for itself) and applied to all of it.
         """
         from sklearn.decomposition import PCA
@@ -555,9 +556,9 @@ class ScanOutput:
         sh_all, row_all, fl_all = np.concatenate(shards), np.concatenate(rows), np.concatenate(flagged)
         rng = np.random.default_rng(seed)
         fl_idx, cl_idx = np.flatnonzero(fl_all), np.flatnonzero(~fl_all)
-        if fl_idx.size > max_rows:
-            fl_idx = np.sort(rng.choice(fl_idx, max_rows, replace=False))
-        k = min(cl_idx.size, max(max_rows - fl_idx.size, 0))
+        k = min(cl_idx.size, max(max_rows - fl_idx.size, max_rows // 2))  # clean rows drawn
+        if fl_idx.size > max_rows - k:
+            fl_idx = np.sort(rng.choice(fl_idx, max_rows - k, replace=False))
         cl_idx = np.sort(rng.choice(cl_idx, k, replace=False)) if k < cl_idx.size else cl_idx
         pick = np.sort(np.concatenate([fl_idx, cl_idx]))
 
