@@ -46,13 +46,22 @@ from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.readers import Shard
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
-from shardguard.stages import ClusterTable, DuplicateVerdict, duplicate_flags, text_kwargs, verdict_table
+from shardguard.stages import (
+    ClusterTable,
+    DuplicateVerdict,
+    RootFeatures,
+    StatementFeatures,
+    duplicate_flags,
+    judge_copies,
+    text_kwargs,
+    verdict_table,
+)
 from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "shardguard-profile"
-PROFILE_FORMAT_VERSION = 2
+PROFILE_FORMAT_VERSION = 3
 
 
 class ProfileError(ValueError):
@@ -119,6 +128,8 @@ class Guard:
         cluster_reference: np.ndarray | None = None,
         cluster_majority: np.ndarray | None = None,
         labels: LabelCodes | None = None,
+        cluster_flood: np.ndarray | None = None,
+        root_features: RootFeatures | None = None,
     ):
         self.config = config
         self.detectors = dict(detectors)
@@ -137,9 +148,13 @@ class Guard:
         self._cluster_reference = np.full(n_cl, -1, np.int32) if cluster_reference is None else np.asarray(cluster_reference, np.int32)
         self._cluster_majority = np.full(n_cl, -1, np.int32) if cluster_majority is None else np.asarray(cluster_majority, np.int32)
         self._new_labels: list[np.ndarray] = []
+        flood_size = config.near_duplicates.flood_size
+        self._cluster_flood = (self._cluster_counts + 1 > flood_size) if cluster_flood is None \
+            else np.asarray(cluster_flood, bool)
         self._clusters = ClusterTable(self._cluster_roots, self._cluster_counts + 1,
                                       self._labels.decode(self._cluster_reference),
-                                      self._labels.decode(self._cluster_majority))
+                                      self._labels.decode(self._cluster_majority), self._cluster_flood)
+        self._root_features = root_features or RootFeatures()
         self.embedder_info = embedder_info
         self._embedder = embedder
         self._new_seqs: list[np.ndarray] = []
@@ -183,7 +198,8 @@ class Guard:
         names = [o.shard.name for o in state.outcomes if o.status == "ok"]
         return cls(config, state.detectors, state.dup_index, root_seqs, root_ids, table.roots, table.sizes - 1,
                    state.embedder_info, state.embedder, root_rows, root_shards, names, root_labels,
-                   labels.encode(table.reference.tolist()), labels.encode(table.majority.tolist()), labels)
+                   labels.encode(table.reference.tolist()), labels.encode(table.majority.tolist()), labels,
+                   table.flood, state.root_features)
 
     @property
     def embedder(self):
@@ -246,6 +262,7 @@ class Guard:
         first = self.dup_index.n_docs
         root, sim = self.dup_index.add(valid_batch.column("text"))
         root, sim = np.asarray(root), np.asarray(sim, dtype=np.float64)
+        same, _ = judge_copies(self._root_features, valid_batch.column("text"), root, first)
         # Rows new to the index are remembered with their ids and labels.
         is_root = root < 0
         self._new_seqs.append(first + np.flatnonzero(is_root))
@@ -266,10 +283,10 @@ class Guard:
             is_self = member & (sim >= 1.0) & np.asarray(labels == root_label, bool)
         is_copy_v = member & ~is_self
         own = np.where(is_self, root, first + np.arange(root.size))  # the row's own cluster key if it is a root
-        _, sizes, _, majority = self._clusters.lookup(np.where(is_copy_v, root, own))
+        _, _, _, majority, in_flood = self._clusters.lookup(np.where(is_copy_v, root, own))
         nd = self.config.near_duplicates
         # A copy is judged against the label of the row it copies (the cluster's first occurrence).
-        is_member_v, flood_v = duplicate_flags(nd.copies, nd.flood_size, is_copy_v, labels, sizes, root_label, majority)
+        is_member_v, flood_v = duplicate_flags(nd.copies, is_copy_v, labels, in_flood, root_label, majority, same)
 
         is_member = np.zeros(n, bool)
         is_member[vidx] = is_member_v
@@ -390,6 +407,9 @@ class Guard:
         arrays["clusters.counts"] = self._cluster_counts
         arrays["clusters.reference"] = self._cluster_reference
         arrays["clusters.majority"] = self._cluster_majority
+        arrays["clusters.flood"] = self._cluster_flood
+        arrays["rootfeat.seqs"] = self._root_features.seqs
+        arrays.update(self._root_features.features.arrays("rootfeat."))
         for k, v in arrays.items():
             if v.dtype == object:
                 raise TypeError(f"profile array {k} has dtype object; only numeric arrays are saved")
@@ -469,4 +489,6 @@ class Guard:
         return cls(config, detectors, dup_index, arrays["roots.seqs"], root_ids, arrays["clusters.roots"],
                    arrays["clusters.counts"], profile.get("embedder"), embedder, arrays["roots.rows"],
                    arrays["roots.shards"], profile.get("shards", []), arrays["roots.labels"],
-                   arrays["clusters.reference"], arrays["clusters.majority"], LabelCodes(profile.get("labels", [])))
+                   arrays["clusters.reference"], arrays["clusters.majority"], LabelCodes(profile.get("labels", [])),
+                   arrays["clusters.flood"],
+                   RootFeatures(arrays["rootfeat.seqs"], StatementFeatures.from_arrays(arrays, "rootfeat.")))

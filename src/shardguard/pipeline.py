@@ -47,7 +47,9 @@ from shardguard.stages import (
     DuplicateClusters,
     DuplicateVerdict,
     ReservoirSample,
+    RootFeatures,
     duplicate_flags,
+    judge_copies,
     text_kwargs,
     verdict_table,
 )
@@ -140,6 +142,8 @@ class ScanState:
     root_labels: list[np.ndarray] = field(default_factory=list)
     #: Cluster root sequence number -> (id, shard, row, label), for ``duplicate_of*`` and the report.
     cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
+    #: What each indexed root says (length, words, negations, hashes), to judge its copies.
+    root_features: RootFeatures = field(default_factory=RootFeatures)
 
 
 def _work_path(work_dir: Path, shard: Shard) -> Path:
@@ -332,7 +336,7 @@ class ScanPipeline:
             seq += self._replay_shard(o, state, reservoir)
         self.progress.finish()
         state.cluster_roots = self._root_ids(state.clusters, ok, state.seq_start, work_dir)
-        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()})
+        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features)
         self.timings["index"] += time.perf_counter() - t
 
         # Fit.
@@ -468,10 +472,11 @@ class ScanPipeline:
                     root, sim = state.dup_index.add(vb.column("text"))
                     root = np.asarray(root)
                     rows = vb.column("row").to_numpy()
-                    state.clusters.record(o.shard.name, rows, root, np.asarray(sim), y)
+                    first = state.dup_index.n_docs - vb.num_rows
+                    same, feats = judge_copies(state.root_features, vb.column("text"), root, first)
+                    state.clusters.record(o.shard.name, rows, root, np.asarray(sim), y, same, feats)
                     if state.root_ids is not None:
                         is_root = root < 0
-                        first = state.dup_index.n_docs - vb.num_rows
                         state.root_seqs.append(first + np.flatnonzero(is_root))
                         state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
                         state.root_rows.append(rows[is_root])
@@ -508,7 +513,7 @@ class ScanPipeline:
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
                      root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
-        m_rows, m_root, m_sim = state.clusters.members(o.shard.name)
+        m_rows, m_root, m_sim, m_same = state.clusters.members(o.shard.name)
         nd = self.config.near_duplicates
         o.clean = o.quarantined = o.invalid = 0
         o.reasons = Counter()
@@ -532,11 +537,13 @@ class ScanPipeline:
                     score[is_member] = m_sim[pos[is_member]]
                     member_root = np.full(n, -1, np.int64)
                     member_root[is_member] = m_root[pos[is_member]]
+                    same = np.zeros(n, bool)
+                    same[is_member] = m_same[pos[is_member]]
                     own_seq = np.full(n, -1, np.int64)
                     own_seq[vidx] = seq + np.arange(vidx.size)
-                    _, size, ref, maj = clusters.lookup(np.where(is_member, member_root, own_seq))
+                    _, _, ref, maj, in_flood = clusters.lookup(np.where(is_member, member_root, own_seq))
                     labels = batch.column("label").to_numpy(zero_copy_only=False)
-                    near, flood = duplicate_flags(nd.copies, nd.flood_size, is_member, labels, size, ref, maj)
+                    near, flood = duplicate_flags(nd.copies, is_member, labels, in_flood, ref, maj, same)
                     dup_of = np.full(n, None, dtype=object)
                     of_shard = np.full(n, None, dtype=object)
                     of_row = np.full(n, None, dtype=object)
@@ -611,7 +618,8 @@ class ScanPipeline:
         thresholds: dict[str, Any] = {}
         if nd.enabled:
             copies_rule = {
-                "conflicting": "a later copy whose label differs from the first occurrence's",
+                "conflicting": "a later copy that says what the first occurrence says (similar length, not a "
+                               "sub-phrase or a negation of it) under another label (both labelled)",
                 "all": "every later copy",
                 "none": "no copy (near_duplicate_score is still written)",
             }[nd.copies]
@@ -623,8 +631,10 @@ class ScanPipeline:
                 "copies_found": int((table.sizes - 1).sum()),
             }
             thresholds[DUPLICATE_FLOOD] = {"threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
-                                           "rule": "the rows carrying the majority label of a cluster with more "
-                                                   "rows than the threshold (all of them when unlabelled)"}
+                                           "rule": "the rows carrying the majority label of a cluster whose root and "
+                                                   "same-statement copies number more than the threshold, when those "
+                                                   "rows carry two labels or more, no label, or are mostly edited "
+                                                   "variants rather than verbatim repeats (all of them when unlabelled)"}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
         largest = np.lexsort((table.roots, -table.sizes))[:10]  # by size, then scan order
@@ -640,7 +650,7 @@ class ScanPipeline:
                     "root_shard": where.get(k, (None, None, None))[1],
                     "root_row": where.get(k, (None, None, None))[2],
                     "size": int(table.sizes[i]),
-                    "flood": bool(table.sizes[i] > nd.flood_size),
+                    "flood": bool(table.flood[i]),
                     "first_label": table.reference[i],
                     "majority_label": table.majority[i],
                 }
