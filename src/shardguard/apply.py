@@ -14,13 +14,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shardguard import __version__
+from shardguard.io.idlist import file_sha256, read_id_list
 from shardguard.io.readers import Shard, ShardError, ShardReader, UsageError
 from shardguard.io.writers import _commit, _tmp_path, atomic_write_json
 
@@ -35,14 +37,23 @@ class AppliedShard:
     rows_out: int
     output: str
     status: str = "ok"
+    kept_on_review: int = 0  # quarantined rows kept: another reason than --reasons, or an id in --keep
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _quarantined_rows(out_dir: Path, entry: dict[str, Any]) -> np.ndarray:
-    q = pq.read_table(out_dir / entry["output"], columns=["row"])
-    return np.sort(q.column("row").to_numpy())
+def _quarantined_rows(out_dir: Path, entry: dict[str, Any], reasons: frozenset[str] | None,
+                      keep: frozenset[str]) -> tuple[np.ndarray, int]:
+    """Rows to remove (sorted), and how many quarantined rows the review keeps."""
+    q = pq.read_table(out_dir / entry["output"], columns=["row", "id", "reasons"])
+    drop = np.ones(q.num_rows, bool)
+    if reasons is not None:
+        drop &= np.array([bool(reasons.intersection(r)) for r in q.column("reasons").to_pylist()], bool)
+    if keep:
+        drop &= ~pc.is_in(q.column("id"), value_set=pa.array(sorted(keep), pa.string())).to_numpy(
+            zero_copy_only=False)
+    return np.sort(q.column("row").to_numpy()[drop]), int((~drop).sum())
 
 
 def _keep_mask(rows: np.ndarray, drop: np.ndarray) -> np.ndarray:
@@ -101,11 +112,16 @@ def _write_arrow_like(shard: Shard, dst: Path, drop: np.ndarray) -> tuple[int, i
     return rows, kept
 
 
-def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[AppliedShard]:
+def apply_quarantine(out_dir: str | Path, clean_dir: str | Path, reasons: Sequence[str] | None = None,
+                     keep: str | Path | None = None) -> list[AppliedShard]:
     """Write every ok shard of the scan in ``out_dir`` to ``clean_dir`` without its quarantined rows.
 
-    Returns one :class:`AppliedShard` per shard of the scan; a shard that failed
-    in the scan, or whose input changed since, is reported and not written.
+    ``reasons``: remove only rows quarantined for one of these (default: every
+    quarantined row); ``keep``: a file of ids confirmed clean (one per line, or a
+    Parquet ``id`` column), kept whatever their reasons. Both are recorded in
+    ``clean_dir/manifest.json``. Returns one :class:`AppliedShard` per shard of the
+    scan; a shard that failed in the scan, or whose input changed since, is
+    reported and not written.
     """
     out_dir, clean_dir = Path(out_dir), Path(clean_dir)
     try:
@@ -116,6 +132,14 @@ def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[Applied
         raise UsageError(f"{out_dir}: the scan did not finish; rerun shardguard scan into it to complete it")
     if clean_dir.resolve() == out_dir.resolve():
         raise UsageError("--to must be another folder than the scan's output")
+    selected = None if reasons is None else frozenset(reasons)
+    if selected is not None:
+        known = set(json.loads((out_dir / "report.json").read_text()).get("thresholds", {})) | {"invalid"}
+        unknown = sorted(selected - known)
+        if unknown or not selected:
+            raise UsageError(f"--reasons: unknown reason(s) {', '.join(unknown) or '(none given)'}; "
+                             f"this scan's reasons: {', '.join(sorted(known))}")
+    keep_ids = read_id_list(keep) if keep is not None else frozenset()
     results = []
     for entry in manifest["shards"]:
         name = entry["name"]
@@ -132,15 +156,15 @@ def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[Applied
                 raise ShardError(f"{src}: input no longer exists")
             if shard.sha256() != entry["sha256"]:
                 raise ShardError(f"{src}: changed since the scan (sha256 differs); scan it again")
-            drop = _quarantined_rows(out_dir, entry)
+            drop, kept_on_review = _quarantined_rows(out_dir, entry, selected, keep_ids)
             if shard.format == "jsonl":
                 rows, kept = _write_jsonl(src, dst, drop)
             else:
                 rows, kept = _write_arrow_like(shard, dst, drop)
-            if rows != entry["rows"] or kept != entry["clean"]:
+            if rows != entry["rows"] or kept != entry["clean"] + kept_on_review:
                 raise ShardError(f"{src}: read {rows} rows and kept {kept}, but the scan saw "
                                  f"{entry['rows']} rows with {entry['clean']} clean")
-            results.append(AppliedShard(name, rows, rows - kept, kept, str(dst)))
+            results.append(AppliedShard(name, rows, rows - kept, kept, str(dst), kept_on_review=kept_on_review))
         except (ShardError, OSError, pa.ArrowException) as exc:
             dst.unlink(missing_ok=True)
             results.append(AppliedShard(name, entry.get("rows", 0), 0, 0, str(dst), str(exc)))
@@ -151,6 +175,9 @@ def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[Applied
         "command": "apply",
         "scan": str(out_dir),
         "scan_run_key": manifest.get("run_key"),
+        "reasons": "all" if selected is None else sorted(selected),
+        "keep": None if keep is None else {"file": str(Path(keep).resolve()), "sha256": file_sha256(keep),
+                                           "ids": len(keep_ids)},
         "shards": [r.to_json() for r in results],
     })
     return results

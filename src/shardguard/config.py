@@ -111,6 +111,18 @@ class FitConfig:
             raise ConfigError("fit.reservoir_size must be >= 100")
 
 
+@dataclass
+class ReviewConfig:
+    """What a person decided on an earlier scan, and what the lists show them to review."""
+
+    allow: str | None = None  # file of ids confirmed clean: one per line, or a Parquet id column
+    text_chars: int = 200  # characters of each flagged row's text in the quarantine lists (0: none)
+
+    def validate(self) -> None:
+        if self.text_chars < 0:
+            raise ConfigError("review.text_chars must be >= 0")
+
+
 def _default_detectors() -> dict[str, dict[str, Any]]:
     """Every registered detector, on unless its class says ``enabled_by_default = False``,
     with its constructor defaults as knobs.
@@ -135,6 +147,7 @@ class Config:
     near_duplicates: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     detectors: dict[str, dict[str, Any]] = field(default_factory=_default_detectors)
     random_state: int = 0
 
@@ -143,6 +156,7 @@ class Config:
         self.near_duplicates.validate()
         self.embed.validate()
         self.fit.validate()
+        self.review.validate()
         from shardguard.detectors import REGISTRY
 
         for name, params in self.detectors.items():
@@ -188,6 +202,7 @@ _SECTIONS = {
     "near_duplicates": NearDuplicateConfig,
     "embed": EmbedConfig,
     "fit": FitConfig,
+    "review": ReviewConfig,
 }
 
 

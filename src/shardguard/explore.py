@@ -392,8 +392,12 @@ class ScanOutput:
         return d.to_table(columns=["row", "id", "text", "label", "detail"], filter=flt)
 
     def _join_text(self, t: pa.Table) -> pa.Table:
-        """Add a ``text`` column (from the work files) to a table with ``shard`` and ``row``."""
+        """Add a ``text`` column (from the work files) to a table with ``shard`` and ``row``; where
+        the work files are gone, the quarantine list's own (cut) ``text`` stays."""
         text = np.full(t.num_rows, None, dtype=object)
+        if "text" in t.column_names:
+            text[:] = t.column("text").to_pylist()
+            t = t.drop_columns(["text"])
         if t.num_rows:
             shards = t.column("shard").to_numpy(zero_copy_only=False)
             rows = t.column("row").to_numpy()
@@ -404,7 +408,7 @@ class ScanOutput:
                 except ScanOutputError:
                     continue
                 lookup = dict(zip(w.column("row").to_pylist(), w.column("text").to_pylist()))
-                text[idx] = [lookup.get(r) for r in rows[idx].tolist()]
+                text[idx] = [lookup.get(r, old) for r, old in zip(rows[idx].tolist(), text[idx].tolist())]
         return t.append_column("text", pa.array(text.tolist(), pa.string()))
 
     def flagged(self, reason: str | None = None, shard: str | Iterable[str] | None = None, top: int | None = 20,

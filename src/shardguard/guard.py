@@ -45,6 +45,7 @@ from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.readers import Shard
+from shardguard.io.idlist import allowed_ids
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
 from shardguard.stages import (
     ClusterTable,
@@ -78,6 +79,11 @@ def _strings_to_arrays(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _arrays_to_strings(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
     n = len(offsets) - 1
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data.astype(np.uint8)))
+
+
+def _kept(verdicts: pa.Table) -> pa.ChunkedArray:
+    """True for the rows a filter lets through: clean, or allowed by a review."""
+    return pc.is_in(verdicts.column("status"), value_set=pa.array(["clean", "allowed"]))
 
 
 class LabelCodes:
@@ -155,6 +161,7 @@ class Guard:
                                       self._labels.decode(self._cluster_reference),
                                       self._labels.decode(self._cluster_majority), self._cluster_flood)
         self._root_features = root_features or RootFeatures()
+        self._allow = allowed_ids(config.review.allow)  # review.allow: ids confirmed clean, kept as "allowed"
         self.embedder_info = embedder_info
         self._embedder = embedder
         self._new_seqs: list[np.ndarray] = []
@@ -239,9 +246,12 @@ class Guard:
         ids[inv_rows] = nb.invalid.column("id").to_pylist()
         labels = np.full(n, None, dtype=object)
         labels[vidx] = nb.valid.column("label").to_pylist()
+        texts = np.full(n, None, dtype=object)
+        texts[vidx] = nb.valid.column("text").to_pylist()
         rows_tbl = pa.table({"id": pa.array(ids.tolist(), pa.string()), "row": pa.array(np.arange(n)),
                              "label": pa.array(labels.tolist(), pa.string()),
-                             "detail": pa.array(detail.tolist(), pa.string())})
+                             "detail": pa.array(detail.tolist(), pa.string()),
+                             "text": pa.array(texts.tolist(), pa.string())})
         dups = self._duplicates(nb.valid, vidx, n) if self.dup_index is not None else None
         det_scores = {name: np.full(n, np.nan) for name in self.detectors}
         if self.detectors and vidx.size:
@@ -253,7 +263,11 @@ class Guard:
             for name, det in self.detectors.items():
                 det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
         thresholds = {name: det.threshold_ for name, det in self.detectors.items()}
-        table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns)
+        allowed = None
+        if self._allow is not None:
+            allowed = pc.is_in(rows_tbl.column("id"), value_set=self._allow).to_numpy(zero_copy_only=False)
+        table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns, allowed,
+                                 self.config.review.text_chars)
         return table
 
     def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
@@ -343,9 +357,9 @@ class Guard:
         self._new_seqs, self._new_ids, self._new_labels = [], [], []
 
     def filter(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
-        """The rows of ``batch`` that are clean, with all their columns (same type out as in)."""
-        verdicts = self.score(batch)
-        return batch.filter(pc.equal(verdicts.column("status"), "clean"))
+        """The rows of ``batch`` that are clean (or allowed by ``review.allow``), with all their
+        columns (same type out as in)."""
+        return batch.filter(_kept(self.score(batch)))
 
     def iter_clean(self, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.RecordBatch | pa.Table]:
         """Filter a stream of Arrow batches; empty results are skipped."""
@@ -361,7 +375,7 @@ class Guard:
         if missing:
             raise KeyError(f"samples lack the configured column(s) {', '.join(map(repr, missing))}")
         verdicts = self.score(pa.RecordBatch.from_pydict({k: list(columns[k]) for k in needed}))
-        return pc.equal(verdicts.column("status"), "clean").to_pylist()
+        return _kept(verdicts).to_pylist()
 
     def hf_filter(self) -> Callable[[Mapping[str, Sequence[Any]]], list[bool]]:
         """A function for ``datasets.Dataset.filter(guard.hf_filter(), batched=True)``."""

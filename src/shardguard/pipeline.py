@@ -38,6 +38,7 @@ from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
+from shardguard.io.idlist import allowed_ids, file_sha256
 from shardguard.io.readers import Shard, ShardError, ShardReader, discover_shards
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
 from shardguard.stages import (
@@ -89,6 +90,7 @@ class ShardOutcome:
     invalid: int = 0
     status: str = "ok"
     reasons: Counter = field(default_factory=Counter)
+    allowed: int = 0
     resumed: bool = False
     done: bool = False
 
@@ -103,6 +105,7 @@ class ShardOutcome:
             "clean": self.clean,
             "quarantined": self.quarantined,
             "invalid": self.invalid,
+            "allowed": self.allowed,
             "reasons": dict(sorted(self.reasons.items())),
             "status": self.status,
         }
@@ -144,6 +147,8 @@ class ScanState:
     cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
     #: What each indexed root says (length, words, negations, hashes), to judge its copies.
     root_features: RootFeatures = field(default_factory=RootFeatures)
+    #: Ids confirmed clean by a review (``review.allow``), as an Arrow array for ``is_in``.
+    allow: pa.Array | None = None
 
 
 def _work_path(work_dir: Path, shard: Shard) -> Path:
@@ -286,12 +291,14 @@ class ScanPipeline:
         self.timings["setup"] += time.perf_counter() - t
         skipped: dict[str, str] = {}
         detectors = build_detectors(cfg, embedder, skipped)
+        allow = allowed_ids(cfg.review.allow)
         run_key = _digest(
             {
                 "version": __version__,
                 "config": cfg.to_dict(),
                 "embedder": embedder_info,
                 "shards": [(o.shard.name, o.sha256) for o in outcomes],
+                "allow_sha256": file_sha256(cfg.review.allow) if cfg.review.allow else None,
             }
         )
 
@@ -326,6 +333,7 @@ class ScanPipeline:
             input_bytes=sum(o.shard.path.stat().st_size for o in outcomes),
             root_ids=[] if remember_roots else None,
             skipped_detectors=skipped,
+            allow=allow,
         )
         needs_text = any(getattr(d, "needs_text", False) for d in detectors.values())
         reservoir = ReservoirSample(cfg.fit.reservoir_size, cfg.random_state, keep_text=needs_text)
@@ -515,7 +523,7 @@ class ScanPipeline:
                      root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
         m_rows, m_root, m_sim, m_same = state.clusters.members(o.shard.name)
         nd = self.config.near_duplicates
-        o.clean = o.quarantined = o.invalid = 0
+        o.clean = o.quarantined = o.invalid = o.allowed = 0
         o.reasons = Counter()
         seq = state.seq_start[o.shard.name]
         detectors = state.detectors
@@ -560,8 +568,14 @@ class ScanPipeline:
                     texts = vb.column("text").to_numpy(zero_copy_only=False)
                     for name, det in detectors.items():
                         det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
-                verdicts, flags = verdict_table(batch, valid, dups, det_scores, thresholds, columns)
-                q = verdicts.filter(pc.not_equal(verdicts.column("status"), "clean"))
+                allowed = None
+                if state.allow is not None:
+                    allowed = pc.is_in(batch.column("id"), value_set=state.allow).to_numpy(zero_copy_only=False)
+                verdicts, flags = verdict_table(batch, valid, dups, det_scores, thresholds, columns, allowed,
+                                                self.config.review.text_chars)
+                status = verdicts.column("status")
+                q = verdicts.filter(pc.is_in(status, value_set=pa.array(["quarantined", "invalid"])))
+                o.allowed += int(pc.sum(pc.equal(status, "allowed")).as_py() or 0)
                 writer.add(q, verdicts)
                 for name, f in flags.items():
                     o.reasons[name] += int(f.sum())
@@ -573,6 +587,7 @@ class ScanPipeline:
 
     def _restore(self, o: ShardOutcome, done: dict[str, Any]) -> None:
         o.clean, o.quarantined, o.invalid = done["clean"], done["quarantined"], done["invalid"]
+        o.allowed = done.get("allowed", 0)
         o.reasons = Counter(done.get("reasons", {}))
         o.resumed = True
         log.info("%s: already scanned with the same inputs and config; kept", o.shard.name)
@@ -613,6 +628,7 @@ class ScanPipeline:
             "clean": sum(o.clean for o in ok),
             "quarantined": sum(o.quarantined for o in ok),
             "invalid": sum(o.invalid for o in ok),
+            "allowed": sum(o.allowed for o in ok),
         }
         nd = self.config.near_duplicates
         thresholds: dict[str, Any] = {}

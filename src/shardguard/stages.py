@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from shardguard.detectors.base import as_labels, label_groups
@@ -498,14 +499,19 @@ def verdict_table(
     detector_scores: Mapping[str, np.ndarray],
     thresholds: Mapping[str, float],
     columns: list[str],
+    allowed: np.ndarray | None = None,
+    text_chars: int = 200,
 ) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """Turn one batch's findings into every row's verdict, and the flags by reason.
 
-    ``batch`` has ``id``, ``row``, ``label`` and ``detail`` columns; ``valid``
-    is a bool mask of shape ``(n,)``; ``detector_scores`` holds float64 scores
-    of shape ``(n,)`` (NaN for rows not scored); a row is flagged by a detector
-    when its score is above that detector's threshold. The table has the
-    quarantine list's columns plus ``status`` (clean, quarantined or invalid).
+    ``batch`` has ``id``, ``row``, ``label`` and ``detail`` columns, and ``text``
+    where known; ``valid`` is a bool mask of shape ``(n,)``; ``detector_scores``
+    holds float64 scores of shape ``(n,)`` (NaN for rows not scored); a row is
+    flagged by a detector when its score is above that detector's threshold.
+    ``allowed`` (bool ``(n,)``) marks ids a person confirmed clean: a valid flagged
+    row among them is ``allowed``, not quarantined. The table has the quarantine
+    list's columns (``text`` cut at ``text_chars`` characters) plus ``status``
+    (clean, quarantined, invalid or allowed); the flags by reason leave allowed rows out.
     """
     n = batch.num_rows
     flags: dict[str, np.ndarray] = {INVALID: ~valid}
@@ -528,7 +534,14 @@ def verdict_table(
     flagged = np.zeros(n, bool)
     for f in flags.values():
         flagged |= f
-    status = np.where(~valid, "invalid", np.where(flagged, "quarantined", "clean"))
+    is_allowed = flagged & valid & (np.zeros(n, bool) if allowed is None else np.asarray(allowed, bool))
+    if is_allowed.any():
+        flags = {k: f & ~is_allowed for k, f in flags.items()}
+    status = np.where(~valid, "invalid", np.where(is_allowed, "allowed", np.where(flagged, "quarantined", "clean")))
+    if "text" in batch.column_names and text_chars > 0:
+        text = pc.utf8_slice_codeunits(batch.column("text"), 0, text_chars)
+    else:
+        text = pa.nulls(n, pa.string())
     table = pa.table(
         {
             "id": batch.column("id"),
@@ -540,6 +553,7 @@ def verdict_table(
             "duplicate_of_row": pa.array(of_row.tolist(), pa.int64()),
             "label": batch.column("label"),
             "detail": batch.column("detail"),
+            "text": text,
             **{c: pa.array(scores.get(c, np.full(n, np.nan)), pa.float64(), from_pandas=True) for c in columns},
         }
     )
