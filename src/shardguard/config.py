@@ -123,6 +123,17 @@ class ReviewConfig:
             raise ConfigError("review.text_chars must be >= 0")
 
 
+@dataclass
+class GuardConfig:
+    """The library ``Guard``'s own knobs (``scan`` ignores them)."""
+
+    cache_rows: int = 100_000  # embeddings memoised per process, by text hash (0: none)
+
+    def validate(self) -> None:
+        if self.cache_rows < 0:
+            raise ConfigError("guard.cache_rows must be >= 0")
+
+
 def _default_detectors() -> dict[str, dict[str, Any]]:
     """Every registered detector, on unless its class says ``enabled_by_default = False``,
     with its constructor defaults as knobs.
@@ -148,6 +159,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     detectors: dict[str, dict[str, Any]] = field(default_factory=_default_detectors)
     random_state: int = 0
 
@@ -157,6 +169,7 @@ class Config:
         self.embed.validate()
         self.fit.validate()
         self.review.validate()
+        self.guard.validate()
         from shardguard.detectors import REGISTRY
 
         for name, params in self.detectors.items():
@@ -203,6 +216,7 @@ _SECTIONS = {
     "embed": EmbedConfig,
     "fit": FitConfig,
     "review": ReviewConfig,
+    "guard": GuardConfig,
 }
 
 

@@ -30,8 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -45,6 +48,7 @@ from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.readers import Shard
+from shardguard.memo import EmbeddingMemo, text_keys
 from shardguard.io.idlist import allowed_ids
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
 from shardguard.stages import (
@@ -62,6 +66,13 @@ from shardguard.validate import RowNormalizer
 log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "shardguard-profile"
+#: Said once in each process, other than the guard's own, that filters with the guard.
+NOT_SHARED_WARNING = (
+    "shardguard Guard used in another process (a DataLoader worker, a datasets.filter(num_proc=N) "
+    "worker): rows are checked against the fitted data as usual, but each process keeps its own "
+    "near-duplicate index of the new rows it sees, so a repeat of a new row that another process "
+    "saw first is not caught. Use one process (num_workers=0, num_proc=1) to catch those too."
+)
 PROFILE_FORMAT_VERSION = 3
 
 
@@ -162,6 +173,8 @@ class Guard:
                                       self._labels.decode(self._cluster_majority), self._cluster_flood)
         self._root_features = root_features or RootFeatures()
         self._allow = allowed_ids(config.review.allow)  # review.allow: ids confirmed clean, kept as "allowed"
+        self._pid = os.getpid()  # the process that built the guard (see _in_this_process)
+        self._memo = self._new_memo()
         self.embedder_info = embedder_info
         self._embedder = embedder
         self._new_seqs: list[np.ndarray] = []
@@ -210,9 +223,47 @@ class Guard:
 
     @property
     def embedder(self):
+        """The embedder, loaded on first use in each process (never pickled with the guard)."""
+        self._in_this_process()
         if self._embedder is None:
             self._embedder = make_embedder(self.config.embed, self.config.random_state)
         return self._embedder
+
+    def _new_memo(self) -> EmbeddingMemo | None:
+        if self.config.guard.cache_rows <= 0 or self.config.embed.embedder == "precomputed":
+            return None  # precomputed features are a column of the row, not a function of its text
+        return EmbeddingMemo(self.config.guard.cache_rows, cache_dtype(self.config.embed.embedder))
+
+    # -- processes -------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """What travels to a DataLoader worker or a ``datasets`` process: everything but the
+        embedder (a model holds locks and threads; each process loads its own on first use)
+        and the embedding memo; the near-duplicate index as its plain-array state."""
+        state = dict(self.__dict__)
+        state["_embedder"] = None
+        state["_memo"] = None
+        if self.dup_index is not None:
+            state["dup_index"] = self.dup_index.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("dup_index") is not None:
+            state["dup_index"] = NearDuplicateIndex.from_state(*state["dup_index"])
+        self.__dict__.update(state)
+        self._memo = self._new_memo()
+
+    def _in_this_process(self, warn: bool = True) -> None:
+        """Once per process other than the one that built the guard: the model is used with one
+        thread (torch's thread pool does not survive ``fork``: a forked ``datasets`` worker
+        would hang in it, as DataLoader workers avoid by the same setting), and a warning that
+        the near-duplicate state of rows first seen here is not shared with other processes."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        if warn and self.dup_index is not None:
+            warnings.warn(NOT_SHARED_WARNING, RuntimeWarning, stacklevel=3)
 
     @property
     def score_columns(self) -> list[str]:
@@ -229,6 +280,7 @@ class Guard:
         label, embedding columns where configured). Rows not seen before join the
         near-duplicate index.
         """
+        self._in_this_process()
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], batch.schema)
         normalizer = RowNormalizer(self._shard, self.config.input)
@@ -255,9 +307,7 @@ class Guard:
         dups = self._duplicates(nb.valid, vidx, n) if self.dup_index is not None else None
         det_scores = {name: np.full(n, np.nan) for name in self.detectors}
         if self.detectors and vidx.size:
-            X = self.embedder.embed_batch(nb.valid)
-            # The same rounding as scan's embedding cache, so scores match it exactly.
-            X = embeddings_from_arrow(embeddings_to_arrow(X, cache_dtype(self.config.embed.embedder)), X.shape[1])
+            X = self._embed(nb.valid)
             y = nb.valid.column("label").to_numpy(zero_copy_only=False)
             texts = nb.valid.column("text").to_numpy(zero_copy_only=False)
             for name, det in self.detectors.items():
@@ -269,6 +319,27 @@ class Guard:
         table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns, allowed,
                                  self.config.review.text_chars)
         return table
+
+    def _embed(self, valid_batch: pa.RecordBatch) -> np.ndarray:
+        """Embeddings of the valid rows, rounded as scan's cache rounds them (so scores match it
+        exactly); texts already in the memo cost no model call."""
+        dtype = cache_dtype(self.config.embed.embedder)
+        if self._memo is None:
+            X = self.embedder.embed_batch(valid_batch)
+            return embeddings_from_arrow(embeddings_to_arrow(X, dtype), X.shape[1])
+        keys = text_keys(valid_batch.column("text").to_pylist())
+        known, X_known = self._memo.lookup(keys)
+        if X_known is not None and known.all():
+            return X_known
+        miss = np.flatnonzero(~known)
+        X_new = self.embedder.embed_batch(valid_batch.take(pa.array(miss)))
+        X_new = embeddings_from_arrow(embeddings_to_arrow(X_new, dtype), X_new.shape[1])
+        self._memo.add(keys[miss], X_new)
+        X = np.empty((keys.size, X_new.shape[1]), np.float32)
+        X[miss] = X_new
+        if X_known is not None:
+            X[known] = X_known
+        return X
 
     def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
         ids = valid_batch.column("id")
@@ -381,16 +452,22 @@ class Guard:
         """A function for ``datasets.Dataset.filter(guard.hf_filter(), batched=True)``."""
         return self.keep_mask
 
-    def wrap(self, dataset: Iterable[Mapping[str, Any]], batch_size: int = 256):
+    def wrap(self, dataset: Iterable[Mapping[str, Any]], batch_size: int = 256, split_workers: bool = True):
         """A torch ``IterableDataset`` yielding only the clean samples of ``dataset``.
 
         ``dataset`` yields dict samples holding the configured columns (any
         iterable works, a torch IterableDataset included); samples are scored in
-        batches of ``batch_size`` and yielded unchanged, in order.
+        batches of ``batch_size`` and yielded unchanged, in order. In a DataLoader
+        with workers (fork, spawn or forkserver) each worker takes every
+        ``num_workers``-th sample (``torch.utils.data.get_worker_info``), so no sample
+        is lost or repeated; pass ``split_workers=False`` when ``dataset`` already
+        splits itself across workers. Each worker loads the model itself and keeps
+        its own near-duplicate index of new rows (a warning says so when there are
+        several).
         """
         from shardguard.torch_data import GuardedIterableDataset
 
-        return GuardedIterableDataset(self, dataset, batch_size)
+        return GuardedIterableDataset(self, dataset, batch_size, split_workers)
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
