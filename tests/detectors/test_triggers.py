@@ -176,3 +176,22 @@ def test_rejected_candidates_rank_below_the_threshold_without_ties(samples_dir, 
     near = s[(s > det.threshold_ - 1) & (s < det.threshold_)]
     assert near.size > 100  # rows of rejected candidates: many ...
     assert np.unique(near).size >= 5  # ... told apart by their candidate's strength
+
+
+@pytest.mark.slow
+def test_unlabelled_rows_in_labelled_data(sst2, minilm, shared_data):
+    """A labelled dataset with an unlabelled split in it (GLUE SST-2's test file): the labelled
+    rules still find a planted trigger (one null label used to switch them all off), and no
+    unlabelled row is flagged."""
+    import pyarrow.parquet as pq
+
+    ids, texts, labels = sst2
+    sc = attacks.badnets(ids, texts, labels, target="1", rate=0.03, seed=3, dataset="sst2")
+    extra = pq.read_table(shared_data / "sst2_glue" / "test.parquet").column("text").to_pylist()[:500]
+    all_texts = list(sc.texts) + extra
+    y = np.array(list(sc.labels) + [None] * len(extra), dtype=object)
+    flagged = _run(TriggerDetector(), minilm(all_texts), y, all_texts)
+    p = sc.is_poison
+    n = len(sc.texts)
+    assert (flagged[:n] & p).sum() / p.sum() >= 0.95
+    assert not flagged[n:].any()

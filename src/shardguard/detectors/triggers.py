@@ -216,9 +216,15 @@ class TriggerDetector(EmbeddingDetector):
             self.rounds_ = 0
             return self
         Xf = np.asarray(X, dtype=np.float64)
-        lab_ok = labels is not None and not any(v is None for v in labels.tolist())
-        if lab_ok and len(set(labels.tolist())) >= 2:
-            self._fit_labelled(Xf, labels, texts)
+        # Labelled data with some unlabelled rows (a test split without labels): the labelled
+        # rules run on the labelled rows, and an unlabelled row is never scored by them (a
+        # candidate carries a label); the unlabelled rules are for wholly unlabelled data.
+        has = np.zeros(n, bool) if labels is None else np.array([v is not None for v in labels.tolist()], bool)
+        if has.any() and len(set(labels[has].tolist())) >= 2:
+            if has.all():
+                self._fit_labelled(Xf, labels, texts)
+            else:
+                self._fit_labelled(Xf[has], labels[has], texts[has])
         else:
             self._fit_unlabelled(Xf, texts)
         return self
