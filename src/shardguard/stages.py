@@ -60,22 +60,34 @@ class StatementFeatures:
 
     @classmethod
     def of_texts(cls, texts: "pa.Array | pa.ChunkedArray | list[str]") -> "StatementFeatures":
-        """Features of each text (str sequence or Arrow string array without nulls)."""
-        from shardguard.detectors.near_duplicates import normalize_texts
+        """Features of each text (str sequence or Arrow string array without nulls).
 
-        if isinstance(texts, (pa.Array, pa.ChunkedArray)):
-            texts = texts.to_pylist()
-        norm = normalize_texts(texts)
-        n = len(norm)
-        length = np.fromiter(map(len, norm), np.int32, n)
-        split = [t.split(" ") if t else [] for t in norm]
-        words = np.fromiter(map(len, split), np.int32, n)
-        neg = np.fromiter((len(NEGATION_RE.findall(t)) for t in norm), np.int16, n)
-        h = xxhash.xxh3_64_intdigest
-        full = np.fromiter((h(t.encode("utf-8", "surrogatepass")) for t in norm), np.uint64, n)
-        tail = np.fromiter((h(" ".join(w[1:]).encode("utf-8", "surrogatepass")) for w in split), np.uint64, n)
-        head = np.fromiter((h(" ".join(w[:-1]).encode("utf-8", "surrogatepass")) for w in split), np.uint64, n)
-        return cls(length, words, neg, full, tail, head)
+        Lengths and word counts come from the normalised code points (numpy), negations and
+        the texts without their first or last word from Arrow's regex kernels; the only
+        Python steps per text are the three 64-bit hashes.
+        """
+        from shardguard.detectors.near_duplicates import normalize_codepoints
+
+        n = len(texts)
+        if n == 0:
+            return cls.empty()
+        cps, lens = normalize_codepoints(texts)
+        big = cps.tobytes().decode("utf-32-le", "surrogatepass")
+        ends = np.cumsum(lens)
+        norm_list = [big[e - ln: e] for e, ln in zip(ends.tolist(), lens.tolist())]
+        norm = pa.array(norm_list, pa.large_string())
+        spaces = np.zeros(cps.size + 1, np.int64)
+        spaces[1:] = np.cumsum(cps == 32)
+        words = np.where(lens > 0, spaces[ends] - spaces[ends - lens] + 1, 0).astype(np.int32)
+        neg = pc.count_substring_regex(norm, NEGATION_RE.pattern).to_numpy(zero_copy_only=False).astype(np.int16)
+        tail = pc.replace_substring_regex(norm, r"^[^ ]*( |$)", "", max_replacements=1).to_pylist()
+        head = pc.replace_substring_regex(norm, r"(^| )[^ ]*$", "", max_replacements=1).to_pylist()
+
+        def hashes(strings: list[str]) -> np.ndarray:
+            h = xxhash.xxh3_64_intdigest
+            return np.fromiter((h(t.encode("utf-8", "surrogatepass")) for t in strings), np.uint64, n)
+
+        return cls(lens.astype(np.int32), words, neg, hashes(norm_list), hashes(tail), hashes(head))
 
     @classmethod
     def empty(cls) -> "StatementFeatures":
