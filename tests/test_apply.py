@@ -110,3 +110,59 @@ def test_apply_never_writes_over_an_input_or_the_scan(scanned, tmp_path, capsys)
     assert main(["apply", str(out), "--to", str(clean)]) == 0
     assert not (clean / "stale.jsonl").exists() and (clean / "sms_000.parquet").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_review_loop_reasons_keep_and_allow(scanned, tmp_path):
+    """A user reviews the flags: removes only floods, keeps ids they confirmed clean, and
+    carries those ids into the next scan, where they are reported as allowed."""
+    data, out = scanned
+    lists = {p.name: pq.read_table(p) for p in (out / "quarantine").rglob("*.parquet")}
+    q = pa.concat_tables(lists.values())
+    reasons = q.column("reasons").to_pylist()
+    # the lists carry each flagged row's text to review, cut at review.text_chars (200)
+    texts = q.column("text").to_pylist()
+    assert all(t is None or len(t) <= 200 for t in texts)
+    assert any(t and "leading bid" in t for t in texts)
+    floods = [i for i, r in zip(q.column("id").to_pylist(), reasons) if "duplicate_flood" in r]
+    confirmed = floods[:3]
+    (tmp_path / "keep.txt").write_text("\n".join(confirmed) + "\n\n")
+
+    clean = tmp_path / "clean"
+    assert main(["apply", str(out), "--to", str(clean), "--reasons", "duplicate_flood",
+                 "--keep", str(tmp_path / "keep.txt")]) == 0
+    applied = json.loads((clean / "manifest.json").read_text())
+    assert applied["reasons"] == ["duplicate_flood"]
+    assert applied["keep"]["ids"] == 3 and len(applied["keep"]["sha256"]) == 64
+    out_ids = {i for s in discover_shards([clean]) for b in ShardReader(s, columns=["id"])
+               for i in b.column("id").to_pylist()}
+    assert set(confirmed) <= out_ids  # kept on review
+    assert not (set(floods) - set(confirmed)) & out_ids  # the other floods removed
+    invalid_ids = {i for i, r in zip(q.column("id").to_pylist(), reasons) if r == ["invalid"]}
+    assert invalid_ids and invalid_ids <= out_ids  # another reason than --reasons: kept
+    removed = sum(s["removed"] for s in applied["shards"])
+    assert removed == len(floods) - 3
+    assert sum(s["kept_on_review"] for s in applied["shards"]) == q.num_rows - removed
+    assert main(["apply", str(out), "--to", str(tmp_path / "c2"), "--reasons", "nope"]) == 2
+
+    # the next scan carries the confirmed ids: allowed, not quarantined, and said so
+    out2 = tmp_path / "out2"
+    assert main(["scan", str(data), "--out", str(out2), "--embedder", "hashing", "--id-column", "id",
+                 "--label-column", "label", "--no-progress", "--allow", str(tmp_path / "keep.txt")]) == 0
+    m1 = json.loads((out / "manifest.json").read_text())
+    m2 = json.loads((out2 / "manifest.json").read_text())
+    assert m2["totals"]["allowed"] == 3
+    assert m2["totals"]["quarantined"] == m1["totals"]["quarantined"] - 3
+    assert m2["totals"]["clean"] == m1["totals"]["clean"] + 3
+    q2 = {i for p in (out2 / "quarantine").rglob("*.parquet") for i in pq.read_table(p).column("id").to_pylist()}
+    assert not set(confirmed) & q2
+    scores = pa.concat_tables(pq.read_table(p) for p in (out2 / "scores").rglob("*.parquet"))
+    status = dict(zip(scores.column("id").to_pylist(), scores.column("status").to_pylist()))
+    assert all(status[i] == "allowed" for i in confirmed)
+    # a Parquet id list works the same, and the Guard lets allowed rows through
+    pq.write_table(pa.table({"id": confirmed}), tmp_path / "keep.parquet")
+    from shardguard.guard import Guard
+
+    guard = Guard.fit(data, load_config(None, {**OPTS, "review.allow": str(tmp_path / "keep.parquet")}))
+    kept = {i for s in discover_shards([data]) for b in ShardReader(s, 512, ["id", "text", "label"])
+            for i in guard.filter(b).column("id").to_pylist()}
+    assert set(confirmed) <= kept and not (set(floods) - set(confirmed)) & kept

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -279,3 +280,37 @@ def test_interrupted_scan_says_one_line_leaves_no_temporary_files_and_resumes(tm
     manifest = json.loads((out / "manifest.json").read_text())
     rows = sum(pq.read_metadata(p).num_rows for p in data.glob("*.parquet"))
     assert manifest["complete"] and sum(s["rows"] for s in manifest["shards"]) == rows
+
+
+def test_text_template_keeps_non_ascii_and_turns_escapes_into_characters(tmp_path):
+    """`--text-template` as typed in a shell: `\\n` becomes a newline, `Réponse` stays `Réponse`."""
+    shard = tmp_path / "fr.jsonl"
+    shard.write_text('{"q": "Où est la gare ?", "a": "À droite."}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["scan", str(shard), "--out", str(out), "--embedder", "none", "--no-progress",
+                 "--text-template", r"Question : {q}\nRéponse : {a}"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["config"]["input"]["text_template"] == "Question : {q}\nRéponse : {a}"
+    work = next((out / ".work").glob("*.arrow"))
+    with pa.ipc.open_file(work) as f:
+        texts = f.read_all().column("text").to_pylist()
+    assert texts == ["Question : Où est la gare ?\nRéponse : À droite."]
+
+
+def test_report_html_without_matplotlib_exits_2_with_the_pip_line(tmp_path, samples_dir):
+    """An install without matplotlib: `report --html` says how to get it instead of a traceback."""
+    out = tmp_path / "out"
+    assert main(["scan", str(samples_dir), "--out", str(out), *FAST]) == 0
+    blocked = ("import sys; sys.modules['matplotlib'] = None; "  # `import matplotlib` raises ImportError
+               "from shardguard.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", blocked, "report", str(out), "--html", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f'{sys.executable} -m pip install "matplotlib>=3.8"' in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r.html").exists()
+    # the text summary needs no matplotlib
+    proc = subprocess.run([sys.executable, "-c", blocked, "report", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "quarantined" in proc.stdout, proc.stderr

@@ -155,13 +155,28 @@ def test_projection_keeps_every_flagged_row_and_is_seeded(sg):
     assert figure_png(fig).startswith(PNG_MAGIC)
 
 
+def test_projection_draws_clean_rows_when_flagged_rows_outnumber_it(sg):
+    """More flagged rows than the map holds (the report's 5,000 on a large scan): half of it is
+    still clean rows, so the map shows the flagged ones against the data they stand out from."""
+    flagged_with_text = sg.counts()["totals"]["quarantined"] - sg.counts()["totals"]["invalid"]
+    max_rows = flagged_with_text // 2  # fewer than the flagged rows alone
+    p = sg.projection(max_rows=max_rows, seed=0)
+    reasons = np.array(p.reason)
+    assert len(p.id) == max_rows
+    assert (reasons == "clean").sum() == max_rows // 2
+    assert (reasons != "clean").sum() == max_rows - max_rows // 2
+    assert p.fitted_on == "clean rows of the sample"
+
+
 def test_without_work_files_tables_still_load(out_dir, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(out_dir, bare, ignore=shutil.ignore_patterns(".work"))
     sg = ScanOutput.load(bare)
     assert not sg.has_texts and not sg.has_embeddings
     t = sg.flagged(top=5)
-    assert t.num_rows == 5 and t.column("text").null_count == 5
+    # without work files the lists' own text (cut at review.text_chars) is what there is to read
+    assert t.num_rows == 5 and t.column("text").null_count == 0
+    assert all(len(x) <= 200 for x in t.column("text").to_pylist())
     with pytest.raises(ScanOutputError, match="embeddings"):
         sg.projection()
     fig = sg.plot_projection()  # a message instead of a map

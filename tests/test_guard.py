@@ -235,3 +235,13 @@ def test_guard_judges_copies_and_floods_as_scan_does(tmp_path, copies):
     status = dict(zip(got.column("id").to_pylist(), got.column("status").to_pylist()))
     assert status["genuine"] == "clean" and status["flood-00"] == "quarantined"
     assert status["same-2"] == ("quarantined" if copies == "all" else "clean")
+
+
+def test_short_form_shardguard_guard(samples_dir):
+    """`shardguard.Guard.fit(...)`, as users type it, is the library's Guard."""
+    import shardguard
+
+    assert shardguard.Guard is Guard
+    assert "Guard" in shardguard.__all__
+    guard = shardguard.Guard.fit(samples_dir / "sms_000.parquet", shardguard.load_config(None, OPTS))
+    assert guard.score(pq.read_table(samples_dir / "sms_000.parquet")).num_rows > 0

@@ -338,3 +338,61 @@ def test_mixed_label_and_id_types_are_compared_as_text_never_nulled(tmp_path):
     q = pq.read_table(tmp_path / "out" / "quarantine" / "mixed.parquet").to_pylist()
     (bad,) = [r for r in q if r["id"] == "y"]
     assert bad["detail"] == "column 'label': label is a JSON object, expected a string or number"
+
+
+def _scan_shares(out, paths, **overrides):
+    cfg = load_config(None, {"embed.embedder": "none", "input.id_column": "id", "input.label_column": "label",
+                             **overrides})
+    result = scan(paths, out, cfg)
+    tot = result.report["totals"]
+    return result, tot["quarantined"] / tot["rows"]
+
+
+def test_clean_phrase_level_data_and_canned_replies_are_not_quarantined(tmp_path, shared_data):
+    """GLUE SST-2 (overlapping sub-phrases of one sentence under opposite labels, an unlabelled
+    test file) and SMS Spam (a canned reply sent 37 times): at most 0.5% quarantined, no
+    unlabelled row conflicts, the canned reply is no flood. Near-duplicate verdicts do not
+    depend on the embedder, so none runs here."""
+    sst2 = shared_data / "sst2_glue"
+    result, share = _scan_shares(tmp_path / "sst2", [sst2])
+    assert share <= 0.005
+    test = pq.read_table(tmp_path / "sst2" / "quarantine" / "test.parquet")
+    assert test.num_rows == 0  # the unlabelled test file: nothing conflicts
+    flood_sizes = [c["size"] for c in result.report["largest_duplicate_clusters"] if c["flood"]]
+    assert flood_sizes == []  # clusters of sub-phrases ("compelling", ", compelling", ...) are no floods
+    result, share = _scan_shares(tmp_path / "sms", [shared_data / "sms_spam"])
+    assert share <= 0.005
+    top = result.report["largest_duplicate_clusters"][0]
+    assert top["size"] >= 30 and not top["flood"] and "duplicate_flood" not in result.report["reasons"]
+
+
+def test_label_flipped_typo_copies_and_edited_floods_are_still_found(tmp_path, shared_data):
+    """Typo'd copies (1-3 letter edits) of 60 SMS Spam messages under the other label, and a
+    one-label flood of 40 edited copies of another, planted after SMS Spam: the stricter rule
+    still quarantines nearly every copy and the whole flood, and nothing else."""
+    import random
+
+    import numpy as np
+
+    from shardguard.bench.attacks import typo
+
+    sms = pq.read_table(shared_data / "sms_spam" / "sms_spam.parquet")
+    texts, labels = sms.column("text").to_pylist(), sms.column("label").to_pylist()
+    rng, pick = np.random.default_rng(7), random.Random(7)
+    long_rows = [i for i, t in enumerate(texts) if len(t.split()) >= 6]
+    chosen = pick.sample(long_rows, 61)
+    other = {"ham": "spam", "spam": "ham"}
+    flips = [{"id": f"flip-{k}", "text": typo(texts[i], rng), "label": other[labels[i]]}
+             for k, i in enumerate(chosen[:60])]
+    base = chosen[60]
+    flood = [{"id": f"flood-{k}", "text": typo(texts[base], rng), "label": labels[base]} for k in range(40)]
+    (tmp_path / "in").mkdir()
+    shutil.copy(shared_data / "sms_spam" / "sms_spam.parquet", tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(flips + flood, schema=sms.schema), tmp_path / "in" / "b.parquet")
+    result, _ = _scan_shares(tmp_path / "out", [tmp_path / "in"])
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "b.parquet").to_pylist()
+    found = {r["id"] for r in q if "near_duplicate" in r["reasons"]}
+    assert len(found & {f["id"] for f in flips}) >= 57  # >= 95%
+    flooded = {r["id"] for r in q if "duplicate_flood" in r["reasons"]}
+    assert {f["id"] for f in flood} <= flooded
+    assert pq.read_table(tmp_path / "out" / "quarantine" / "a.parquet").num_rows <= 0.005 * sms.num_rows

@@ -24,7 +24,7 @@ from shardguard.report_html import LOADED_SCRIPT
 
 INJECT = ("<img src=x onerror=\"document.body.setAttribute('data-pwned','img')\">"
           "<script>document.body.setAttribute('data-pwned','script')</script>")
-HOSTILE_ROWS = 22  # over the default flood size (20): the hostile rows form a duplicate_flood
+HOSTILE_ROWS = 22  # over the default flood size (20), each reply number its own: the hostile rows form a duplicate_flood
 
 
 def _chromium() -> str | None:
@@ -43,7 +43,7 @@ def scanned(tmp_path_factory, samples_dir):
     with open(data / "hostile.jsonl", "w") as f:
         for k in range(HOSTILE_ROWS):
             f.write(json.dumps({"id": f"evil-{k}<b>bold</b>", "label": "ham",
-                                "text": f"{INJECT} WIN a prize now, reply {k % 3} </td></table></style>"}) + "\n")
+                                "text": f"{INJECT} WIN a prize now, reply {k} </td></table></style>"}) + "\n")
     out = base / "out"
     cfg = load_config(overrides={"input.id_column": "id", "input.label_column": "label",
                                  "embed.embedder": "hashing"})

@@ -33,8 +33,9 @@ def test_sizes_reference_and_majority_with_ties():
     assert t.sizes.tolist() == [4, 3, 3]
     assert t.reference.tolist() == ["a", "x", "p"]
     assert t.majority.tolist() == ["a", "y", "p"]
-    rows, root, sim = c.members("s2")
+    rows, root, sim, same = c.members("s2")
     assert rows.tolist() == [0, 1, 8, 9] and root.tolist() == [3, 3, 7, 7] and sim.dtype == np.float32
+    assert same.all()  # recorded without statement judgements: every copy counts
     assert c.members("nowhere")[0].size == 0
 
 
@@ -78,3 +79,57 @@ def test_matches_a_plain_counter_on_random_clusters():
         best = max(counts.values())
         expected = ref_labels[r] if counts[ref_labels[r]] == best else min(k for k, v in counts.items() if v == best)
         assert size == sum(tally[r].values()) + 1 and maj == expected
+
+
+def _same(a: str, b: str) -> bool:
+    from shardguard.stages import StatementFeatures, same_statement
+
+    return bool(same_statement(StatementFeatures.of_texts([a]), StatementFeatures.of_texts([b]))[0])
+
+
+def test_same_statement_keeps_typo_copies_and_tells_different_statements_apart():
+    """Pairs from GLUE SST-2 train that the near-duplicate index pairs up under opposite labels."""
+    root = "proves unrelentingly grim -- and equally engrossing"
+    assert _same("proves unrelentingly grmi -- and equally engrossing", root)  # a typo
+    assert _same("Proves  unrelentingly grim -- and equaly engrossing", root)  # case, spaces, a typo
+    assert not _same("proves unrelentingly grim -- and equally engrossing .", root)  # one word more at the end
+    assert not _same("a masterpiece", "masterpiece")  # one word more at the start
+    assert not _same("funny", "unfunny")  # much shorter
+    assert not _same("the acting is good", "the acting is not good")  # a negation word more
+    assert not _same("it does n't unveil it until the end", "it does unveil it until the end")
+    # a sub-phrase three words shorter than a long root
+    assert not _same("concentrating on the elements of a revealing alienation among a culture of people",
+                     "of day by concentrating on the elements of a revealing alienation among a culture of people")
+
+
+def test_floods_need_a_contradiction_no_label_or_edited_variants():
+    from shardguard.bench.attacks import typo
+    from shardguard.stages import RootFeatures, StatementFeatures
+
+    root_text = "Sorry, I'll call later in meeting."
+    rng = np.random.default_rng(0)
+    verbatim = [root_text] * 5
+    edited = [typo(root_text, rng) for _ in range(5)]
+    sub_phrases = ["sorry", "sorry, i'll call", "call later", "i'll call later in meeting today, ok? bye now", "later"]
+
+    def table(texts, labels, root_label="ham"):
+        c = DuplicateClusters(flood_size=3)
+        n = len(texts)
+        roots = RootFeatures(np.array([0]), StatementFeatures.of_texts([root_text]))
+        c.record("s", np.arange(1, n + 1), np.zeros(n, np.int64), np.ones(n, np.float32),
+                 None if labels is None else np.array(labels, dtype=object), None,
+                 StatementFeatures.of_texts(texts))
+        c.resolve({0: root_label}, roots)
+        return c.table()
+
+    # a canned reply repeated verbatim under one label: not a flood
+    assert table(verbatim, ["ham"] * 5).flood.tolist() == [False]
+    # the same count of edited variants under one label (evading exact dedup): a flood
+    assert table(edited, ["ham"] * 5).flood.tolist() == [True]
+    # verbatim repeats contradicting the root's label: a flood
+    assert table(verbatim, ["spam"] * 5).flood.tolist() == [True]
+    # unlabelled: size alone
+    assert table(verbatim, None, None).flood.tolist() == [True]
+    # sub-phrases of different lengths, even under two labels: no core of similar rows, no flood
+    t = table(sub_phrases, ["spam"] * 5)
+    assert t.flood.tolist() == [False] and t.sizes.tolist() == [6]

@@ -18,6 +18,7 @@ _LAZY = {
     "scan": "shardguard.pipeline",
     "ScanPipeline": "shardguard.pipeline",
     "ScanResult": "shardguard.pipeline",
+    "Guard": "shardguard.guard",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -18,15 +18,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shardguard import __version__
 from shardguard.io.readers import Shard, ShardError, ShardReader, UsageError, iter_json_values
-from shardguard.io.outputs import OutputLock, check_apply_target, read_scan_manifest
+from shardguard.io.idlist import read_id_list
+from shardguard.io.outputs import OutputLock, check_apply_target, file_sha256, read_scan_manifest
 from shardguard.io.writers import TMP_PREFIX, _commit, _tmp_path, atomic_write_json, current_umask
 
 log = logging.getLogger(__name__)
@@ -40,14 +42,23 @@ class AppliedShard:
     rows_out: int
     output: str
     status: str = "ok"
+    kept_on_review: int = 0  # quarantined rows kept: another reason than --reasons, or an id in --keep
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _quarantined_rows(out_dir: Path, entry: dict[str, Any]) -> np.ndarray:
-    q = pq.read_table(out_dir / entry["output"], columns=["row"])
-    return np.sort(q.column("row").to_numpy())
+def _quarantined_rows(out_dir: Path, entry: dict[str, Any], reasons: frozenset[str] | None,
+                      keep: frozenset[str]) -> tuple[np.ndarray, int]:
+    """Rows to remove (sorted), and how many quarantined rows the review keeps."""
+    q = pq.read_table(out_dir / entry["output"], columns=["row", "id", "reasons"])
+    drop = np.ones(q.num_rows, bool)
+    if reasons is not None:
+        drop &= np.array([bool(reasons.intersection(r)) for r in q.column("reasons").to_pylist()], bool)
+    if keep:
+        drop &= ~pc.is_in(q.column("id"), value_set=pa.array(sorted(keep), pa.string())).to_numpy(
+            zero_copy_only=False)
+    return np.sort(q.column("row").to_numpy()[drop]), int((~drop).sum())
 
 
 def _keep_mask(rows: np.ndarray, drop: np.ndarray) -> np.ndarray:
@@ -112,7 +123,8 @@ def _scan_inputs(out_dir: Path, manifest: dict[str, Any]) -> list[str]:
     return sorted({str(Path(e["input"]).parent) for e in manifest.get("shards", []) if e.get("input")})
 
 
-def _apply_shard(out_dir: Path, entry: dict[str, Any], dst: Path) -> AppliedShard:
+def _apply_shard(out_dir: Path, entry: dict[str, Any], dst: Path, reasons: frozenset[str] | None = None,
+                 keep: frozenset[str] = frozenset()) -> AppliedShard:
     """One shard's clean copy at ``dst``, or why it was not written."""
     name = entry["name"]
     if entry["status"] != "ok":
@@ -124,15 +136,15 @@ def _apply_shard(out_dir: Path, entry: dict[str, Any], dst: Path) -> AppliedShar
             raise ShardError(f"{src}: input no longer exists")
         if shard.sha256() != entry["sha256"]:
             raise ShardError(f"{src}: changed since the scan (sha256 differs); scan it again")
-        drop = _quarantined_rows(out_dir, entry)
+        drop, kept_on_review = _quarantined_rows(out_dir, entry, reasons, keep)
         if shard.format == "jsonl":
             rows, kept = _write_jsonl(src, dst, drop)
         else:
             rows, kept = _write_arrow_like(shard, dst, drop)
-        if rows != entry["rows"] or kept != entry["clean"]:
+        if rows != entry["rows"] or kept != entry["clean"] + kept_on_review:
             raise ShardError(f"{src}: read {rows} rows and kept {kept}, but the scan saw "
                              f"{entry['rows']} rows with {entry['clean']} clean")
-        return AppliedShard(name, rows, rows - kept, kept, str(dst))
+        return AppliedShard(name, rows, rows - kept, kept, str(dst), kept_on_review=kept_on_review)
     except (ShardError, OSError, pa.ArrowException) as exc:
         dst.unlink(missing_ok=True)
         log.error("%s", exc)
@@ -146,11 +158,16 @@ def _is_apply_output(folder: Path) -> bool:
         return False
 
 
-def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[AppliedShard]:
+def apply_quarantine(out_dir: str | Path, clean_dir: str | Path, reasons: Sequence[str] | None = None,
+                     keep: str | Path | None = None) -> list[AppliedShard]:
     """Write every ok shard of the scan in ``out_dir`` to ``clean_dir`` without its quarantined rows.
 
-    Returns one :class:`AppliedShard` per shard of the scan; a shard that failed
-    in the scan, or whose input changed since, is reported and not written.
+    ``reasons``: remove only rows quarantined for one of these (default: every
+    quarantined row); ``keep``: a file of ids confirmed clean (one per line, or a
+    Parquet ``id`` column), kept whatever their reasons. Both are recorded in
+    ``clean_dir/manifest.json``. Returns one :class:`AppliedShard` per shard of the
+    scan; a shard that failed in the scan, or whose input changed since, is
+    reported and not written.
 
     ``clean_dir`` may not be, contain or lie inside an input root or ``out_dir``,
     and an existing ``clean_dir`` must be empty or an earlier ``apply``'s output.
@@ -167,12 +184,21 @@ def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[Applied
         name = entry["name"]
         if ".." in Path(name).parts or Path(name).is_absolute():
             raise UsageError(f"manifest names a shard outside the output folder: {name!r}")
+    selected = None if reasons is None else frozenset(reasons)
+    if selected is not None:
+        known = set(json.loads((out_dir / "report.json").read_text()).get("thresholds", {})) | {"invalid"}
+        unknown = sorted(selected - known)
+        if unknown or not selected:
+            raise UsageError(f"--reasons: unknown reason(s) {', '.join(unknown) or '(none given)'}; "
+                             f"this scan's reasons: {', '.join(sorted(known))}")
+    keep_ids = read_id_list(keep) if keep is not None else frozenset()
     with OutputLock(out_dir, "apply"):
         clean_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{clean_dir.name}.", dir=clean_dir.parent))
         try:
             os.chmod(staging, 0o777 & ~current_umask())
-            results = [_apply_shard(out_dir, entry, staging / entry["name"]) for entry in manifest["shards"]]
+            results = [_apply_shard(out_dir, entry, staging / entry["name"], selected, keep_ids)
+                       for entry in manifest["shards"]]
             for r in results:  # the paths the caller will find them at
                 r.output = str(clean_dir / r.name)
             atomic_write_json(staging / "manifest.json", {
@@ -181,6 +207,9 @@ def apply_quarantine(out_dir: str | Path, clean_dir: str | Path) -> list[Applied
                 "command": "apply",
                 "scan": str(out_dir),
                 "scan_run_key": manifest.get("run_key"),
+                "reasons": "all" if selected is None else sorted(selected),
+                "keep": None if keep is None else {"file": str(Path(keep).resolve()), "sha256": file_sha256(keep),
+                                                   "ids": len(keep_ids)},
                 "shards": [r.to_json() for r in results],
             })
             _swap_in(staging, clean_dir)

@@ -46,6 +46,9 @@ class Terminated(KeyboardInterrupt):
 def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
+#: What ``report --html`` asks for when matplotlib cannot be imported.
+MATPLOTLIB_PIP = f'{sys.executable} -m pip install "matplotlib>=3.8"'
+
 
 def _parse_set(values: Sequence[str]) -> dict[str, Any]:
     out = {}
@@ -59,6 +62,14 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
             where = getattr(exc, "problem", None) or "cannot be parsed"
             raise ConfigError(f"--set {key.strip()}: value {raw!r} is not valid YAML ({where})") from None
     return out
+
+
+def unescape_template(text: str) -> str:
+    r"""Turn the backslash escapes a user types on a command line (``\n``, ``\t``, ``\\``) into
+    characters, leaving every other character -- non-ASCII ones included -- as typed."""
+    # latin-1 + backslashreplace keeps non-ASCII characters as \xNN / \uNNNN escapes, which
+    # unicode_escape turns back into the same characters.
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
@@ -108,6 +119,10 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config knob by dotted key, e.g. detectors.spectral.threshold_z=5 (repeatable)")
     g.add_argument("--random-state", type=int, metavar="N", help="seed for every random choice (default 0)")
+    g = p.add_argument_group("review")
+    g.add_argument("--allow", metavar="FILE",
+                   help="ids confirmed clean after reviewing an earlier scan (one per line, or a Parquet 'id' "
+                        "column): flagged rows with these ids are reported as 'allowed' and kept")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=_cmd_scan)
 
@@ -131,6 +146,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "model": "embed.model",
         "device": "embed.device",
         "random_state": "random_state",
+        "allow": "review.allow",
     }
     for attr, key in simple.items():
         v = getattr(args, attr, None)
@@ -138,7 +154,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             o[key] = v
     if args.text_template is not None:
         # Let users type \n and \t on the command line.
-        o["input.text_template"] = args.text_template.encode().decode("unicode_escape")
+        o["input.text_template"] = unescape_template(args.text_template)
     if args.embedding_column and args.embedder is None:
         o["embed.embedder"] = "precomputed"
     if args.no_near_duplicates:
@@ -215,16 +231,18 @@ def _summary(console, result) -> None:
     from rich.table import Table
 
     reasons = sorted({r for o in result.shards for r in o.reasons})
+    allowed = ["allowed"] if any(o.allowed for o in result.shards) else []
     t = Table(title=f"shardguard scan -> {_markup_safe(result.out_dir)}")
-    for col in ["shard", "rows", "clean", "quarantined", *reasons, "status"]:
+    for col in ["shard", "rows", "clean", "quarantined", *reasons, *allowed, "status"]:
         t.add_column(col, justify="left" if col in ("shard", "status") else "right")
     for o in result.shards:
         t.add_row(_markup_safe(o.shard.name), f"{o.rows:,}", f"{o.clean:,}", f"{o.quarantined:,}",
-                  *[f"{o.reasons.get(r, 0):,}" for r in reasons],
+                  *[f"{o.reasons.get(r, 0):,}" for r in reasons], *[f"{o.allowed:,}" for _ in allowed],
                   "ok" + (" (resumed)" if o.resumed else "") if o.status == "ok" else "[red]FAILED[/red]")
     tot = result.report["totals"]
     t.add_row("[b]total[/b]", f"{tot['rows']:,}", f"{tot['clean']:,}", f"{tot['quarantined']:,}",
               *[f"{result.report['reasons'].get(r, 0):,}" for r in reasons],
+              *[f"{tot.get('allowed', 0):,}" for _ in allowed],
               f"{result.report['wall_s']:.1f} s")
     console.print(t)
     emb = result.report.get("embedder")
@@ -274,6 +292,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from shardguard import report_html
 
     if args.html:
+        try:
+            import matplotlib  # noqa: F401  (a core dependency; an install may still lack it)
+        except ImportError:
+            print(f"shardguard: error: report --html draws its plots with matplotlib, which this Python lacks; "
+                  f"install it with: {MATPLOTLIB_PIP}", file=sys.stderr)
+            return EXIT_USAGE
         path = report_html.write_report(args.out, args.html, top=args.top)
         print(f"wrote {path}")
     else:
@@ -291,6 +315,11 @@ def _apply_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("out", metavar="OUT", help="the scan's output folder")
     p.add_argument("--to", required=True, metavar="CLEAN_DIR", help="folder for the cleaned shards")
+    p.add_argument("--reasons", metavar="R,...",
+                   help="remove only rows quarantined for one of these reasons (comma-separated; default: all)")
+    p.add_argument("--keep", metavar="FILE",
+                   help="ids confirmed clean after review, kept whatever their reasons (one per line, or a "
+                        "Parquet 'id' column)")
     p.set_defaults(func=_cmd_apply)
 
 
@@ -300,13 +329,14 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
     from shardguard.apply import apply_quarantine
 
-    results = apply_quarantine(args.out, args.to)
+    reasons = None if args.reasons is None else [r.strip() for r in args.reasons.split(",") if r.strip()]
+    results = apply_quarantine(args.out, args.to, reasons=reasons, keep=args.keep)
     console = Console() if sys.stdout.isatty() else Console(width=200)
     t = Table(title=f"shardguard apply -> {_markup_safe(args.to)}")
-    for col in ("shard", "rows in", "removed", "rows out", "status"):
+    for col in ("shard", "rows in", "removed", "kept on review", "rows out", "status"):
         t.add_column(col, justify="left" if col in ("shard", "status") else "right")
     for r in results:
-        t.add_row(_markup_safe(r.name), f"{r.rows_in:,}", f"{r.removed:,}", f"{r.rows_out:,}",
+        t.add_row(_markup_safe(r.name), f"{r.rows_in:,}", f"{r.removed:,}", f"{r.kept_on_review:,}", f"{r.rows_out:,}",
                   "ok" if r.status == "ok" else f"[red]{_markup_safe(r.status)}[/red]")
     console.print(t)
     return EXIT_OK if all(r.status == "ok" for r in results) else EXIT_FAILED

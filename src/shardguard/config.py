@@ -131,6 +131,29 @@ class FitConfig:
             raise ConfigError(f"fit.reservoir_size must be in [100, {MAX_RESERVOIR}], got {self.reservoir_size}")
 
 
+@dataclass
+class ReviewConfig:
+    """What a person decided on an earlier scan, and what the lists show them to review."""
+
+    allow: str | None = None  # file of ids confirmed clean: one per line, or a Parquet id column
+    text_chars: int = 200  # characters of each flagged row's text in the quarantine lists (0: none)
+
+    def validate(self) -> None:
+        if self.text_chars < 0:
+            raise ConfigError("review.text_chars must be >= 0")
+
+
+@dataclass
+class GuardConfig:
+    """The library ``Guard``'s own knobs (``scan`` ignores them)."""
+
+    cache_rows: int = 100_000  # embeddings memoised per process, by text hash (0: none)
+
+    def validate(self) -> None:
+        if self.cache_rows < 0:
+            raise ConfigError("guard.cache_rows must be >= 0")
+
+
 def _default_detectors() -> dict[str, dict[str, Any]]:
     """Every registered detector, on unless its class says ``enabled_by_default = False``,
     with its constructor defaults as knobs.
@@ -155,6 +178,8 @@ class Config:
     near_duplicates: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     detectors: dict[str, dict[str, Any]] = field(default_factory=_default_detectors)
     random_state: int = 0
 
@@ -163,6 +188,8 @@ class Config:
         self.near_duplicates.validate()
         self.embed.validate()
         self.fit.validate()
+        self.review.validate()
+        self.guard.validate()
         from shardguard.detectors import REGISTRY
 
         for name, params in self.detectors.items():
@@ -218,6 +245,8 @@ _SECTIONS = {
     "near_duplicates": NearDuplicateConfig,
     "embed": EmbedConfig,
     "fit": FitConfig,
+    "review": ReviewConfig,
+    "guard": GuardConfig,
 }
 
 

@@ -399,8 +399,12 @@ class ScanOutput:
         return d.to_table(columns=["row", "id", "text", "label", "detail"], filter=flt)
 
     def _join_text(self, t: pa.Table) -> pa.Table:
-        """Add a ``text`` column (from the work files) to a table with ``shard`` and ``row``."""
+        """Add a ``text`` column (from the work files) to a table with ``shard`` and ``row``; where
+        the work files are gone, the quarantine list's own (cut) ``text`` stays."""
         text = np.full(t.num_rows, None, dtype=object)
+        if "text" in t.column_names:
+            text[:] = t.column("text").to_pylist()
+            t = t.drop_columns(["text"])
         if t.num_rows:
             shards = t.column("shard").to_numpy(zero_copy_only=False)
             rows = t.column("row").to_numpy()
@@ -411,7 +415,7 @@ class ScanOutput:
                 except ScanOutputError:
                     continue
                 lookup = dict(zip(w.column("row").to_pylist(), w.column("text").to_pylist()))
-                text[idx] = [lookup.get(r) for r in rows[idx].tolist()]
+                text[idx] = [lookup.get(r, old) for r, old in zip(rows[idx].tolist(), text[idx].tolist())]
         return t.append_column("text", pa.array(text.tolist(), pa.string()))
 
     def flagged(self, reason: str | None = None, shard: str | Iterable[str] | None = None, top: int | None = 20,
@@ -534,8 +538,9 @@ class ScanOutput:
     def projection(self, max_rows: int = 5000, seed: int = 0) -> Projection:
         """PCA to 2-D of a seeded sample of at most ``max_rows`` rows that have an embedding.
 
-        Every flagged row is in the sample (a seeded subset of them if they alone exceed
-        ``max_rows``); clean rows fill the rest. PCA is fitted on the sample's clean rows (so
+        Every flagged row is in the sample when they fit in half of it, clean rows filling
+        the rest; otherwise a seeded subset of them, so that clean rows (at least half the
+        sample, or all of them when fewer) are always drawn to compare with. PCA is fitted on the sample's clean rows (so
         that a large flood does not claim a component for itself) and applied to all of it.
         """
         from sklearn.decomposition import PCA
@@ -562,9 +567,9 @@ class ScanOutput:
         sh_all, row_all, fl_all = np.concatenate(shards), np.concatenate(rows), np.concatenate(flagged)
         rng = np.random.default_rng(seed)
         fl_idx, cl_idx = np.flatnonzero(fl_all), np.flatnonzero(~fl_all)
-        if fl_idx.size > max_rows:
-            fl_idx = np.sort(rng.choice(fl_idx, max_rows, replace=False))
-        k = min(cl_idx.size, max(max_rows - fl_idx.size, 0))
+        k = min(cl_idx.size, max(max_rows - fl_idx.size, max_rows // 2))  # clean rows drawn
+        if fl_idx.size > max_rows - k:
+            fl_idx = np.sort(rng.choice(fl_idx, max_rows - k, replace=False))
         cl_idx = np.sort(rng.choice(cl_idx, k, replace=False)) if k < cl_idx.size else cl_idx
         pick = np.sort(np.concatenate([fl_idx, cl_idx]))
 

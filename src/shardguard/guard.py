@@ -35,8 +35,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -51,14 +54,32 @@ from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.outputs import json_digest
 from shardguard.io.readers import Shard
+from shardguard.memo import EmbeddingMemo, text_keys
+from shardguard.io.idlist import allowed_ids
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
-from shardguard.stages import ClusterTable, DuplicateVerdict, duplicate_flags, text_kwargs, verdict_table
+from shardguard.stages import (
+    ClusterTable,
+    DuplicateVerdict,
+    RootFeatures,
+    StatementFeatures,
+    duplicate_flags,
+    judge_copies,
+    text_kwargs,
+    verdict_table,
+)
 from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)
 
 PROFILE_FORMAT = "shardguard-profile"
-PROFILE_FORMAT_VERSION = 2
+#: Said once in each process, other than the guard's own, that filters with the guard.
+NOT_SHARED_WARNING = (
+    "shardguard Guard used in another process (a DataLoader worker, a datasets.filter(num_proc=N) "
+    "worker): rows are checked against the fitted data as usual, but each process keeps its own "
+    "near-duplicate index of the new rows it sees, so a repeat of a new row that another process "
+    "saw first is not caught. Use one process (num_workers=0, num_proc=1) to catch those too."
+)
+PROFILE_FORMAT_VERSION = 3
 
 
 def _profile_digest(profile: Mapping[str, Any]) -> str:
@@ -124,6 +145,11 @@ def _arrays_to_strings(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data.astype(np.uint8)))
 
 
+def _kept(verdicts: pa.Table) -> pa.ChunkedArray:
+    """True for the rows a filter lets through: clean, or allowed by a review."""
+    return pc.is_in(verdicts.column("status"), value_set=pa.array(["clean", "allowed"]))
+
+
 class LabelCodes:
     """Labels (str or None) as int32 codes, -1 for None, so that profiles hold plain arrays."""
 
@@ -172,6 +198,8 @@ class Guard:
         cluster_reference: np.ndarray | None = None,
         cluster_majority: np.ndarray | None = None,
         labels: LabelCodes | None = None,
+        cluster_flood: np.ndarray | None = None,
+        root_features: RootFeatures | None = None,
     ):
         self.config = config
         self.detectors = dict(detectors)
@@ -190,9 +218,16 @@ class Guard:
         self._cluster_reference = np.full(n_cl, -1, np.int32) if cluster_reference is None else np.asarray(cluster_reference, np.int32)
         self._cluster_majority = np.full(n_cl, -1, np.int32) if cluster_majority is None else np.asarray(cluster_majority, np.int32)
         self._new_labels: list[np.ndarray] = []
+        flood_size = config.near_duplicates.flood_size
+        self._cluster_flood = (self._cluster_counts + 1 > flood_size) if cluster_flood is None \
+            else np.asarray(cluster_flood, bool)
         self._clusters = ClusterTable(self._cluster_roots, self._cluster_counts + 1,
                                       self._labels.decode(self._cluster_reference),
-                                      self._labels.decode(self._cluster_majority))
+                                      self._labels.decode(self._cluster_majority), self._cluster_flood)
+        self._root_features = root_features or RootFeatures()
+        self._allow = allowed_ids(config.review.allow)  # review.allow: ids confirmed clean, kept as "allowed"
+        self._pid = os.getpid()  # the process that built the guard (see _in_this_process)
+        self._memo = self._new_memo()
         self.embedder_info = embedder_info
         self._embedder = embedder
         self._new_seqs: list[np.ndarray] = []
@@ -236,13 +271,52 @@ class Guard:
         names = [o.shard.name for o in state.outcomes if o.status == "ok"]
         return cls(config, state.detectors, state.dup_index, root_seqs, root_ids, table.roots, table.sizes - 1,
                    state.embedder_info, state.embedder, root_rows, root_shards, names, root_labels,
-                   labels.encode(table.reference.tolist()), labels.encode(table.majority.tolist()), labels)
+                   labels.encode(table.reference.tolist()), labels.encode(table.majority.tolist()), labels,
+                   table.flood, state.root_features)
 
     @property
     def embedder(self):
+        """The embedder, loaded on first use in each process (never pickled with the guard)."""
+        self._in_this_process()
         if self._embedder is None:
             self._embedder = make_embedder(self.config.embed, self.config.random_state)
         return self._embedder
+
+    def _new_memo(self) -> EmbeddingMemo | None:
+        if self.config.guard.cache_rows <= 0 or self.config.embed.embedder == "precomputed":
+            return None  # precomputed features are a column of the row, not a function of its text
+        return EmbeddingMemo(self.config.guard.cache_rows, cache_dtype(self.config.embed.embedder))
+
+    # -- processes -------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """What travels to a DataLoader worker or a ``datasets`` process: everything but the
+        embedder (a model holds locks and threads; each process loads its own on first use)
+        and the embedding memo; the near-duplicate index as its plain-array state."""
+        state = dict(self.__dict__)
+        state["_embedder"] = None
+        state["_memo"] = None
+        if self.dup_index is not None:
+            state["dup_index"] = self.dup_index.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("dup_index") is not None:
+            state["dup_index"] = NearDuplicateIndex.from_state(*state["dup_index"])
+        self.__dict__.update(state)
+        self._memo = self._new_memo()
+
+    def _in_this_process(self, warn: bool = True) -> None:
+        """Once per process other than the one that built the guard: the model is used with one
+        thread (torch's thread pool does not survive ``fork``: a forked ``datasets`` worker
+        would hang in it, as DataLoader workers avoid by the same setting), and a warning that
+        the near-duplicate state of rows first seen here is not shared with other processes."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+        if warn and self.dup_index is not None:
+            warnings.warn(NOT_SHARED_WARNING, RuntimeWarning, stacklevel=3)
 
     @property
     def score_columns(self) -> list[str]:
@@ -259,6 +333,7 @@ class Guard:
         label, embedding columns where configured). Rows not seen before join the
         near-duplicate index.
         """
+        self._in_this_process()
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([], batch.schema)
         normalizer = RowNormalizer(self._shard, self.config.input)
@@ -276,22 +351,48 @@ class Guard:
         ids[inv_rows] = nb.invalid.column("id").to_pylist()
         labels = np.full(n, None, dtype=object)
         labels[vidx] = nb.valid.column("label").to_pylist()
+        texts = np.full(n, None, dtype=object)
+        texts[vidx] = nb.valid.column("text").to_pylist()
         rows_tbl = pa.table({"id": pa.array(ids.tolist(), pa.string()), "row": pa.array(np.arange(n)),
                              "label": pa.array(labels.tolist(), pa.string()),
-                             "detail": pa.array(detail.tolist(), pa.string())})
+                             "detail": pa.array(detail.tolist(), pa.string()),
+                             "text": pa.array(texts.tolist(), pa.string())})
         dups = self._duplicates(nb.valid, vidx, n) if self.dup_index is not None else None
         det_scores = {name: np.full(n, np.nan) for name in self.detectors}
         if self.detectors and vidx.size:
-            X = self.embedder.embed_batch(nb.valid)
-            # The same rounding as scan's embedding cache, so scores match it exactly.
-            X = embeddings_from_arrow(embeddings_to_arrow(X, cache_dtype(self.config.embed.embedder)), X.shape[1])
+            X = self._embed(nb.valid)
             y = nb.valid.column("label").to_numpy(zero_copy_only=False)
             texts = nb.valid.column("text").to_numpy(zero_copy_only=False)
             for name, det in self.detectors.items():
                 det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
         thresholds = {name: det.threshold_ for name, det in self.detectors.items()}
-        table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns)
+        allowed = None
+        if self._allow is not None:
+            allowed = pc.is_in(rows_tbl.column("id"), value_set=self._allow).to_numpy(zero_copy_only=False)
+        table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns, allowed,
+                                 self.config.review.text_chars)
         return table
+
+    def _embed(self, valid_batch: pa.RecordBatch) -> np.ndarray:
+        """Embeddings of the valid rows, rounded as scan's cache rounds them (so scores match it
+        exactly); texts already in the memo cost no model call."""
+        dtype = cache_dtype(self.config.embed.embedder)
+        if self._memo is None:
+            X = self.embedder.embed_batch(valid_batch)
+            return embeddings_from_arrow(embeddings_to_arrow(X, dtype), X.shape[1])
+        keys = text_keys(valid_batch.column("text").to_pylist())
+        known, X_known = self._memo.lookup(keys)
+        if X_known is not None and known.all():
+            return X_known
+        miss = np.flatnonzero(~known)
+        X_new = self.embedder.embed_batch(valid_batch.take(pa.array(miss)))
+        X_new = embeddings_from_arrow(embeddings_to_arrow(X_new, dtype), X_new.shape[1])
+        self._memo.add(keys[miss], X_new)
+        X = np.empty((keys.size, X_new.shape[1]), np.float32)
+        X[miss] = X_new
+        if X_known is not None:
+            X[known] = X_known
+        return X
 
     def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
         ids = valid_batch.column("id")
@@ -299,6 +400,7 @@ class Guard:
         first = self.dup_index.n_docs
         root, sim = self.dup_index.add(valid_batch.column("text"))
         root, sim = np.asarray(root), np.asarray(sim, dtype=np.float64)
+        same, _ = judge_copies(self._root_features, valid_batch.column("text"), root, first)
         # Rows new to the index are remembered with their ids and labels.
         is_root = root < 0
         self._new_seqs.append(first + np.flatnonzero(is_root))
@@ -319,10 +421,10 @@ class Guard:
             is_self = member & (sim >= 1.0) & np.asarray(labels == root_label, bool)
         is_copy_v = member & ~is_self
         own = np.where(is_self, root, first + np.arange(root.size))  # the row's own cluster key if it is a root
-        _, sizes, _, majority = self._clusters.lookup(np.where(is_copy_v, root, own))
+        _, _, _, majority, in_flood = self._clusters.lookup(np.where(is_copy_v, root, own))
         nd = self.config.near_duplicates
         # A copy is judged against the label of the row it copies (the cluster's first occurrence).
-        is_member_v, flood_v = duplicate_flags(nd.copies, nd.flood_size, is_copy_v, labels, sizes, root_label, majority)
+        is_member_v, flood_v = duplicate_flags(nd.copies, is_copy_v, labels, in_flood, root_label, majority, same)
 
         is_member = np.zeros(n, bool)
         is_member[vidx] = is_member_v
@@ -379,9 +481,9 @@ class Guard:
         self._new_seqs, self._new_ids, self._new_labels = [], [], []
 
     def filter(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
-        """The rows of ``batch`` that are clean, with all their columns (same type out as in)."""
-        verdicts = self.score(batch)
-        return batch.filter(pc.equal(verdicts.column("status"), "clean"))
+        """The rows of ``batch`` that are clean (or allowed by ``review.allow``), with all their
+        columns (same type out as in)."""
+        return batch.filter(_kept(self.score(batch)))
 
     def iter_clean(self, batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.RecordBatch | pa.Table]:
         """Filter a stream of Arrow batches; empty results are skipped."""
@@ -397,22 +499,28 @@ class Guard:
         if missing:
             raise KeyError(f"samples lack the configured column(s) {', '.join(map(repr, missing))}")
         verdicts = self.score(pa.RecordBatch.from_pydict({k: list(columns[k]) for k in needed}))
-        return pc.equal(verdicts.column("status"), "clean").to_pylist()
+        return _kept(verdicts).to_pylist()
 
     def hf_filter(self) -> Callable[[Mapping[str, Sequence[Any]]], list[bool]]:
         """A function for ``datasets.Dataset.filter(guard.hf_filter(), batched=True)``."""
         return self.keep_mask
 
-    def wrap(self, dataset: Iterable[Mapping[str, Any]], batch_size: int = 256):
+    def wrap(self, dataset: Iterable[Mapping[str, Any]], batch_size: int = 256, split_workers: bool = True):
         """A torch ``IterableDataset`` yielding only the clean samples of ``dataset``.
 
         ``dataset`` yields dict samples holding the configured columns (any
         iterable works, a torch IterableDataset included); samples are scored in
-        batches of ``batch_size`` and yielded unchanged, in order.
+        batches of ``batch_size`` and yielded unchanged, in order. In a DataLoader
+        with workers (fork, spawn or forkserver) each worker takes every
+        ``num_workers``-th sample (``torch.utils.data.get_worker_info``), so no sample
+        is lost or repeated; pass ``split_workers=False`` when ``dataset`` already
+        splits itself across workers. Each worker loads the model itself and keeps
+        its own near-duplicate index of new rows (a warning says so when there are
+        several).
         """
         from shardguard.torch_data import GuardedIterableDataset
 
-        return GuardedIterableDataset(self, dataset, batch_size)
+        return GuardedIterableDataset(self, dataset, batch_size, split_workers)
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -443,6 +551,9 @@ class Guard:
         arrays["clusters.counts"] = self._cluster_counts
         arrays["clusters.reference"] = self._cluster_reference
         arrays["clusters.majority"] = self._cluster_majority
+        arrays["clusters.flood"] = self._cluster_flood
+        arrays["rootfeat.seqs"] = self._root_features.seqs
+        arrays.update(self._root_features.features.arrays("rootfeat."))
         for k, v in arrays.items():
             if v.dtype == object:
                 raise TypeError(f"profile array {k} has dtype object; only numeric arrays are saved")
@@ -535,4 +646,6 @@ class Guard:
         return cls(config, detectors, dup_index, arrays["roots.seqs"], root_ids, arrays["clusters.roots"],
                    arrays["clusters.counts"], profile.get("embedder"), embedder, arrays["roots.rows"],
                    arrays["roots.shards"], profile.get("shards", []), arrays["roots.labels"],
-                   arrays["clusters.reference"], arrays["clusters.majority"], LabelCodes(profile.get("labels", [])))
+                   arrays["clusters.reference"], arrays["clusters.majority"], LabelCodes(profile.get("labels", [])),
+                   arrays["clusters.flood"],
+                   RootFeatures(arrays["rootfeat.seqs"], StatementFeatures.from_arrays(arrays, "rootfeat.")))

@@ -40,6 +40,7 @@ from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
 from shardguard.io.outputs import OutputLock, check_scan_output, file_sha256, json_digest, real_path
+from shardguard.io.idlist import allowed_ids
 from shardguard.io.readers import Shard, ShardError, ShardReader, discover_shards
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
 from shardguard.stages import (
@@ -49,7 +50,9 @@ from shardguard.stages import (
     DuplicateClusters,
     DuplicateVerdict,
     ReservoirSample,
+    RootFeatures,
     duplicate_flags,
+    judge_copies,
     text_kwargs,
     verdict_table,
 )
@@ -89,6 +92,7 @@ class ShardOutcome:
     invalid: int = 0
     status: str = "ok"
     reasons: Counter = field(default_factory=Counter)
+    allowed: int = 0
     resumed: bool = False
     done: bool = False
     size: int = 0
@@ -104,6 +108,7 @@ class ShardOutcome:
             "clean": self.clean,
             "quarantined": self.quarantined,
             "invalid": self.invalid,
+            "allowed": self.allowed,
             "reasons": dict(sorted(self.reasons.items())),
             "status": self.status,
         }
@@ -143,6 +148,10 @@ class ScanState:
     root_labels: list[np.ndarray] = field(default_factory=list)
     #: Cluster root sequence number -> (id, shard, row, label), for ``duplicate_of*`` and the report.
     cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
+    #: What each indexed root says (length, words, negations, hashes), to judge its copies.
+    root_features: RootFeatures = field(default_factory=RootFeatures)
+    #: Ids confirmed clean by a review (``review.allow``), as an Arrow array for ``is_in``.
+    allow: pa.Array | None = None
 
 
 def one_line(message: str) -> str:
@@ -355,12 +364,14 @@ class ScanPipeline:
         self.timings["setup"] += time.perf_counter() - t
         skipped: dict[str, str] = {}
         detectors = build_detectors(cfg, embedder, skipped)
+        allow = allowed_ids(cfg.review.allow)
         run_key = _digest(
             {
                 "version": __version__,
                 "config": cfg.to_dict(),
                 "embedder": embedder_info,
                 "shards": [(o.shard.name, o.sha256) for o in outcomes],
+                "allow_sha256": file_sha256(cfg.review.allow) if cfg.review.allow else None,
             }
         )
 
@@ -396,6 +407,7 @@ class ScanPipeline:
             input_bytes=sum(o.size for o in outcomes),
             root_ids=[] if remember_roots else None,
             skipped_detectors=skipped,
+            allow=allow,
         )
         needs_text = any(getattr(d, "needs_text", False) for d in detectors.values())
         reservoir = ReservoirSample(cfg.fit.reservoir_size, cfg.random_state, keep_text=needs_text)
@@ -406,7 +418,7 @@ class ScanPipeline:
             seq += self._replay_shard(o, state, reservoir)
         self.progress.finish()
         state.cluster_roots = self._root_ids(state.clusters, ok, state.seq_start, work_dir)
-        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()})
+        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features)
         self.timings["index"] += time.perf_counter() - t
 
         # Fit.
@@ -542,10 +554,11 @@ class ScanPipeline:
                     root, sim = state.dup_index.add(vb.column("text"))
                     root = np.asarray(root)
                     rows = vb.column("row").to_numpy()
-                    state.clusters.record(o.shard.name, rows, root, np.asarray(sim), y)
+                    first = state.dup_index.n_docs - vb.num_rows
+                    same, feats = judge_copies(state.root_features, vb.column("text"), root, first)
+                    state.clusters.record(o.shard.name, rows, root, np.asarray(sim), y, same, feats)
                     if state.root_ids is not None:
                         is_root = root < 0
-                        first = state.dup_index.n_docs - vb.num_rows
                         state.root_seqs.append(first + np.flatnonzero(is_root))
                         state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
                         state.root_rows.append(rows[is_root])
@@ -582,9 +595,9 @@ class ScanPipeline:
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
                      root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
-        m_rows, m_root, m_sim = state.clusters.members(o.shard.name)
+        m_rows, m_root, m_sim, m_same = state.clusters.members(o.shard.name)
         nd = self.config.near_duplicates
-        o.clean = o.quarantined = o.invalid = 0
+        o.clean = o.quarantined = o.invalid = o.allowed = 0
         o.reasons = Counter()
         seq = state.seq_start[o.shard.name]
         detectors = state.detectors
@@ -606,11 +619,13 @@ class ScanPipeline:
                     score[is_member] = m_sim[pos[is_member]]
                     member_root = np.full(n, -1, np.int64)
                     member_root[is_member] = m_root[pos[is_member]]
+                    same = np.zeros(n, bool)
+                    same[is_member] = m_same[pos[is_member]]
                     own_seq = np.full(n, -1, np.int64)
                     own_seq[vidx] = seq + np.arange(vidx.size)
-                    _, size, ref, maj = clusters.lookup(np.where(is_member, member_root, own_seq))
+                    _, _, ref, maj, in_flood = clusters.lookup(np.where(is_member, member_root, own_seq))
                     labels = batch.column("label").to_numpy(zero_copy_only=False)
-                    near, flood = duplicate_flags(nd.copies, nd.flood_size, is_member, labels, size, ref, maj)
+                    near, flood = duplicate_flags(nd.copies, is_member, labels, in_flood, ref, maj, same)
                     dup_of = np.full(n, None, dtype=object)
                     of_shard = np.full(n, None, dtype=object)
                     of_row = np.full(n, None, dtype=object)
@@ -627,8 +642,14 @@ class ScanPipeline:
                     texts = vb.column("text").to_numpy(zero_copy_only=False)
                     for name, det in detectors.items():
                         det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
-                verdicts, flags = verdict_table(batch, valid, dups, det_scores, thresholds, columns)
-                q = verdicts.filter(pc.not_equal(verdicts.column("status"), "clean"))
+                allowed = None
+                if state.allow is not None:
+                    allowed = pc.is_in(batch.column("id"), value_set=state.allow).to_numpy(zero_copy_only=False)
+                verdicts, flags = verdict_table(batch, valid, dups, det_scores, thresholds, columns, allowed,
+                                                self.config.review.text_chars)
+                status = verdicts.column("status")
+                q = verdicts.filter(pc.is_in(status, value_set=pa.array(["quarantined", "invalid"])))
+                o.allowed += int(pc.sum(pc.equal(status, "allowed")).as_py() or 0)
                 writer.add(q, verdicts)
                 for name, f in flags.items():
                     o.reasons[name] += int(f.sum())
@@ -640,6 +661,7 @@ class ScanPipeline:
 
     def _restore(self, o: ShardOutcome, done: dict[str, Any]) -> None:
         o.clean, o.quarantined, o.invalid = done["clean"], done["quarantined"], done["invalid"]
+        o.allowed = done.get("allowed", 0)
         o.reasons = Counter(done.get("reasons", {}))
         o.resumed = True
         log.info("%s: already scanned with the same inputs and config; kept", o.shard.name)
@@ -681,12 +703,14 @@ class ScanPipeline:
             "clean": sum(o.clean for o in ok),
             "quarantined": sum(o.quarantined for o in ok),
             "invalid": sum(o.invalid for o in ok),
+            "allowed": sum(o.allowed for o in ok),
         }
         nd = self.config.near_duplicates
         thresholds: dict[str, Any] = {}
         if nd.enabled:
             copies_rule = {
-                "conflicting": "a later copy whose label differs from the first occurrence's",
+                "conflicting": "a later copy that says what the first occurrence says (similar length, not a "
+                               "sub-phrase or a negation of it) under another label (both labelled)",
                 "all": "every later copy",
                 "none": "no copy (near_duplicate_score is still written)",
             }[nd.copies]
@@ -698,8 +722,10 @@ class ScanPipeline:
                 "copies_found": int((table.sizes - 1).sum()),
             }
             thresholds[DUPLICATE_FLOOD] = {"threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
-                                           "rule": "the rows carrying the majority label of a cluster with more "
-                                                   "rows than the threshold (all of them when unlabelled)"}
+                                           "rule": "the rows carrying the majority label of a cluster whose root and "
+                                                   "same-statement copies number more than the threshold, when those "
+                                                   "rows carry two labels or more, no label, or are mostly edited "
+                                                   "variants rather than verbatim repeats (all of them when unlabelled)"}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
         largest = np.lexsort((table.roots, -table.sizes))[:10]  # by size, then scan order
@@ -715,7 +741,7 @@ class ScanPipeline:
                     "root_shard": where.get(k, (None, None, None))[1],
                     "root_row": where.get(k, (None, None, None))[2],
                     "size": int(table.sizes[i]),
-                    "flood": bool(table.sizes[i] > nd.flood_size),
+                    "flood": bool(table.flood[i]),
                     "first_label": table.reference[i],
                     "majority_label": table.majority[i],
                 }

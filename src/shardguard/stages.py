@@ -6,11 +6,13 @@ clusters, turn scores into verdicts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from shardguard.detectors.base import as_labels, label_groups
@@ -24,6 +26,182 @@ DUPLICATE_FLOOD = "duplicate_flood"
 def id_hashes(ids: list[str]) -> np.ndarray:
     """64-bit xxh3 hashes of row ids, ``(n,)`` uint64: ids kept at 8 bytes each instead of as strings."""
     return np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), dtype=np.uint64, count=len(ids))
+
+
+#: Negation words ("funny" / "not funny"), and "n't" wherever it is written.
+NEGATION_RE = re.compile(r"\b(?:not|no|never|nor|none|nothing|nobody|neither|without|cannot|hardly|barely)\b|n't")
+#: A label-conflicting copy counts as the same statement only when the shorter of the two
+#: normalised texts holds at least this share of the longer one's characters (chosen by
+#: measurement on GLUE SST-2 and planted typo copies: see docs/architecture.md).
+MIN_LENGTH_RATIO = 0.85
+#: ... and when their word counts differ by at most this many words (a sub-phrase drops words;
+#: a typo merges two words at most now and then).
+MAX_WORD_DIFF = 2
+
+
+@dataclass
+class StatementFeatures:
+    """What :func:`same_statement` compares of two texts, kept per row as plain arrays ``(n,)``.
+
+    Of the normalised text (``normalize_text``): its length in characters (``length``), its
+    count of whitespace-separated words (``words``), of negation words (``negations``), and
+    64-bit hashes of the whole text (``h_full``), of the text without its first word
+    (``h_tail``) and without its last word (``h_head``). 34 bytes a row.
+    """
+
+    length: np.ndarray  # int32
+    words: np.ndarray  # int32
+    negations: np.ndarray  # int16
+    h_full: np.ndarray  # uint64
+    h_tail: np.ndarray  # uint64
+    h_head: np.ndarray  # uint64
+
+    FIELDS = ("length", "words", "negations", "h_full", "h_tail", "h_head")
+
+    @classmethod
+    def of_texts(cls, texts: "pa.Array | pa.ChunkedArray | list[str]") -> "StatementFeatures":
+        """Features of each text (str sequence or Arrow string array without nulls).
+
+        Lengths and word counts come from the normalised code points (numpy), negations and
+        the texts without their first or last word from Arrow's regex kernels; the only
+        Python steps per text are the three 64-bit hashes.
+        """
+        from shardguard.detectors.near_duplicates import normalize_codepoints
+
+        n = len(texts)
+        if n == 0:
+            return cls.empty()
+        cps, lens = normalize_codepoints(texts)
+        big = cps.tobytes().decode("utf-32-le", "surrogatepass")
+        ends = np.cumsum(lens)
+        norm_list = [big[e - ln: e] for e, ln in zip(ends.tolist(), lens.tolist())]
+        norm = pa.array(norm_list, pa.large_string())
+        spaces = np.zeros(cps.size + 1, np.int64)
+        spaces[1:] = np.cumsum(cps == 32)
+        words = np.where(lens > 0, spaces[ends] - spaces[ends - lens] + 1, 0).astype(np.int32)
+        neg = pc.count_substring_regex(norm, NEGATION_RE.pattern).to_numpy(zero_copy_only=False).astype(np.int16)
+        tail = pc.replace_substring_regex(norm, r"^[^ ]*( |$)", "", max_replacements=1).to_pylist()
+        head = pc.replace_substring_regex(norm, r"(^| )[^ ]*$", "", max_replacements=1).to_pylist()
+
+        def hashes(strings: list[str]) -> np.ndarray:
+            h = xxhash.xxh3_64_intdigest
+            return np.fromiter((h(t.encode("utf-8", "surrogatepass")) for t in strings), np.uint64, n)
+
+        return cls(lens.astype(np.int32), words, neg, hashes(norm_list), hashes(tail), hashes(head))
+
+    @classmethod
+    def empty(cls) -> "StatementFeatures":
+        return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int16),
+                   np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+
+    def take(self, idx: np.ndarray) -> "StatementFeatures":
+        return StatementFeatures(*(getattr(self, f)[idx] for f in self.FIELDS))
+
+    @classmethod
+    def concat(cls, parts: "list[StatementFeatures]") -> "StatementFeatures":
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.FIELDS))
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """Plain arrays for a profile, named ``<prefix><field>``."""
+        return {prefix + f: getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> "StatementFeatures":
+        dtypes = (np.int32, np.int32, np.int16, np.uint64, np.uint64, np.uint64)
+        return cls(*(np.asarray(arrays[prefix + f], dt) for f, dt in zip(cls.FIELDS, dtypes)))
+
+
+def same_statement(copy: StatementFeatures, root: StatementFeatures) -> np.ndarray:
+    """Whether each copy (a character-level near-copy of its root) says what its root says, ``(n,)`` bool.
+
+    Not the same statement: a length ratio below :data:`MIN_LENGTH_RATIO` or more than
+    :data:`MAX_WORD_DIFF` words more or less (a sub-phrase much shorter than its root, or an
+    extension of it); one text being the other with one word more at its start or end ("a masterpiece" / "masterpiece", "it is dull ." / "it is
+    dull"); or a negation word more or less, as a word of its own ("is funny" / "is not
+    funny"). Typo'd copies (a few character edits) keep their words and their length.
+    """
+    lo = np.minimum(copy.length, root.length).astype(np.float64)
+    hi = np.maximum(np.maximum(copy.length, root.length), 1).astype(np.float64)
+    similar_length = (lo / hi >= MIN_LENGTH_RATIO) & (np.abs(copy.words - root.words) <= MAX_WORD_DIFF)
+    one_word_more = ((copy.h_full == root.h_tail) | (copy.h_full == root.h_head)
+                     | (root.h_full == copy.h_tail) | (root.h_full == copy.h_head))
+    one_word_more &= np.abs(copy.words - root.words) == 1
+    negated = (copy.negations != root.negations) & (copy.words != root.words)
+    return similar_length & ~one_word_more & ~negated
+
+
+class RootFeatures:
+    """:class:`StatementFeatures` of the near-duplicate index's roots, looked up by sequence number.
+
+    Roots arrive in increasing sequence order (scan order), so each field is one sorted,
+    growable array (capacity doubles: appending a batch costs the batch, not the store).
+    """
+
+    def __init__(self, seqs: np.ndarray | None = None, features: StatementFeatures | None = None) -> None:
+        self._n = 0
+        self._seqs = np.zeros(0, np.int64)
+        self._feats = StatementFeatures.empty()
+        if seqs is not None and features is not None:
+            self.add(seqs, features)
+
+    def add(self, seqs: np.ndarray, features: StatementFeatures) -> None:
+        m = len(seqs)
+        if not m:
+            return
+        if self._n + m > self._seqs.size:
+            cap = max(2 * self._seqs.size, self._n + m, 1024)
+            grown = np.zeros(cap, np.int64)
+            grown[: self._n] = self._seqs[: self._n]
+            self._seqs = grown
+            parts = []
+            for f in StatementFeatures.FIELDS:
+                old = getattr(self._feats, f)
+                new = np.zeros(cap, old.dtype)
+                new[: self._n] = old[: self._n]
+                parts.append(new)
+            self._feats = StatementFeatures(*parts)
+        self._seqs[self._n: self._n + m] = seqs
+        for f in StatementFeatures.FIELDS:
+            getattr(self._feats, f)[self._n: self._n + m] = getattr(features, f)
+        self._n += m
+
+    @property
+    def seqs(self) -> np.ndarray:
+        return self._seqs[: self._n]
+
+    @property
+    def features(self) -> StatementFeatures:
+        return self._feats.take(np.arange(self._n))
+
+    def lookup(self, seqs: np.ndarray) -> StatementFeatures:
+        """Features of the roots with these sequence numbers (each must have been added)."""
+        keys = self.seqs
+        seqs = np.asarray(seqs, np.int64)
+        pos = np.searchsorted(keys, seqs)
+        if pos.size and (pos.max() >= keys.size or np.any(keys[np.minimum(pos, keys.size - 1)] != seqs)):
+            raise KeyError("a root's statement features are missing")
+        return self._feats.take(pos)
+
+
+def judge_copies(roots: RootFeatures, texts: pa.Array | pa.ChunkedArray, root: np.ndarray,
+                 first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remember what the new roots among ``texts`` say, and judge the copies against their roots.
+
+    ``texts`` were just added to the near-duplicate index as sequence numbers ``first ..``,
+    which returned ``root`` (-1 for a new root). Returns ``(same, features)``: ``same``
+    (bool ``(n,)``) marks a copy that says what its root says (:func:`same_statement`),
+    ``features`` are every text's :class:`StatementFeatures`. Shared by scan and Guard.
+    """
+    feats = StatementFeatures.of_texts(texts)
+    new = np.flatnonzero(root < 0)
+    roots.add(first + new, feats.take(new))
+    copies = np.flatnonzero(root >= 0)
+    same = np.zeros(root.size, bool)
+    if copies.size:
+        same[copies] = same_statement(feats.take(copies), roots.lookup(root[copies]))
+    return same, feats
 
 
 class ReservoirSample:
@@ -89,8 +267,17 @@ class DuplicateClusters:
     After pass 1b, :meth:`resolve` is given the roots' labels and fixes each
     cluster's reference label (its first occurrence's) and majority label (the
     label most of its rows carry; ties go to the reference, then to the
-    smallest label as a string), which :func:`duplicate_flags` turns into verdicts
-    through :meth:`table`.
+    smallest label as a string), and whether it is a flood, which
+    :func:`duplicate_flags` turns into verdicts through :meth:`table`.
+
+    A flood is a cluster whose core -- its rows of about the cluster's median length
+    (length ratio >= :data:`MIN_LENGTH_RATIO`, at most :data:`MAX_WORD_DIFF` words apart)
+    -- holds more than ``flood_size`` rows, and that is poison-like: its rows carry two
+    labels or more (a contradiction), or no label at all, or its core is mostly distinct
+    texts rather than verbatim repeats (copies edited to evade exact deduplication). A
+    recurring template under one label ("Sorry, I'll call later" sent 37 times) and a
+    phrase-level dataset's overlapping sub-phrases of different lengths are not floods.
+    Without statement features (``record`` without ``features``) every row is core and distinct.
     """
 
     def __init__(self, flood_size: int) -> None:
@@ -98,6 +285,8 @@ class DuplicateClusters:
         self._shard_chunks: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self._roots: list[np.ndarray] = []  # root of every copy, a chunk per batch
         self._codes: list[np.ndarray] = []  # label code of every copy
+        self._same: list[np.ndarray] = []  # bool: the copy says what its root says
+        self._feats: list[StatementFeatures | None] = []  # the copies' length, words, text hash
         self._code_of: dict[Any, int] = {}  # label -> code
         self._table: ClusterTable | None = None
 
@@ -105,11 +294,15 @@ class DuplicateClusters:
         return np.array([self._code_of.setdefault(lab, len(self._code_of)) for lab in labels], dtype=np.int32)
 
     def record(self, shard: str, rows: np.ndarray, root: np.ndarray, sim: np.ndarray,
-               labels: np.ndarray | None = None) -> None:
+               labels: np.ndarray | None = None, same: np.ndarray | None = None,
+               features: StatementFeatures | None = None) -> None:
         """Keep the copies among ``rows`` (root >= 0) of one shard, with their labels.
 
         All arrays ``(n,)``: ``rows`` (row numbers in the shard), ``root`` (sequence
-        number of the first occurrence, -1 for none), ``sim``, ``labels`` (object).
+        number of the first occurrence, -1 for none), ``sim``, ``labels`` (object),
+        ``same`` (bool: :func:`same_statement` of each copy and its root; all True when
+        None); ``features``: every row's :class:`StatementFeatures` (for floods; 20 bytes a
+        copy are kept).
         """
         dup = np.flatnonzero(np.asarray(root) >= 0)
         if not dup.size:
@@ -117,33 +310,39 @@ class DuplicateClusters:
         self._table = None
         ro = np.asarray(root, dtype=np.int64)[dup]
         self._shard_chunks.setdefault(shard, []).append(
-            (np.asarray(rows, dtype=np.int64)[dup], ro, np.asarray(sim, dtype=np.float32)[dup])
+            (np.asarray(rows, dtype=np.int64)[dup], ro, np.asarray(sim, dtype=np.float32)[dup],
+             np.ones(dup.size, bool) if same is None else np.asarray(same, bool)[dup])
         )
         self._roots.append(ro)
+        self._same.append(np.ones(dup.size, bool) if same is None else np.asarray(same, bool)[dup])
+        self._feats.append(None if features is None else StatementFeatures(
+            features.length[dup], features.words[dup], np.zeros(0, np.int16), features.h_full[dup],
+            np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
         if labels is None:
             self._codes.append(np.full(dup.size, self._encode([None])[0], dtype=np.int32))
         else:
             codes, keys = label_groups(as_labels(np.asarray(labels, dtype=object)[dup], dup.size))
             self._codes.append(self._encode(keys)[codes])
 
-    def members(self, shard: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(rows, root, sim)`` of one shard's copies, sorted by row."""
+    def members(self, shard: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, root, sim, same)`` of one shard's copies, sorted by row."""
         chunks = self._shard_chunks.get(shard)
         if not chunks:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        rows, root, sim = (np.concatenate(c) for c in zip(*chunks))
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
+        rows, root, sim, same = (np.concatenate(c) for c in zip(*chunks))
         order = np.argsort(rows, kind="stable")
-        return rows[order], root[order], sim[order]
+        return rows[order], root[order], sim[order], same[order]
 
     def all_roots(self) -> np.ndarray:
         """Sorted roots of every cluster so far (int64)."""
         return np.unique(np.concatenate(self._roots)) if self._roots else np.zeros(0, np.int64)
 
-    def resolve(self, root_labels: Mapping[int, Any]) -> None:
-        """Fix every cluster's size, reference and majority label from its root's label."""
+    def resolve(self, root_labels: Mapping[int, Any], root_features: "RootFeatures | None" = None) -> None:
+        """Fix every cluster's size, reference and majority label from its root's label, and
+        whether it is a flood (with ``root_features``: from its rows' lengths and texts)."""
         if not self._roots:
             self._table = ClusterTable(np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                       np.zeros(0, dtype=object), np.zeros(0, dtype=object))
+                                       np.zeros(0, dtype=object), np.zeros(0, dtype=object), np.zeros(0, bool))
             return
         roots, inv = np.unique(np.concatenate(self._roots), return_inverse=True)
         k = roots.size
@@ -167,8 +366,44 @@ class DuplicateClusters:
         majority_codes = np.empty(k, np.int64)
         majority_codes[cluster[first]] = code[first]
         label_arr = np.array(labels + [None], dtype=object)[:-1]
-        self._table = ClusterTable(roots, np.bincount(inv.ravel(), minlength=k) + 1,
-                                   label_arr[ref_codes], label_arr[majority_codes])
+        inv = inv.ravel()
+        flood = self._floods(roots, inv, ref_codes, K, root_features)
+        self._table = ClusterTable(roots, np.bincount(inv, minlength=k) + 1,
+                                   label_arr[ref_codes], label_arr[majority_codes], flood)
+
+    def _floods(self, roots: np.ndarray, inv: np.ndarray, ref_codes: np.ndarray, K: int,
+                root_features: "RootFeatures | None") -> np.ndarray:
+        """Which clusters are floods (see the class docstring), bool ``(k,)``."""
+        k = roots.size
+        cl = np.concatenate([inv, np.arange(k)])  # every row's cluster: copies, then roots
+        codes = np.concatenate([np.concatenate(self._codes), ref_codes])
+        have = root_features is not None and all(f is not None for f in self._feats)
+        if have:
+            rf = root_features.lookup(roots)
+            length = np.concatenate([f.length for f in self._feats] + [rf.length]).astype(np.int64)
+            words = np.concatenate([f.words for f in self._feats] + [rf.words]).astype(np.int64)
+            text = np.concatenate([f.h_full for f in self._feats] + [rf.h_full])
+            order = np.lexsort((length, cl))
+            starts = np.searchsorted(cl[order], np.arange(k))
+            counts = np.bincount(cl, minlength=k)
+            med_len = length[order][starts + counts // 2]
+            order_w = np.lexsort((words, cl))
+            med_words = words[order_w][starts + counts // 2]
+            ml, mw = med_len[cl], med_words[cl]
+            core = ((np.minimum(length, ml) / np.maximum(np.maximum(length, ml), 1) >= MIN_LENGTH_RATIO)
+                    & (np.abs(words - mw) <= MAX_WORD_DIFF))
+            n_core = np.bincount(cl, weights=core, minlength=k).astype(np.int64)
+            distinct_pairs = np.unique(np.stack([cl[core].astype(np.uint64), text[core]]), axis=1)
+            n_distinct = np.bincount(distinct_pairs[0].astype(np.int64), minlength=k)
+        else:
+            n_core = n_distinct = np.bincount(cl, minlength=k)
+        none_code = self._code_of.get(None, -1)
+        pairs = np.unique(cl * K + codes)
+        p_cluster, p_code = pairs // K, pairs % K
+        labelled = p_code != none_code
+        n_labels = np.bincount(p_cluster[labelled], minlength=k)
+        poison_like = (n_labels >= 2) | (n_labels == 0) | (2 * n_distinct >= n_core)
+        return (n_core > self.flood_size) & poison_like
 
     def table(self) -> "ClusterTable":
         """The clusters as sorted arrays, for vectorised lookups (after :meth:`resolve`)."""
@@ -185,50 +420,61 @@ class ClusterTable:
     sizes: np.ndarray  # int64: rows in the cluster, root included
     reference: np.ndarray  # object: the root's label
     majority: np.ndarray  # object: the label most rows of the cluster carry
+    flood: np.ndarray  # bool: a flood (see DuplicateClusters)
 
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(found, size, reference, majority) for cluster keys (root sequence numbers); size 1
-        and labels None where ``keys`` is no cluster's root (negative keys included)."""
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(found, size, reference, majority, flood) for cluster keys (root sequence numbers);
+        size 1, labels None and no flood where ``keys`` is no cluster's root (negative keys included)."""
         keys = np.asarray(keys, dtype=np.int64)
         n = keys.size
         size = np.ones(n, np.int64)
         ref = np.full(n, None, dtype=object)
         maj = np.full(n, None, dtype=object)
         found = np.zeros(n, bool)
+        flood = np.zeros(n, bool)
         if self.roots.size and n:
             pos = np.minimum(np.searchsorted(self.roots, keys), self.roots.size - 1)
             found = self.roots[pos] == keys
             p = pos[found]
             size[found], ref[found], maj[found] = self.sizes[p], self.reference[p], self.majority[p]
-        return found, size, ref, maj
+            flood[found] = self.flood[p]
+        return found, size, ref, maj, flood
 
 
-def duplicate_flags(copies: str, flood_size: int, is_member: np.ndarray, labels: np.ndarray,
-                    size: np.ndarray, reference: np.ndarray, majority: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def duplicate_flags(copies: str, is_member: np.ndarray, labels: np.ndarray, in_flood: np.ndarray,
+                    reference: np.ndarray, majority: np.ndarray,
+                    same: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``near_duplicate`` and ``duplicate_flood`` flags, bool arrays of shape ``(n,)``.
 
     Inputs, all ``(n,)``: ``is_member`` (a later copy of an earlier row), each
     row's own ``labels``, and of the row's cluster (its own when it is a root,
-    size 1 when it is in none) the ``size``, the ``reference`` label (the first
-    occurrence's) and the ``majority`` label.
+    none when it is in none) whether it is a flood (``in_flood``, see
+    :class:`DuplicateClusters`), the ``reference`` label (the first occurrence's)
+    and the ``majority`` label; ``same``: whether a copy says what its root says
+    (:func:`same_statement`; all True when None).
 
-    * duplicate_flood: a row of a cluster larger than ``flood_size`` that carries
-      the cluster's majority label (every row when unlabelled).
-    * near_duplicate: a copy, when ``copies`` is ``"all"``; a copy whose label
-      differs from the reference when ``"conflicting"``, except a flood's rows
-      outside its majority label; never when ``"none"``.
+    * duplicate_flood: a row of a flood that carries the cluster's majority label
+      (every row when unlabelled).
+    * near_duplicate: a copy, when ``copies`` is ``"all"``; when ``"conflicting"``, a
+      copy that says what its root says under another label (both labelled: an
+      unlabelled row contradicts nothing), except a flood's rows outside its majority
+      label; never when ``"none"``.
 
     So the genuine sentence an attacker copied under another label stays clean
     whether it comes before its flood in scan order or after it.
     """
     labels = np.asarray(labels, dtype=object)
-    in_flood = size > flood_size
+    reference = np.asarray(reference, dtype=object)
+    in_flood = np.asarray(in_flood, bool)
     with_majority = np.asarray(labels == majority, bool)
     flood = in_flood & with_majority
     if copies == "all":
         near = np.asarray(is_member, bool).copy()
     elif copies == "conflicting":
-        near = np.asarray(is_member, bool) & np.asarray(labels != reference, bool) & ~(in_flood & ~with_majority)
+        both_labelled = np.asarray(labels != None, bool) & np.asarray(reference != None, bool)  # noqa: E711
+        says_same = np.ones(labels.size, bool) if same is None else np.asarray(same, bool)
+        near = (np.asarray(is_member, bool) & says_same & both_labelled & np.asarray(labels != reference, bool)
+                & ~(in_flood & ~with_majority))
     else:
         near = np.zeros(labels.size, bool)
     return near, flood
@@ -265,14 +511,19 @@ def verdict_table(
     detector_scores: Mapping[str, np.ndarray],
     thresholds: Mapping[str, float],
     columns: list[str],
+    allowed: np.ndarray | None = None,
+    text_chars: int = 200,
 ) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """Turn one batch's findings into every row's verdict, and the flags by reason.
 
-    ``batch`` has ``id``, ``row``, ``label`` and ``detail`` columns; ``valid``
-    is a bool mask of shape ``(n,)``; ``detector_scores`` holds float64 scores
-    of shape ``(n,)`` (NaN for rows not scored); a row is flagged by a detector
-    when its score is above that detector's threshold. The table has the
-    quarantine list's columns plus ``status`` (clean, quarantined or invalid).
+    ``batch`` has ``id``, ``row``, ``label`` and ``detail`` columns, and ``text``
+    where known; ``valid`` is a bool mask of shape ``(n,)``; ``detector_scores``
+    holds float64 scores of shape ``(n,)`` (NaN for rows not scored); a row is
+    flagged by a detector when its score is above that detector's threshold.
+    ``allowed`` (bool ``(n,)``) marks ids a person confirmed clean: a valid flagged
+    row among them is ``allowed``, not quarantined. The table has the quarantine
+    list's columns (``text`` cut at ``text_chars`` characters) plus ``status``
+    (clean, quarantined, invalid or allowed); the flags by reason leave allowed rows out.
     """
     n = batch.num_rows
     flags: dict[str, np.ndarray] = {INVALID: ~valid}
@@ -295,7 +546,14 @@ def verdict_table(
     flagged = np.zeros(n, bool)
     for f in flags.values():
         flagged |= f
-    status = np.where(~valid, "invalid", np.where(flagged, "quarantined", "clean"))
+    is_allowed = flagged & valid & (np.zeros(n, bool) if allowed is None else np.asarray(allowed, bool))
+    if is_allowed.any():
+        flags = {k: f & ~is_allowed for k, f in flags.items()}
+    status = np.where(~valid, "invalid", np.where(is_allowed, "allowed", np.where(flagged, "quarantined", "clean")))
+    if "text" in batch.column_names and text_chars > 0:
+        text = pc.utf8_slice_codeunits(batch.column("text"), 0, text_chars)
+    else:
+        text = pa.nulls(n, pa.string())
     table = pa.table(
         {
             "id": batch.column("id"),
@@ -307,6 +565,7 @@ def verdict_table(
             "duplicate_of_row": pa.array(of_row.tolist(), pa.int64()),
             "label": batch.column("label"),
             "detail": batch.column("detail"),
+            "text": text,
             **{c: pa.array(scores.get(c, np.full(n, np.nan)), pa.float64(), from_pandas=True) for c in columns},
         }
     )

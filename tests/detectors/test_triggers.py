@@ -181,3 +181,47 @@ def test_estimator_contract(embed):
         det.fit(X, y)  # texts are required
     with pytest.raises(ValueError):
         det.fit(X, y, texts=texts[:3])
+
+
+@pytest.mark.slow
+def test_rejected_candidates_rank_below_the_threshold_without_ties(samples_dir, minilm):
+    """On the bundled SMS samples many candidate n-grams are significant but fail a guard
+    (their rows are not one cluster): their rows stay unflagged, below the threshold, and are
+    ranked by the candidate's strength instead of all sitting exactly at the threshold."""
+    from shardguard.io.readers import ShardReader, discover_shards
+
+    texts, labels = [], []
+    for shard in discover_shards([samples_dir]):
+        for b in ShardReader(shard, 1024, ["text", "label"]):
+            for t, lab in zip(b.column("text").to_pylist(), b.column("label").to_pylist()):
+                if isinstance(t, str) and t.strip() and lab is not None:
+                    texts.append(t)
+                    labels.append(lab)
+    det = TriggerDetector()
+    t = np.array(texts, dtype=object)
+    y = np.array(labels, dtype=object)
+    det.fit(minilm(texts), y, texts=t)
+    s = det.score_samples(minilm(texts), y, texts=t)
+    assert not np.any(s == det.threshold_)
+    near = s[(s > det.threshold_ - 1) & (s < det.threshold_)]
+    assert near.size > 100  # rows of rejected candidates: many ...
+    assert np.unique(near).size >= 5  # ... told apart by their candidate's strength
+
+
+@pytest.mark.slow
+def test_unlabelled_rows_in_labelled_data(sst2, minilm, shared_data):
+    """A labelled dataset with an unlabelled split in it (GLUE SST-2's test file): the labelled
+    rules still find a planted trigger (one null label used to switch them all off), and no
+    unlabelled row is flagged."""
+    import pyarrow.parquet as pq
+
+    ids, texts, labels = sst2
+    sc = attacks.badnets(ids, texts, labels, target="1", rate=0.03, seed=3, dataset="sst2")
+    extra = pq.read_table(shared_data / "sst2_glue" / "test.parquet").column("text").to_pylist()[:500]
+    all_texts = list(sc.texts) + extra
+    y = np.array(list(sc.labels) + [None] * len(extra), dtype=object)
+    flagged = _run(TriggerDetector(), minilm(all_texts), y, all_texts)
+    p = sc.is_poison
+    n = len(sc.texts)
+    assert (flagged[:n] & p).sum() / p.sum() >= 0.95
+    assert not flagged[n:].any()

@@ -51,7 +51,9 @@ by the template, output LAST):
 Scores: ``-log10`` of the Bonferroni-adjusted p-value of the strongest trigger
 n-gram a row carries with its label (labelled), or a comparable strength for the
 unlabelled rules; ``threshold_ = -log10(alpha_test)``. Rows of candidates that
-fail a guard get their score capped at the threshold (never flagged). Fitted
+fail a guard get their score capped below the threshold (never flagged), by
+:func:`_below`, which keeps their order: a row is ranked by the strength of its
+strongest candidate whether or not that candidate was accepted. Fitted
 state: the candidate n-grams with their label and score, and the fixed-response
 suffixes -- persisted as JSON, no pickle.
 """
@@ -94,6 +96,18 @@ def _as_texts(texts: Any, n: int) -> np.ndarray:
     if arr.shape != (n,):
         raise ValueError(f"texts must have shape ({n},), got {arr.shape}")
     return np.array(["" if t is None else str(t) for t in arr], dtype=object)
+
+
+def _below(score: float, threshold: float) -> float:
+    """A rejected candidate's score: strictly below ``threshold``, continuous and increasing in ``score``.
+
+    Scores up to ``threshold - 1`` are kept; higher ones map into ``(threshold - 1, threshold)``
+    as ``threshold - 1 / (score - threshold + 2)``. Rows of rejected candidates are so never
+    flagged, yet do not all tie at the threshold (which made ranking by the score meaningless).
+    """
+    if score <= threshold - 1.0:
+        return float(score)
+    return float(threshold - 1.0 / (score - threshold + 2.0))
 
 
 def _neglog10_bonferroni(log_p: float, n_tests: int) -> float:
@@ -233,9 +247,15 @@ class TriggerDetector(EmbeddingDetector):
             self.rounds_ = 0
             return self
         Xf = _principal_rows(np.asarray(X, dtype=np.float64), self.n_components)
-        lab_ok = labels is not None and not any(v is None for v in labels.tolist())
-        if lab_ok and len(set(labels.tolist())) >= 2:
-            self._fit_labelled(Xf, labels, texts)
+        # Labelled data with some unlabelled rows (a test split without labels): the labelled
+        # rules run on the labelled rows, and an unlabelled row is never scored by them (a
+        # candidate carries a label); the unlabelled rules are for wholly unlabelled data.
+        has = np.zeros(n, bool) if labels is None else np.array([v is not None for v in labels.tolist()], bool)
+        if has.any() and len(set(labels[has].tolist())) >= 2:
+            if has.all():
+                self._fit_labelled(Xf, labels, texts)
+            else:
+                self._fit_labelled(Xf[has], labels[has], texts[has])
         else:
             self._fit_unlabelled(Xf, texts)
         return self
@@ -337,7 +357,7 @@ class TriggerDetector(EmbeddingDetector):
                     coh = self._coherence_excess(Xf, idx[S[in_c]], base)
                     ok = coh <= float(self.max_coherence)
                 if not ok:
-                    s = min(s, self.threshold_)
+                    s = _below(s, self.threshold_)
                 for j in js:
                     scores[j] = s
                 if ok:
@@ -359,10 +379,10 @@ class TriggerDetector(EmbeddingDetector):
                         accepted.append(f)
                     else:
                         for j in f[0]:
-                            scores[j] = min(scores[j], self.threshold_)
+                            scores[j] = _below(scores[j], self.threshold_)
                 else:
                     for j in f[0]:
-                        scores[j] = min(scores[j], self.threshold_)
+                        scores[j] = _below(scores[j], self.threshold_)
                 if accepted and accepted[-1] is f:
                     covered.update(rows_g.tolist())
             new_flags = [f[:7] for f in accepted]

@@ -83,13 +83,16 @@ def quarantine_schema(score_columns: Sequence[str]) -> pa.Schema:
         pa.field("duplicate_of_row", pa.int64()),
         pa.field("label", pa.string()),
         pa.field("detail", pa.string()),
+        # the row's text for review, cut at review.text_chars characters (null for invalid rows)
+        pa.field("text", pa.string()),
     ]
     fields += [pa.field(c, pa.float64()) for c in score_columns]
     return pa.schema(fields)
 
 
 def scores_schema(score_columns: Sequence[str]) -> pa.Schema:
-    """Every row's verdict: ``status`` is clean, quarantined or invalid."""
+    """Every row's verdict: ``status`` is clean, quarantined, invalid or allowed (flagged, but
+    confirmed clean by ``review.allow``)."""
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("row", pa.int64(), nullable=False),
