@@ -154,6 +154,7 @@ def test_a_plain_model2vec_folder_is_used_as_it_is(distilled, tmp_path):
 def test_auto_resolves_as_documented():
     if cuda_available():
         pytest.skip("this machine has CUDA: auto picks the transformer")
+    assert CPU_DEFAULT == "static"
     assert select_embedder(EmbedConfig()) == (CPU_DEFAULT, select_embedder(EmbedConfig())[1])
     assert select_embedder(EmbedConfig())[1].startswith("auto: no CUDA device")
     assert select_embedder(EmbedConfig(device="cpu"))[0] == CPU_DEFAULT

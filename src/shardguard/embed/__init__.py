@@ -33,14 +33,11 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-#: What ``auto`` runs where no GPU runs the transformer. The static model is 50-200x faster on
-#: CPUs, but on the poisoning benchmark (docs/benchmarks.md, "Static vs MiniLM") it does not
-#: yet meet every target MiniLM meets: BadNets at 1% on SST-2 (recall 0.81), the lowercase-free
-#: McDonald's injection (0.42-0.56) and clean SMS Spam (1.7% flagged). Until the detectors
-#: close that gap, auto keeps the transformer on CPUs too; ``--embedder static`` is one flag away.
-CPU_DEFAULT = "sentence-transformers"
-_CPU_WHY = ("the static model is faster but does not yet meet every poisoning-benchmark target "
-            "(docs/benchmarks.md); --embedder static runs it")
+#: What ``auto`` runs where no GPU runs the transformer: the static model distilled from it.
+#: On two CPU cores it embeds 50-200x faster, and the poisoning benchmark met every target
+#: with it that it meets with MiniLM (docs/benchmarks.md, "Static vs MiniLM").
+CPU_DEFAULT = "static"
+_CPU_WHY = "the static model distilled from the transformer is 50-200x faster on CPUs, with the same detection targets met"
 
 
 def select_embedder(cfg: "EmbedConfig") -> tuple[str, str]:
