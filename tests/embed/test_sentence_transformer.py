@@ -101,11 +101,13 @@ def test_make_embedder_builds_each_kind():
     h = make_embedder(EmbedConfig(embedder="hashing", hashing_dim=128), 5)
     assert isinstance(h, HashingEmbedder) and h.dim == 128 and h.random_state == 5
     assert isinstance(make_embedder(EmbedConfig(embedder="precomputed"), 0), PrecomputedEmbedder)
-    s = make_embedder(EmbedConfig(batch_size=8, max_seq_length=32, device="cpu"), 0)
+    s = make_embedder(EmbedConfig(embedder="sentence-transformers", batch_size=8, max_seq_length=32,
+                                  device="cpu"), 0)
     assert isinstance(s, SentenceTransformerEmbedder)
     assert (s.batch_size, s.max_seq_length, s.device, s.model) == (8, 32, "cpu", None)
-    with pytest.raises(ConfigError):
-        make_embedder(EmbedConfig(model="org/some-hub-model"), 0)
+    for kind in ("sentence-transformers", "static"):  # the static model is distilled from it
+        with pytest.raises(ConfigError, match="local directory"):
+            make_embedder(EmbedConfig(embedder=kind, model="org/some-hub-model"), 0)
 
 
 # -- the real model ---------------------------------------------------------------------
