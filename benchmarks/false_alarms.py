@@ -1,6 +1,6 @@
 """False alarms on clean real data (issue 13): the share of rows a default scan quarantines.
 
-    python benchmarks/false_alarms.py [--data ../shared/data] [--embedder none|hashing|sentence-transformers]
+    python benchmarks/false_alarms.py [--data ../shared/data] [--embedder none|hashing|static|auto|sentence-transformers]
                                       [--only REGEX] [--set KEY=VALUE ...] [--json FILE]
 
 Scans each clean dataset as it ships (GLUE SST-2 train, the whole ``sst2_glue`` folder with
@@ -8,7 +8,8 @@ its unlabelled test file, SMS Spam, AG News train, Alpaca 5k) with the default c
 prints, per dataset, the rows, the share quarantined and the share per reason. Near-duplicate
 verdicts do not depend on the embedder, so ``--embedder none`` (the default here) measures
 ``near_duplicate`` and ``duplicate_flood`` alone in seconds; ``hashing`` adds the outlier and
-spectral detectors (the trigger detector needs the default model).
+spectral detectors (the trigger detector needs semantic vectors: `static`, the CPU default, or
+``sentence-transformers``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def measure(data: Path, name: str, embedder: str, extra: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--embedder", default="none", choices=("none", "hashing", "sentence-transformers"))
+    ap.add_argument("--embedder", default="none",
+                    choices=("none", "hashing", "static", "auto", "sentence-transformers"))
     ap.add_argument("--only", default=None, help="regex: only the matching dataset names")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config knob (repeatable)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
