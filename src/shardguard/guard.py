@@ -260,6 +260,10 @@ class Guard:
         failed = [o.status for o in state.outcomes if o.status != "ok"]
         if failed:
             raise ValueError("cannot fit on shards that failed to read:\n" + "\n".join(failed))
+        selected = getattr(state.embedder, "selection", None)
+        if config.embed.embedder == "auto" and selected:
+            # pin what auto chose here: a worker process or a GPU machine must embed the same way
+            config = dataclasses.replace(config, embed=dataclasses.replace(config.embed, embedder=selected["embedder"]))
         table = state.clusters.table()
         labels = LabelCodes()
         root_ids = pa.concat_arrays([a.cast(pa.large_string()) for a in state.root_ids]) if state.root_ids \

@@ -213,3 +213,25 @@ def test_model_distill_command(tiny_models, tmp_path):
     assert str(tmp_path / "c" / "static") in cached.stdout
     bad = _cli("model", "distill", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "not an existing local directory" in bad.stderr
+
+
+def test_an_unwritable_cache_is_a_clear_config_error(tiny_models, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot write the static model into .*embed.cache_dir"):
+        StaticEmbedder(model=str(tiny_models[0]), cache_dir=str(blocker / "cache"), dim=16)
+
+
+def test_a_guard_fitted_with_auto_keeps_the_embedder_auto_chose(tiny_models, tmp_path):
+    """Workers and other machines must embed as the fit did: auto is resolved once, at fit."""
+    from shardguard import Guard
+
+    cfg = load_config(None, {"input.id_column": "id", "input.label_column": "label", "embed.device": "cpu",
+                             "embed.model": str(tiny_models[0]), "embed.static_dim": 16,
+                             "embed.cache_dir": str(tmp_path / "cache")})
+    assert cfg.embed.embedder == "auto"
+    guard = Guard.fit(SAMPLES / "sms_000.parquet", cfg)
+    assert guard.config.embed.embedder == "static"
+    guard.save(tmp_path / "profile")
+    again = Guard.load(tmp_path / "profile")
+    assert again.config.embed.embedder == "static"

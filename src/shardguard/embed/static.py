@@ -190,8 +190,12 @@ def distill_static_model(
         )
     except Exception as exc:  # noqa: BLE001 - model2vec/transformers raise many kinds
         raise ConfigError(f"cannot distil a static model from {src}: {exc}") from exc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ConfigError(f"cannot write the static model into {out.parent}: {exc.strerror or exc}; "
+                          "set embed.cache_dir (or SHARDGUARD_CACHE_DIR) to a writable folder") from None
     try:
         model.save_pretrained(str(tmp))
         files = _file_digests(tmp)
@@ -212,7 +216,14 @@ def distill_static_model(
         tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / RECORD_NAME).exists():
+                raise
+            # another process distilled the same model into place meanwhile: keep that one
+            shutil.rmtree(tmp, ignore_errors=True)
+            return verify_static_model(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
