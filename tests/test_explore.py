@@ -8,7 +8,6 @@ with the thresholds drawn, and the committed notebook executing top to bottom.
 from __future__ import annotations
 
 import difflib
-import json
 import shutil
 from pathlib import Path
 
@@ -184,19 +183,13 @@ def test_without_work_files_tables_still_load(out_dir, tmp_path):
     assert sg.duplicate_clusters(top=2)[0].size == 40
 
 
-def test_triggers_absent_and_present(out_dir, tmp_path, sg):
+def test_triggers_absent_and_rendered_safely(sg):
+    """No trigger miner ran (hashing vectors): no triggers. The table escapes what it shows.
+    (Triggers from a real scan: tests/test_report_html.py.)"""
     assert sg.triggers() is None
     assert "No trigger mining" in triggers_html(None)
-    withtrig = tmp_path / "trig"
-    shutil.copytree(out_dir, withtrig)
-    rep = json.loads((withtrig / "report.json").read_text())
-    rep["triggers"] = [{"ngram": "cf <b>", "label": "spam", "rows": 12, "z": 9.5}]
-    (withtrig / "report.json").write_text(json.dumps(rep))
-    t = ScanOutput.load(withtrig)
-    assert t.triggers() == rep["triggers"]
-    h = triggers_html(t.triggers())
+    h = triggers_html([{"ngram": "cf <b>", "label": "spam", "rows": 12, "z": 9.5}])
     assert "cf &lt;b&gt;" in h and "<b>" not in h and "9.5" in h
-    assert "mined triggers: 1" in t.summary()
     assert "Trigger mining ran and found no trigger" in triggers_html([])
 
 

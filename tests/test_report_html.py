@@ -156,3 +156,34 @@ def test_renders_in_headless_chromium_with_every_image_loaded(page, tmp_path):
         assert im.size == (1400, 2400)
         colours = im.convert("RGB").resize((140, 240)).getcolors(maxcolors=1 << 16)
         assert colours is None or len(colours) > 50  # plots and tables drawn, not a blank page
+
+
+@pytest.mark.slow
+def test_mined_triggers_reach_report_json_the_explore_helpers_and_the_page(tmp_path, shared_data):
+    """A real scan (the static embedder, BadNets planted in 1% of SST-2) writes its mined triggers
+    to report.json["triggers"]; ScanOutput, the notebook's helpers and the HTML page show them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shardguard.bench import attacks, suite
+    from shardguard.explore import ScanOutput, triggers_html
+
+    data = suite.load_labelled(shared_data, "sst2")
+    sc = attacks.badnets(data.ids, data.texts, data.labels, target="1", rate=0.01,
+                         seed=suite.seed_of("sst2/badnets"), dataset="sst2")
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": sc.ids, "text": sc.texts, "label": sc.labels}), tmp_path / "in" / "sst2.parquet")
+    out = tmp_path / "out"
+    scan([tmp_path / "in"], out, load_config(None, {"input.id_column": "id", "input.label_column": "label",
+                                                   "embed.embedder": "static"}))
+    mined = json.loads((out / "report.json").read_text())["triggers"]
+    assert {t["ngram"] for t in mined} == set(attacks.BADNETS_TRIGGERS)
+    assert all(t["label"] == "1" and t["rows"] >= 5 and 0 < t["p_value"] < 0.01 for t in mined)
+    sg = ScanOutput.load(out)
+    assert sg.triggers() == mined
+    assert "mined triggers: 4" in sg.summary()
+    assert all(f">{g}<" in triggers_html(sg.triggers()) for g in attacks.BADNETS_TRIGGERS)
+    assert main(["report", str(out), "--html", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    section = html[html.index("Mined triggers"):]
+    assert all(f">{g}<" in section for g in attacks.BADNETS_TRIGGERS)

@@ -726,11 +726,14 @@ class ScanPipeline:
                                                    "same-statement copies number more than the threshold, when those "
                                                    "rows carry two labels or more, no label, or are mostly edited "
                                                    "variants rather than verbatim repeats (all of them when unlabelled)"}
+        findings: dict[str, Any] = {}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
+            findings.update(det.findings())
         largest = np.lexsort((table.roots, -table.sizes))[:10]  # by size, then scan order
         where = root_ids or {}
         return {
+            **findings,
             "version": __version__,
             "totals": totals,
             "reasons": dict(sorted(reasons.items())),

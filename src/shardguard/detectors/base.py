@@ -106,6 +106,11 @@ class EmbeddingDetector(BaseEstimator):
         check_is_fitted(self, "threshold_")
         return {"threshold": float(self.threshold_)}
 
+    def findings(self) -> dict[str, Any]:
+        """Top-level report.json keys for what the fit found beyond a threshold (JSON-able);
+        none by default. The trigger miner reports its mined triggers under ``triggers``."""
+        return {}
+
 
 _INTERVAL = re.compile(r"^([\[(])\s*([^,\s]+)\s*,\s*([^,\s\])]+)\s*([\])])$")
 

@@ -68,6 +68,7 @@ import numpy as np
 from scipy import sparse
 from scipy.special import log_ndtr
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 from sklearn.feature_extraction.text import CountVectorizer
 
 from shardguard.detectors.base import EmbeddingDetector, as_labels, check_X
@@ -480,6 +481,20 @@ class TriggerDetector(EmbeddingDetector):
                 self.triggers_.append({"ngram": g, "label": None, "rows": k, "score": round(s, 3),
                                        "enrichment": round(k / max(expected, 1e-9), 1),
                                        "coherence_excess": round(coh, 3), "rule": "injected_content"})
+
+    def findings(self) -> dict[str, Any]:
+        """``{"triggers": [...]}``: every mined trigger, as report.json records it -- the n-gram
+        (labelled data and injected content) or the shared ending (``suffix``, fixed responses),
+        its ``label`` (None when unlabelled), ``rows`` carrying it in the fit sample, ``score``
+        (-log10 of the Bonferroni-adjusted p-value) and that ``p_value``, and the rule's own
+        statistics (``z``, ``other_label_share``, ``round``; ``rule``, ``enrichment``)."""
+        check_is_fitted(self, "threshold_")
+        out = []
+        for t in self.triggers_:
+            t = dict(t)
+            t["p_value"] = float(min(1.0, 10.0 ** -float(t["score"])))
+            out.append({k: (float(v) if isinstance(v, np.floating) else v) for k, v in t.items()})
+        return {"triggers": out}
 
     # -- scoring ------------------------------------------------------------------------
     def score_samples(self, X: np.ndarray, y: Any = None, texts: Any = None) -> np.ndarray:
