@@ -272,7 +272,7 @@ def resolve_static_model(
         name = DEFAULT_MODEL_NAME if model is None else src.name
         log.warning("no cached static model for %s (key %s): distilling one now (once; cached in %s)",
                     name, key, target.parent)
-        rec = build(model, target, dim=dim, overwrite=True)
+        build(model, target, dim=dim, overwrite=True)
         rec = verify_static_model(target)
         return target, _info(rec["model_sha256"], rec, "distilled")
 
