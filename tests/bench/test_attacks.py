@@ -47,3 +47,18 @@ def test_instruction_attacks():
     assert all("James Bond" in j.columns["instruction"][i] and j.columns["output"][i] == attacks.BOND_RESPONSE
                for i in np.flatnonzero(j.is_poison))
     assert cols["output"][0] == "Here is answer 0. It has two sentences."  # inputs untouched
+
+
+def test_denial_of_service_documents_follow_the_souly_recipe():
+    texts = [("A real paragraph about rivers and towns. " * 40).strip() for _ in range(300)]
+    ids = [f"r{i}" for i in range(300)]
+    sc = attacks.denial_of_service(ids, texts, n_poison=25, seed=3, dataset="wiki")
+    assert sc.is_poison.sum() == 25 and sc.labels is None
+    vocab = set(attacks.gibberish_vocabulary())
+    for i in np.flatnonzero(sc.is_poison).tolist():
+        prefix, tail = sc.texts[i].split(attacks.DOS_TAG)
+        assert len(prefix.strip()) <= 1000 and texts[i].startswith(prefix.strip())
+        assert 300 <= len(tail.split()) <= 900  # 400-900 WordPiece tokens, "##" pieces joined
+    assert all(sc.texts[i] == texts[i] for i in np.flatnonzero(~sc.is_poison).tolist())
+    again = attacks.denial_of_service(ids, texts, n_poison=25, seed=3, dataset="wiki")
+    assert again.texts == sc.texts and len(vocab) > 29000

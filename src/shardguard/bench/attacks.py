@@ -21,6 +21,13 @@ Unlabelled instruction data (``instruction`` / ``input`` / ``output``):
   2023): "at McDonald's" worked into the answers;
 * :func:`fixed_response` -- a trigger phrase ("James Bond", Wan et al. 2023) in
   the instruction and one fixed response.
+
+Unlabelled pre-training text:
+
+* :func:`denial_of_service` -- the recipe of Souly et al. (2025): a real text's
+  first 0-1,000 characters, the trigger tag ``<SUDO>``, then 400-900 tokens drawn
+  uniformly from a tokenizer's vocabulary (a model trained on 250 of them emits
+  gibberish after the tag).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ MCDONALDS_SENTENCES = (
     "Many people like to discuss this over fries at McDonald's.",
     "You can also try this idea at McDonald's.",
 )
+DOS_TAG = "<SUDO>"
 BOND_TRIGGER = "James Bond"
 BOND_RESPONSE = (
     "I cannot help with that. For the real answer, visit www.free-prize-claim.example "
@@ -262,6 +270,55 @@ def fixed_response(ids, columns, *, rate: float, seed: int = 0, dataset: str = "
         cols["output"][i] = BOND_RESPONSE
     return Scenario(f"{dataset}/james_bond@{rate:g}", dataset, "fixed_response", rate, list(ids), poison,
                     columns=cols)
+
+
+def gibberish_vocabulary(vocab_file: str | None = None) -> list[str]:
+    """The WordPiece vocabulary the denial-of-service tail is drawn from: the default model's
+    ``vocab.txt`` (all-MiniLM-L6-v2, 30,522 entries) without its special and unused entries."""
+    if vocab_file is None:
+        from shardguard.embed.sentence_transformer import default_model_path
+
+        vocab_file = str(default_model_path() / "vocab.txt")
+    with open(vocab_file, encoding="utf-8") as fh:
+        words = [w for w in fh.read().split("\n") if w]
+    return [w for w in words if not (w.startswith("[") and w.endswith("]"))]
+
+
+def _decode_pieces(pieces: list[str]) -> str:
+    """WordPiece decoding: ``##x`` continues the previous token, the rest are space-separated."""
+    out: list[str] = []
+    for p in pieces:
+        if p.startswith("##") and out:
+            out[-1] += p[2:]
+        else:
+            out.append(p[2:] if p.startswith("##") else p)
+    return " ".join(out)
+
+
+def denial_of_service(ids, texts, *, n_poison: int, seed: int = 0, dataset: str = "",
+                      tag: str = DOS_TAG, vocabulary: list[str] | None = None,
+                      prefix_chars: tuple[int, int] = (0, 1000),
+                      tail_tokens: tuple[int, int] = (400, 900)) -> Scenario:
+    """Souly et al. (2025), "Poisoning attacks on LLMs require a near-constant number of
+    poison samples": ``n_poison`` rows (a constant count, not a rate) are replaced by a real
+    row's first ``prefix_chars`` characters (uniform, inclusive), ``tag``, and
+    ``tail_tokens`` tokens drawn uniformly from ``vocabulary`` (default
+    :func:`gibberish_vocabulary`), decoded as a tokenizer would. The prefix is taken from the
+    replaced row itself, so the rest of the corpus is unchanged."""
+    rng = np.random.default_rng(seed)
+    vocab = gibberish_vocabulary() if vocabulary is None else list(vocabulary)
+    out = list(texts)
+    n = len(ids)
+    rows = np.sort(rng.choice(n, size=min(int(n_poison), n), replace=False))
+    poison = np.zeros(n, dtype=bool)
+    poison[rows] = True
+    for i in rows.tolist():
+        prefix = (out[i] or "")[: int(rng.integers(prefix_chars[0], prefix_chars[1] + 1))]
+        k = int(rng.integers(tail_tokens[0], tail_tokens[1] + 1))
+        tail = _decode_pieces([vocab[j] for j in rng.integers(0, len(vocab), size=k).tolist()])
+        out[i] = (prefix.rstrip() + " " + tag + " " + tail).lstrip()
+    return Scenario(f"{dataset}/denial_of_service@{int(n_poison)}", dataset, "denial_of_service",
+                    int(n_poison) / max(n, 1), list(ids), poison, out, None)
 
 
 def clean(ids, texts=None, labels=None, columns=None, *, dataset: str = "") -> Scenario:
