@@ -37,6 +37,13 @@ from shardguard import __version__
 from shardguard.config import Config
 from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
+from shardguard.detectors.ngram_stats import (
+    TOKENIZER_VERSION,
+    CandidateGatherer,
+    NgramCounter,
+    NgramCounts,
+    StreamCandidates,
+)
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
 from shardguard.io.outputs import OutputLock, check_scan_output, file_sha256, json_digest, real_path
@@ -383,7 +390,18 @@ class ScanPipeline:
         self.progress.finish()
         ok = [o for o in outcomes if o.status == "ok"]
 
-        # Pass 1b: near-duplicates, statistics and reservoir, in scan order.
+        # N-gram counts per shard (map), then the candidates of the whole stream (reduce).
+        gatherers: dict[str, CandidateGatherer] = {}
+        t = time.perf_counter()
+        for name, det in detectors.items():
+            if getattr(det, "uses_stream_candidates", False) and cfg.input.label_column:
+                counts = self._count_ngrams(ok, work_dir, embedder_info)
+                gatherers[name] = CandidateGatherer(det.select_candidates(counts))
+                log.info("%s: %d candidate n-grams in %d rows", name, len(gatherers[name].candidates),
+                         counts.n_rows)
+        self.timings["ngram_counts"] += time.perf_counter() - t
+
+        # Pass 1b: near-duplicates, statistics, reservoir and candidates' rows, in scan order.
         t = time.perf_counter()
         dup_index = (
             NearDuplicateIndex(
@@ -415,7 +433,7 @@ class ScanPipeline:
         self.progress.start("index", sum(o.rows for o in ok))
         for o in ok:
             state.seq_start[o.shard.name] = seq
-            seq += self._replay_shard(o, state, reservoir)
+            seq += self._replay_shard(o, state, reservoir, list(gatherers.values()))
         self.progress.finish()
         state.cluster_roots = self._root_ids(state.clusters, ok, state.seq_start, work_dir)
         state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features)
@@ -429,10 +447,15 @@ class ScanPipeline:
                 log.warning("too few valid rows (%d) to fit the embedding detectors; they are skipped", X.shape[0])
                 detectors.clear()
             for name, det in detectors.items():
+                kw = text_kwargs(det, texts)
+                if name in gatherers:
+                    kw["candidates"] = StreamCandidates(
+                        gatherers[name].finish(), reservoir.sample_seqs(),
+                        lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs))
                 if det.streaming:
-                    det.calibrate(X, y, **text_kwargs(det, texts))
+                    det.calibrate(X, y, **kw)
                 else:
-                    det.fit(X, y, **text_kwargs(det, texts))
+                    det.fit(X, y, **kw)
                 log.debug("fitted %s: %s", name, det.threshold_info())
         self.timings["fit"] += time.perf_counter() - t
         return state
@@ -519,7 +542,8 @@ class ScanPipeline:
             yield item
 
     # -- pass 1b ------------------------------------------------------------------------------
-    def _replay_shard(self, o: ShardOutcome, state: "ScanState", reservoir: ReservoirSample) -> int:
+    def _replay_shard(self, o: ShardOutcome, state: "ScanState", reservoir: ReservoirSample,
+                      gatherers: Sequence[CandidateGatherer] = ()) -> int:
         """Feed one shard's valid rows to the global state; returns how many there were.
 
         The two consumers of a batch are independent -- the near-duplicate index reads
@@ -534,10 +558,14 @@ class ScanPipeline:
         n_valid = 0
         streaming = [d for d in state.detectors.values() if d.streaming]
 
-        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None) -> None:
-            reservoir.add(X, y, texts)
+        seq0 = state.seq_start[o.shard.name]
+
+        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None, seqs: np.ndarray) -> None:
+            reservoir.add(X, y, texts, seqs)
             for det in streaming:
                 det.partial_fit(X, y, **text_kwargs(det, texts))
+            for g in gatherers:
+                g.add(texts.tolist(), seqs)
 
         with workfile.WorkFileReader(path) as reader, ThreadPoolExecutor(1, "shardguard-statistics") as pool:
             dim = _embedding_dim(reader.schema)
@@ -549,7 +577,8 @@ class ScanPipeline:
                 if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
-                    feeding = pool.submit(feed_statistics, X, y, texts)
+                    seqs = seq0 + n_valid - vb.num_rows + np.arange(vb.num_rows, dtype=np.int64)
+                    feeding = pool.submit(feed_statistics, X, y, texts, seqs)
                 if vb.num_rows and state.dup_index is not None:
                     root, sim = state.dup_index.add(vb.column("text"))
                     root = np.asarray(root)
@@ -568,6 +597,74 @@ class ScanPipeline:
                     feeding.result()  # one batch in flight: the statistics see the batches in order
                 self.progress.advance(batch.num_rows)
         return n_valid
+
+    # -- n-gram counts (map per shard) and the candidates' rows ---------------------------------
+    def _count_ngrams(self, ok: Sequence[ShardOutcome], work_dir: Path, embedder_info) -> NgramCounts:
+        """Each shard's n-gram document frequencies per label, from its work file's valid rows,
+        kept in ``OUT/.work/ngrams/<shard>/`` beside the work file (a resumed run reuses them);
+        merged over the shards."""
+        merged: NgramCounts | None = None
+        self.progress.start("count n-grams", sum(o.rows for o in ok))
+        for o in ok:
+            path = _work_path(work_dir, o.shard)
+            key = self._pass1_key(o.sha256, embedder_info)
+            d = work_dir / "ngrams" / path.stem
+            meta_file = d / "counts.json"
+            counts = None
+            try:
+                meta = json.loads(meta_file.read_text())
+                if meta.get("key") == key and meta.get("tokenizer_version") == TOKENIZER_VERSION \
+                        and all(Path(r).exists() for r in meta["runs"]):
+                    counts = NgramCounts.from_json(meta)
+            except (OSError, ValueError, KeyError):
+                counts = None
+            if counts is None:
+                if d.exists():
+                    for old in d.iterdir():
+                        old.unlink()
+                counter = NgramCounter(d)
+                with workfile.WorkFileReader(path) as reader:
+                    for batch in reader:
+                        vb = batch.filter(batch.column("detail").is_null())
+                        if vb.num_rows:
+                            counter.add(vb.column("text").to_pylist(), vb.column("label").to_pylist())
+                counts = counter.finish()
+                atomic_write_json(meta_file, {"key": key, **counts.to_json()})
+            self.progress.advance(o.rows)
+            merged = counts if merged is None else merged.merge(counts)
+        self.progress.finish()
+        return merged if merged is not None else NgramCounts([], [], [])
+
+    def _fetch_rows(self, ok: Sequence[ShardOutcome], seq_start: dict[str, int], work_dir: Path,
+                    seqs: np.ndarray) -> tuple[np.ndarray, list[Any], list[str]]:
+        """Embeddings (float32), labels and texts of the valid rows with global sequence numbers
+        ``seqs`` (sorted), read batch by batch from the work files."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        xs: list[np.ndarray] = []
+        labels: list[Any] = []
+        texts: list[str] = []
+        for o in ok:
+            lo = seq_start[o.shard.name]
+            a, b = np.searchsorted(seqs, [lo, lo + o.rows])  # o.rows >= its valid rows
+            if a == b:
+                continue
+            with workfile.WorkFileReader(_work_path(work_dir, o.shard)) as reader:
+                dim = _embedding_dim(reader.schema)
+                seen = lo
+                for batch in reader:
+                    vb = batch.filter(batch.column("detail").is_null())
+                    hi = seen + vb.num_rows
+                    i, j = np.searchsorted(seqs, [seen, hi])
+                    if j > i:
+                        take = pa.array(seqs[i:j] - seen)
+                        xs.append(workfile.embeddings_from_arrow(vb.column("embedding").take(take), dim))
+                        labels.extend(vb.column("label").take(take).to_pylist())
+                        texts.extend(vb.column("text").take(take).to_pylist())
+                    seen = hi
+        X = np.vstack(xs) if xs else np.zeros((0, 0), np.float32)
+        if X.shape[0] != seqs.size:
+            raise RuntimeError(f"fetched {X.shape[0]} of {seqs.size} candidate rows from the work files")
+        return X, labels, texts
 
     def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, tuple[str, str, int, Any]]:
         """Global sequence number of every cluster root -> (id, shard, row, label)."""

@@ -218,17 +218,23 @@ class ReservoirSample:
         self.X: np.ndarray | None = None
         self.y = np.full(size, None, dtype=object)
         self.texts = np.full(size, None, dtype=object) if keep_text else None
+        self.seqs = np.full(size, -1, dtype=np.int64)
 
-    def add(self, X: np.ndarray, y: np.ndarray, texts: np.ndarray | None = None) -> None:
+    def add(self, X: np.ndarray, y: np.ndarray, texts: np.ndarray | None = None,
+            seqs: np.ndarray | None = None) -> None:
+        """Offer one batch: ``X`` (n, dim), ``y`` (n,), ``texts`` (n,) when kept, and ``seqs``
+        (n,) the rows' global sequence numbers (default: their position in the stream)."""
         n = X.shape[0]
         if n == 0:
             return
         if self.X is None:
             self.X = np.zeros((self.size, X.shape[1]), dtype=np.float32)
         pos = self.seen + np.arange(n)
+        seqs = pos if seqs is None else np.asarray(seqs, dtype=np.int64)
         fill = pos < self.size
         self.X[pos[fill]] = X[fill]
         self.y[pos[fill]] = y[fill]
+        self.seqs[pos[fill]] = seqs[fill]
         if self.texts is not None:
             self.texts[pos[fill]] = texts[fill]
         rest = np.flatnonzero(~fill)
@@ -238,9 +244,14 @@ class ReservoirSample:
             # Later rows overwrite earlier ones at the same slot, as sequential R would.
             self.X[j[keep]] = X[rest[keep]]
             self.y[j[keep]] = y[rest[keep]]
+            self.seqs[j[keep]] = seqs[rest[keep]]
             if self.texts is not None:
                 self.texts[j[keep]] = texts[rest[keep]]
         self.seen += n
+
+    def sample_seqs(self) -> np.ndarray:
+        """(k,) int64: the global sequence number of each row :meth:`sample` returns."""
+        return self.seqs[: min(self.seen, self.size)].copy()
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(X, y, texts) of the rows kept so far; texts is None unless ``keep_text``."""
