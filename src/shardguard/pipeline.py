@@ -193,6 +193,13 @@ def _embedding_dim(schema: pa.Schema) -> int | None:
     return schema.field("embedding").type.list_size if "embedding" in schema.names else None
 
 
+def _responses(batch: pa.RecordBatch) -> np.ndarray | None:
+    """The ``response`` column of a work-file batch (input.response_column), or None."""
+    if "response" not in batch.schema.names:
+        return None
+    return batch.column("response").to_numpy(zero_copy_only=False)
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -447,7 +454,7 @@ class ScanPipeline:
                 log.warning("too few valid rows (%d) to fit the embedding detectors; they are skipped", X.shape[0])
                 detectors.clear()
             for name, det in detectors.items():
-                kw = text_kwargs(det, texts)
+                kw = text_kwargs(det, texts, reservoir.sample_responses())
                 if name in gatherers:
                     kw["candidates"] = StreamCandidates(
                         gatherers[name].finish(), reservoir.sample_seqs(),
@@ -503,14 +510,14 @@ class ScanPipeline:
                         if dim is None:
                             pending.append(nb)
                             continue
-                    writer = workfile.WorkFileWriter(path, dim, dtype)
+                    writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
                     for held in pending:
                         writer.write(held.valid, _no_rows(dim), held.invalid)
                     pending = []
                 writer.write(nb.valid, emb if emb is not None else _no_rows(writer.dim), nb.invalid)
             if writer is None:  # no valid row at all
                 dim = getattr(embedder, "dim", None) if embedder is not None else None
-                writer = workfile.WorkFileWriter(path, dim, dtype)
+                writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
                 for held in pending:
                     writer.write(held.valid, _no_rows(dim), held.invalid)
             if cfg.input.id_column:
@@ -560,8 +567,9 @@ class ScanPipeline:
 
         seq0 = state.seq_start[o.shard.name]
 
-        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None, seqs: np.ndarray) -> None:
-            reservoir.add(X, y, texts, seqs)
+        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None, seqs: np.ndarray,
+                            responses: np.ndarray | None) -> None:
+            reservoir.add(X, y, texts, seqs, responses)
             for det in streaming:
                 det.partial_fit(X, y, **text_kwargs(det, texts))
             for g in gatherers:
@@ -578,7 +586,8 @@ class ScanPipeline:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
                     seqs = seq0 + n_valid - vb.num_rows + np.arange(vb.num_rows, dtype=np.int64)
-                    feeding = pool.submit(feed_statistics, X, y, texts, seqs)
+                    responses = _responses(vb) if reservoir.texts is not None else None
+                    feeding = pool.submit(feed_statistics, X, y, texts, seqs, responses)
                 if vb.num_rows and state.dup_index is not None:
                     root, sim = state.dup_index.add(vb.column("text"))
                     root = np.asarray(root)
@@ -737,8 +746,9 @@ class ScanPipeline:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
                     texts = vb.column("text").to_numpy(zero_copy_only=False)
+                    responses = _responses(vb)
                     for name, det in detectors.items():
-                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
+                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts, responses))
                 allowed = None
                 if state.allow is not None:
                     allowed = pc.is_in(batch.column("id"), value_set=state.allow).to_numpy(zero_copy_only=False)

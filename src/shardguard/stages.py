@@ -218,15 +218,19 @@ class ReservoirSample:
         self.X: np.ndarray | None = None
         self.y = np.full(size, None, dtype=object)
         self.texts = np.full(size, None, dtype=object) if keep_text else None
+        self.responses: np.ndarray | None = None
         self.seqs = np.full(size, -1, dtype=np.int64)
 
     def add(self, X: np.ndarray, y: np.ndarray, texts: np.ndarray | None = None,
-            seqs: np.ndarray | None = None) -> None:
-        """Offer one batch: ``X`` (n, dim), ``y`` (n,), ``texts`` (n,) when kept, and ``seqs``
-        (n,) the rows' global sequence numbers (default: their position in the stream)."""
+            seqs: np.ndarray | None = None, responses: np.ndarray | None = None) -> None:
+        """Offer one batch: ``X`` (n, dim), ``y`` (n,), ``texts`` (n,) when kept, ``seqs`` (n,)
+        the rows' global sequence numbers (default: their position in the stream) and
+        ``responses`` (n,) (kept with the texts when given)."""
         n = X.shape[0]
         if n == 0:
             return
+        if responses is not None and self.texts is not None and self.responses is None:
+            self.responses = np.full(self.size, None, dtype=object)
         if self.X is None:
             self.X = np.zeros((self.size, X.shape[1]), dtype=np.float32)
         pos = self.seen + np.arange(n)
@@ -237,6 +241,8 @@ class ReservoirSample:
         self.seqs[pos[fill]] = seqs[fill]
         if self.texts is not None:
             self.texts[pos[fill]] = texts[fill]
+        if self.responses is not None:
+            self.responses[pos[fill]] = responses[fill]
         rest = np.flatnonzero(~fill)
         if rest.size:
             j = self.rng.integers(0, pos[rest] + 1)  # one draw per row, as in algorithm R
@@ -247,7 +253,13 @@ class ReservoirSample:
             self.seqs[j[keep]] = seqs[rest[keep]]
             if self.texts is not None:
                 self.texts[j[keep]] = texts[rest[keep]]
+            if self.responses is not None:
+                self.responses[j[keep]] = responses[rest[keep]]
         self.seen += n
+
+    def sample_responses(self) -> np.ndarray | None:
+        """(k,) the responses of the rows :meth:`sample` returns, or None when none were given."""
+        return None if self.responses is None else self.responses[: min(self.seen, self.size)]
 
     def sample_seqs(self) -> np.ndarray:
         """(k,) int64: the global sequence number of each row :meth:`sample` returns."""
@@ -261,9 +273,15 @@ class ReservoirSample:
         return self.X[:k], self.y[:k], None if self.texts is None else self.texts[:k]
 
 
-def text_kwargs(detector: Any, texts: np.ndarray | None) -> dict[str, Any]:
-    """``{"texts": texts}`` for detectors that declare ``needs_text = True``, else nothing."""
-    return {"texts": texts} if getattr(detector, "needs_text", False) else {}
+def text_kwargs(detector: Any, texts: np.ndarray | None, responses: np.ndarray | None = None) -> dict[str, Any]:
+    """``{"texts": texts}`` for detectors that declare ``needs_text = True``, else nothing; with
+    ``responses`` (``input.response_column``), also ``{"responses": responses}`` for detectors
+    that declare ``reads_responses = True``."""
+    if not getattr(detector, "needs_text", False):
+        return {}
+    if responses is not None and getattr(detector, "reads_responses", False):
+        return {"texts": texts, "responses": responses}
+    return {"texts": texts}
 
 
 class DuplicateClusters:
