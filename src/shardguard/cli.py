@@ -106,7 +106,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                    help="a cluster with more members than this is a duplicate_flood (default 20)")
     g.add_argument("--copies", choices=["conflicting", "all", "none"],
                    help="which later copies are quarantined as near_duplicate: those whose label contradicts the "
-                        "first occurrence's (default), all of them (dedup), or none")
+                        "earlier row they say the same as (default), all of them (dedup), or none")
     g = p.add_argument_group("embedding detectors")
     g.add_argument("--embedder", choices=["auto", "sentence-transformers", "static", "hashing", "precomputed", "none"],
                    help="how rows become vectors (default auto: the transformer on a GPU, else the static model "

@@ -59,7 +59,7 @@ from shardguard.stages import (
     ReservoirSample,
     RootFeatures,
     duplicate_flags,
-    judge_copies,
+    index_texts,
     text_kwargs,
     verdict_table,
 )
@@ -589,14 +589,16 @@ class ScanPipeline:
                     responses = _responses(vb) if reservoir.texts is not None else None
                     feeding = pool.submit(feed_statistics, X, y, texts, seqs, responses)
                 if vb.num_rows and state.dup_index is not None:
-                    root, sim = state.dup_index.add(vb.column("text"))
-                    root = np.asarray(root)
+                    first = state.dup_index.n_docs
+                    # rows are judged by what they say only where that decides a verdict
+                    judged = y if self.config.near_duplicates.copies == "conflicting" else None
+                    added, contradicts, feats = index_texts(state.dup_index, state.root_features,
+                                                            vb.column("text"), judged)
+                    root = added.root
                     rows = vb.column("row").to_numpy()
-                    first = state.dup_index.n_docs - vb.num_rows
-                    same, feats = judge_copies(state.root_features, vb.column("text"), root, first)
-                    state.clusters.record(o.shard.name, rows, root, np.asarray(sim), y, same, feats)
+                    state.clusters.record(o.shard.name, rows, root, added.sim, y, contradicts, feats)
                     if state.root_ids is not None:
-                        is_root = root < 0
+                        is_root = added.new_root  # indexed as a root: later rows may name it
                         state.root_seqs.append(first + np.flatnonzero(is_root))
                         state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
                         state.root_rows.append(rows[is_root])
@@ -701,7 +703,7 @@ class ScanPipeline:
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
                      root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
-        m_rows, m_root, m_sim, m_same = state.clusters.members(o.shard.name)
+        m_rows, m_root, m_sim, m_contradicts = state.clusters.members(o.shard.name)
         nd = self.config.near_duplicates
         o.clean = o.quarantined = o.invalid = o.allowed = 0
         o.reasons = Counter()
@@ -725,13 +727,15 @@ class ScanPipeline:
                     score[is_member] = m_sim[pos[is_member]]
                     member_root = np.full(n, -1, np.int64)
                     member_root[is_member] = m_root[pos[is_member]]
-                    same = np.zeros(n, bool)
-                    same[is_member] = m_same[pos[is_member]]
+                    contradicts = None
+                    if m_contradicts is not None:
+                        contradicts = np.zeros(n, bool)
+                        contradicts[is_member] = m_contradicts[pos[is_member]]
                     own_seq = np.full(n, -1, np.int64)
                     own_seq[vidx] = seq + np.arange(vidx.size)
                     _, _, ref, maj, in_flood = clusters.lookup(np.where(is_member, member_root, own_seq))
                     labels = batch.column("label").to_numpy(zero_copy_only=False)
-                    near, flood = duplicate_flags(nd.copies, is_member, labels, in_flood, ref, maj, same)
+                    near, flood = duplicate_flags(nd.copies, is_member, labels, in_flood, ref, maj, contradicts)
                     dup_of = np.full(n, None, dtype=object)
                     of_shard = np.full(n, None, dtype=object)
                     of_row = np.full(n, None, dtype=object)
@@ -816,8 +820,9 @@ class ScanPipeline:
         thresholds: dict[str, Any] = {}
         if nd.enabled:
             copies_rule = {
-                "conflicting": "a later copy that says what the first occurrence says (similar length, not a "
-                               "sub-phrase or a negation of it) under another label (both labelled)",
+                "conflicting": "a later copy that says what an earlier row says (the earliest earlier "
+                               "statement it repeats: similar length, not a sub-phrase or a negation of it) "
+                               "under another label (both labelled)",
                 "all": "every later copy",
                 "none": "no copy (near_duplicate_score is still written)",
             }[nd.copies]
