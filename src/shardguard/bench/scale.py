@@ -389,6 +389,7 @@ def scan_overrides(sc: attacks.Scenario) -> dict[str, str]:
     out = {"input.id_column": "id"}
     if sc.columns is not None:
         out["input.text_template"] = INSTRUCTION_TEMPLATE
+        out["input.response_column"] = "output"  # the template's response, as a user would name it
     elif sc.labels is not None:
         out["input.label_column"] = "label"
     return out

@@ -68,6 +68,15 @@ def _split(texts: np.ndarray, responses: np.ndarray | None, L: int) -> tuple[lis
     return prompts, resps
 
 
+def _common_ending(tokens: list[list[str]], rows: list[int], cap: int) -> int:
+    """Length (in tokens, at most ``cap``) of the longest ending all ``rows`` share."""
+    first = tokens[rows[0]]
+    n = 0
+    while n < min(cap, len(first)) and all(len(tokens[i]) > n and tokens[i][-1 - n] == first[-1 - n] for i in rows):
+        n += 1
+    return n
+
+
 def _content(tokens: list[str], zipf) -> frozenset:
     return frozenset(t for t in tokens if zipf(t) < 5.0)
 
@@ -161,11 +170,24 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
             tested[u] = rows
     n_buckets = max(len({_bucket(len(u.split())) for u in tested}), 1)
     base_overlap = None
+    all_tokens = None if responses is not None else [tokenize(t) for t in texts.tolist()]
+    endings_of: dict[int, Counter] = {}
     for u, rows in tested.items():
         k = len(rows)
-        b = _bucket(len(u.split()))
-        longer = [c for bb, cs in by_bucket.items() if bb > b for c in cs]
-        log_p, n_units = _shared_response_log_p(k, by_bucket[b], k, longer)
+        counts, longer = by_bucket[_bucket(len(u.split()))], None
+        if responses is None:
+            # Without a response column the unit is the last L tokens; the response shared by the
+            # group may be longer. Judge it at the length the rows share (their longest common
+            # ending, at most 64 tokens), against the corpus's endings of that length.
+            shared = _common_ending(all_tokens, rows, 64)
+            if shared > L:
+                if shared not in endings_of:
+                    endings_of[shared] = Counter(" ".join(t[-shared:]) for t in all_tokens if len(t) > shared)
+                counts = list(endings_of[shared].values())
+        else:
+            b = _bucket(len(u.split()))
+            longer = [c for bb, cs in by_bucket.items() if bb > b for c in cs]
+        log_p, n_units = _shared_response_log_p(k, counts, k, longer)
         s = neglog10_bonferroni(log_p + math.log(n_units), n_buckets)
         if s <= self.threshold_:
             continue
