@@ -245,3 +245,26 @@ def test_short_form_shardguard_guard(samples_dir):
     assert "Guard" in shardguard.__all__
     guard = shardguard.Guard.fit(samples_dir / "sms_000.parquet", shardguard.load_config(None, OPTS))
     assert guard.score(pq.read_table(samples_dir / "sms_000.parquet")).num_rows > 0
+
+
+def test_guard_finds_label_flipped_copies_of_phrases_as_scan_does(tmp_path, shared_data):
+    """Fitted on 20k GLUE SST-2 phrases, a guard scores label-flipped typo'd copies of its
+    sentences as scan does -- including copies that near-copy no first occurrence, only a
+    member of a group (they join it) -- before and after a save and load."""
+    from test_pipeline import _plant_flips
+
+    table = pq.read_table(shared_data / "sst2_glue" / "train.parquet", columns=["id", "text", "label"]).slice(0, 20000)
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "a.parquet")
+    flips = pa.Table.from_pylist(_plant_flips(table, 60, seed=8), schema=table.schema)
+    cfg = load_config(None, {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "none"})
+    guard = Guard.fit(tmp_path / "in", cfg)
+    loaded = Guard.load(guard.save(tmp_path / "profile"))
+    pq.write_table(flips, tmp_path / "in" / "b.parquet")
+    scan([tmp_path / "in"], tmp_path / "out", cfg)
+    expected = pq.read_table(tmp_path / "out" / "scores" / "b.parquet")
+    for g in (guard, loaded):
+        got = g.score(flips)
+        for col in ("id", "status", "duplicate_of"):
+            assert got.column(col).to_pylist() == expected.column(col).to_pylist(), col
+    assert expected.column("status").to_pylist().count("quarantined") >= 54

@@ -241,7 +241,11 @@ def test_default_quarantines_contradicting_copies_and_the_flood_not_its_genuine_
     assert s["genuine"]["status"] == "clean"
     for k in range(30):
         row = q[f"flood-{k:02d}"]
-        assert set(row["reasons"]) == {"near_duplicate", "duplicate_flood"}
+        # a one-letter edit that spells a word the data already has ("and" -> "any", "the" ->
+        # "thx", SMS for thanks) is a word swapped, not a misspelling: not the same statement
+        # as the genuine sentence, so only a flood member
+        real_word = k in (0, 4, 15, 19)
+        assert set(row["reasons"]) == ({"duplicate_flood"} if real_word else {"near_duplicate", "duplicate_flood"})
         assert row["duplicate_of"] == "genuine"
     # a repeat under the same label is not poison: clean, but it still names what it copies
     assert s["same-2"]["status"] == "clean" and s["same-2"]["duplicate_of"] == "same-1"
@@ -396,6 +400,64 @@ def test_label_flipped_typo_copies_and_edited_floods_are_still_found(tmp_path, s
     flooded = {r["id"] for r in q if "duplicate_flood" in r["reasons"]}
     assert {f["id"] for f in flood} <= flooded
     assert pq.read_table(tmp_path / "out" / "quarantine" / "a.parquet").num_rows <= 0.005 * sms.num_rows
+
+
+def _plant_flips(table: pa.Table, copies: int, seed: int) -> list[dict]:
+    """Typo'd copies (1-3 letter edits) of ``copies`` rows of >= 6 words, under the other label."""
+    import random
+
+    import numpy as np
+
+    from shardguard.bench.attacks import typo
+
+    texts, labels = table.column("text").to_pylist(), table.column("label").to_pylist()
+    rng, pick = np.random.default_rng(seed), random.Random(seed)
+    long_rows = [i for i, t in enumerate(texts) if len(t.split()) >= 6]
+    return [{"id": f"flip-{k}", "text": typo(texts[i], rng), "label": 1 - labels[i]}
+            for k, i in enumerate(pick.sample(long_rows, copies))]
+
+
+def test_label_flipped_copies_in_phrase_level_data_are_found(tmp_path, shared_data):
+    """60 label-flipped typo'd copies of GLUE SST-2 sentences, after its 67k phrases: >= 90%
+    are quarantined (issue 13 found 31: a copy was judged only by its group's first row,
+    often a sub-phrase of the copied sentence), and <= 0.4% of the clean phrases are."""
+    train = shared_data / "sst2_glue" / "train.parquet"
+    table = pq.read_table(train, columns=["id", "text", "label"])
+    flips = _plant_flips(table, 60, seed=7)
+    (tmp_path / "in").mkdir()
+    shutil.copy(train, tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(flips, schema=table.schema), tmp_path / "in" / "b.parquet")
+    _scan_shares(tmp_path / "out", [tmp_path / "in"])
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "b.parquet").to_pylist()
+    found = [r for r in q if "near_duplicate" in r["reasons"]]
+    assert len(found) >= 54
+    # many of them name as first occurrence a row that says something else (a sub-phrase, the
+    # sentence with words more): judged by that row alone, they were not found
+    from shardguard.stages import StatementFeatures, same_statement
+
+    text = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+    copied = {f["id"]: f["text"] for f in flips}
+    said_by_root = same_statement(StatementFeatures.of_texts([copied[r["id"]] for r in found]),
+                                  StatementFeatures.of_texts([text[r["duplicate_of"]] for r in found]))
+    assert (~said_by_root).sum() >= 20
+    assert pq.read_table(tmp_path / "out" / "quarantine" / "a.parquet").num_rows <= 0.004 * table.num_rows
+
+
+def test_a_word_swapped_for_its_opposite_is_not_a_label_flip(tmp_path, shared_data):
+    """SST-2 (thunlp) holds "one of the worst movies of the year ." (negative) and, later,
+    "one of the best movies of the year ." (positive): near-copies at the character level,
+    opposite statements. Neither is quarantined, and no clean sentence is."""
+    train = shared_data / "sst2_thunlp_clean" / "train.parquet"
+    result, share = _scan_shares(tmp_path / "out", [train])
+    t = pq.read_table(train)
+    ids: dict[str, str] = {}
+    for text, id_ in zip(t.column("text").to_pylist(), t.column("id").to_pylist()):
+        ids.setdefault(text, id_)  # the first occurrence of each sentence
+    scores = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "scores" / "train.parquet").to_pylist()}
+    best = scores[ids["one of the best movies of the year ."]]
+    assert best["status"] == "clean"
+    assert best["duplicate_of"] == ids["one of the worst movies of the year ."]  # a near-copy, not a flip
+    assert "near_duplicate" not in result.report["reasons"] and share == 0
 
 
 @pytest.mark.slow

@@ -33,9 +33,9 @@ def test_sizes_reference_and_majority_with_ties():
     assert t.sizes.tolist() == [4, 3, 3]
     assert t.reference.tolist() == ["a", "x", "p"]
     assert t.majority.tolist() == ["a", "y", "p"]
-    rows, root, sim, same = c.members("s2")
+    rows, root, sim, contradicts = c.members("s2")
     assert rows.tolist() == [0, 1, 8, 9] and root.tolist() == [3, 3, 7, 7] and sim.dtype == np.float32
-    assert same.all()  # recorded without statement judgements: every copy counts
+    assert contradicts is None  # recorded without statement judgements: judged by the first occurrence's label
     assert c.members("nowhere")[0].size == 0
 
 
@@ -177,3 +177,29 @@ def test_consensus_agreement_tells_edited_copies_from_a_filled_frame(shared_data
     for frame in frames:
         rows = [t for t in wiki.to_pylist() if re.match(frame, t)][:64]
         assert len(rows) == 64 and consensus_agreement(rows) < 0.3, frame
+
+
+def test_a_word_the_data_already_has_is_a_word_swapped_not_a_typo():
+    """A copy that differs from what it copies only in words the data already holds says
+    something else; a misspelling is a word nothing before it held."""
+    import pyarrow as pa
+
+    from shardguard.stages import SeenWords, StatementFeatures, same_statement
+
+    seen = SeenWords()
+    texts = ["one of the worst movies of the year .", "the best date movie", "one of the best movies of the year .",
+             "one of the wosrt movies of the year .", "one of the wosrt movies of the year ."]
+    # in order: new words in the first two; none in the third (all seen); a misspelling in the
+    # fourth; the fifth repeats it (seen now, in the same call)
+    assert seen.see(pa.array(texts, pa.large_string())).tolist() == [True, True, False, True, False]
+    assert seen.see(pa.array(["the best date movie", "a brand new word"], pa.large_string())).tolist() == [False, True]
+    root = StatementFeatures.of_texts(texts[:1] * 3)
+    copies = StatementFeatures.of_texts(texts[2:5])
+    # by length and words alone, the swap and the typos all pass for the same statement ...
+    assert same_statement(copies, root).tolist() == [True, True, True]
+    # ... knowing which words are new tells the word swap apart
+    assert same_statement(copies, root, np.array([False, True, False])).tolist() == [False, True, False]
+    # identical texts say the same thing whatever their words
+    assert same_statement(root, root, np.zeros(3, bool)).all()
+    restored = SeenWords(seen.hashes)
+    assert restored.hashes.tolist() == seen.hashes.tolist() and restored.contains(seen.hashes).all()

@@ -63,7 +63,7 @@ from shardguard.stages import (
     RootFeatures,
     StatementFeatures,
     duplicate_flags,
-    judge_copies,
+    index_texts,
     text_kwargs,
     verdict_table,
 )
@@ -79,7 +79,7 @@ NOT_SHARED_WARNING = (
     "near-duplicate index of the new rows it sees, so a repeat of a new row that another process "
     "saw first is not caught. Use one process (num_workers=0, num_proc=1) to catch those too."
 )
-PROFILE_FORMAT_VERSION = 3
+PROFILE_FORMAT_VERSION = 4  # 4: statements in the near-duplicate index, rootfeat.labels and .seen_words
 
 
 def _profile_digest(profile: Mapping[str, Any]) -> str:
@@ -91,7 +91,8 @@ def _profile_digest(profile: Mapping[str, Any]) -> str:
 _ARRAY_KINDS = {
     "roots.seqs": ("i", 1), "roots.id_offsets": ("i", 1), "roots.id_data": ("u", 1), "roots.rows": ("i", 1),
     "roots.shards": ("i", 1), "roots.labels": ("i", 1), "clusters.roots": ("i", 1), "clusters.counts": ("i", 1),
-    "clusters.reference": ("i", 1), "clusters.majority": ("i", 1),
+    "clusters.reference": ("i", 1), "clusters.majority": ("i", 1), "rootfeat.seqs": ("i", 1),
+    "rootfeat.labels": ("u", 1), "rootfeat.seen_words": ("u", 1),
 }
 
 
@@ -115,6 +116,9 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], profile: Mapping[str, Any], 
     if offsets.shape[0] != n + 1 or (n and (offsets[0] != 0 or np.any(np.diff(offsets) < 0)
                                             or offsets[-1] != arrays["roots.id_data"].shape[0])):
         raise ProfileError(f"{where}: array roots.id_offsets does not index roots.id_data")
+    if arrays["rootfeat.labels"].shape[0] != arrays["rootfeat.seqs"].shape[0]:
+        raise ProfileError(f"{where}: array rootfeat.labels has {arrays['rootfeat.labels'].shape[0]} entries, "
+                           f"rootfeat.seqs {arrays['rootfeat.seqs'].shape[0]}")
     m = arrays["clusters.roots"].shape[0]
     for key in ("clusters.counts", "clusters.reference", "clusters.majority"):
         if arrays[key].shape[0] != m:
@@ -367,8 +371,10 @@ class Guard:
             X = self._embed(nb.valid)
             y = nb.valid.column("label").to_numpy(zero_copy_only=False)
             texts = nb.valid.column("text").to_numpy(zero_copy_only=False)
+            responses = (nb.valid.column("response").to_numpy(zero_copy_only=False)
+                         if "response" in nb.valid.schema.names else None)
             for name, det in self.detectors.items():
-                det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
+                det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts, responses))
         thresholds = {name: det.threshold_ for name, det in self.detectors.items()}
         allowed = None
         if self._allow is not None:
@@ -401,12 +407,13 @@ class Guard:
     def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
         ids = valid_batch.column("id")
         labels = valid_batch.column("label").to_numpy(zero_copy_only=False)
+        nd = self.config.near_duplicates
         first = self.dup_index.n_docs
-        root, sim = self.dup_index.add(valid_batch.column("text"))
-        root, sim = np.asarray(root), np.asarray(sim, dtype=np.float64)
-        same, _ = judge_copies(self._root_features, valid_batch.column("text"), root, first)
+        judged = labels if nd.copies == "conflicting" else None  # as scan judges
+        added, contradicts, _ = index_texts(self.dup_index, self._root_features, valid_batch.column("text"), judged)
+        root, sim = added.root, np.asarray(added.sim, dtype=np.float64)
         # Rows new to the index are remembered with their ids and labels.
-        is_root = root < 0
+        is_root = added.new_root
         self._new_seqs.append(first + np.flatnonzero(is_root))
         self._new_ids.append(pc.filter(ids, pa.array(is_root)).cast(pa.large_string()))
         self._new_labels.append(self._labels.encode(labels[is_root].tolist()))
@@ -426,9 +433,9 @@ class Guard:
         is_copy_v = member & ~is_self
         own = np.where(is_self, root, first + np.arange(root.size))  # the row's own cluster key if it is a root
         _, _, _, majority, in_flood = self._clusters.lookup(np.where(is_copy_v, root, own))
-        nd = self.config.near_duplicates
-        # A copy is judged against the label of the row it copies (the cluster's first occurrence).
-        is_member_v, flood_v = duplicate_flags(nd.copies, is_copy_v, labels, in_flood, root_label, majority, same)
+        # A copy is judged against the label of the earliest earlier row that says what it says.
+        is_member_v, flood_v = duplicate_flags(nd.copies, is_copy_v, labels, in_flood, root_label, majority,
+                                               contradicts)
 
         is_member = np.zeros(n, bool)
         is_member[vidx] = is_member_v
@@ -557,6 +564,8 @@ class Guard:
         arrays["clusters.majority"] = self._cluster_majority
         arrays["clusters.flood"] = self._cluster_flood
         arrays["rootfeat.seqs"] = self._root_features.seqs
+        arrays["rootfeat.labels"] = self._root_features.labels
+        arrays["rootfeat.seen_words"] = self._root_features.seen.hashes
         arrays.update(self._root_features.features.arrays("rootfeat."))
         for k, v in arrays.items():
             if v.dtype == object:
@@ -652,4 +661,5 @@ class Guard:
                    arrays["roots.shards"], profile.get("shards", []), arrays["roots.labels"],
                    arrays["clusters.reference"], arrays["clusters.majority"], LabelCodes(profile.get("labels", [])),
                    arrays["clusters.flood"],
-                   RootFeatures(arrays["rootfeat.seqs"], StatementFeatures.from_arrays(arrays, "rootfeat.")))
+                   RootFeatures(arrays["rootfeat.seqs"], StatementFeatures.from_arrays(arrays, "rootfeat."),
+                                arrays["rootfeat.labels"], arrays["rootfeat.seen_words"]))

@@ -59,7 +59,7 @@ from shardguard.stages import (
     ReservoirSample,
     RootFeatures,
     duplicate_flags,
-    judge_copies,
+    index_texts,
     text_kwargs,
     verdict_table,
 )
@@ -191,6 +191,13 @@ def _no_rows(dim: int | None) -> np.ndarray | None:
 
 def _embedding_dim(schema: pa.Schema) -> int | None:
     return schema.field("embedding").type.list_size if "embedding" in schema.names else None
+
+
+def _responses(batch: pa.RecordBatch) -> np.ndarray | None:
+    """The ``response`` column of a work-file batch (input.response_column), or None."""
+    if "response" not in batch.schema.names:
+        return None
+    return batch.column("response").to_numpy(zero_copy_only=False)
 
 
 def _digest(obj: Any) -> str:
@@ -448,7 +455,7 @@ class ScanPipeline:
                 log.warning("too few valid rows (%d) to fit the embedding detectors; they are skipped", X.shape[0])
                 detectors.clear()
             for name, det in detectors.items():
-                kw = text_kwargs(det, texts)
+                kw = text_kwargs(det, texts, reservoir.sample_responses())
                 if name in gatherers:
                     kw["candidates"] = StreamCandidates(
                         gatherers[name].finish(), reservoir.sample_seqs(),
@@ -504,14 +511,14 @@ class ScanPipeline:
                         if dim is None:
                             pending.append(nb)
                             continue
-                    writer = workfile.WorkFileWriter(path, dim, dtype)
+                    writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
                     for held in pending:
                         writer.write(held.valid, _no_rows(dim), held.invalid)
                     pending = []
                 writer.write(nb.valid, emb if emb is not None else _no_rows(writer.dim), nb.invalid)
             if writer is None:  # no valid row at all
                 dim = getattr(embedder, "dim", None) if embedder is not None else None
-                writer = workfile.WorkFileWriter(path, dim, dtype)
+                writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
                 for held in pending:
                     writer.write(held.valid, _no_rows(dim), held.invalid)
             if cfg.input.id_column:
@@ -561,8 +568,9 @@ class ScanPipeline:
 
         seq0 = state.seq_start[o.shard.name]
 
-        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None, seqs: np.ndarray) -> None:
-            reservoir.add(X, y, texts, seqs)
+        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None, seqs: np.ndarray,
+                            responses: np.ndarray | None) -> None:
+            reservoir.add(X, y, texts, seqs, responses)
             for det in streaming:
                 det.partial_fit(X, y, **text_kwargs(det, texts))
             for g in gatherers:
@@ -579,17 +587,20 @@ class ScanPipeline:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
                     seqs = seq0 + n_valid - vb.num_rows + np.arange(vb.num_rows, dtype=np.int64)
-                    feeding = pool.submit(feed_statistics, X, y, texts, seqs)
+                    responses = _responses(vb) if reservoir.texts is not None else None
+                    feeding = pool.submit(feed_statistics, X, y, texts, seqs, responses)
                 if vb.num_rows and state.dup_index is not None:
-                    root, sim = state.dup_index.add(vb.column("text"))
-                    root = np.asarray(root)
+                    first = state.dup_index.n_docs
+                    # rows are judged by what they say only where that decides a verdict
+                    judged = y if self.config.near_duplicates.copies == "conflicting" else None
+                    added, contradicts, feats = index_texts(state.dup_index, state.root_features,
+                                                            vb.column("text"), judged)
+                    root = added.root
                     rows = vb.column("row").to_numpy()
-                    first = state.dup_index.n_docs - vb.num_rows
-                    same, feats = judge_copies(state.root_features, vb.column("text"), root, first)
-                    state.clusters.record(o.shard.name, rows, root, np.asarray(sim), y, same, feats,
+                    state.clusters.record(o.shard.name, rows, root, added.sim, y, contradicts, feats,
                                           first + np.arange(vb.num_rows, dtype=np.int64))
                     if state.root_ids is not None:
-                        is_root = root < 0
+                        is_root = added.new_root  # indexed as a root: later rows may name it
                         state.root_seqs.append(first + np.flatnonzero(is_root))
                         state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
                         state.root_rows.append(rows[is_root])
@@ -696,7 +707,7 @@ class ScanPipeline:
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
                      root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
-        m_rows, m_root, m_sim, m_same = state.clusters.members(o.shard.name)
+        m_rows, m_root, m_sim, m_contradicts = state.clusters.members(o.shard.name)
         nd = self.config.near_duplicates
         o.clean = o.quarantined = o.invalid = o.allowed = 0
         o.reasons = Counter()
@@ -720,13 +731,15 @@ class ScanPipeline:
                     score[is_member] = m_sim[pos[is_member]]
                     member_root = np.full(n, -1, np.int64)
                     member_root[is_member] = m_root[pos[is_member]]
-                    same = np.zeros(n, bool)
-                    same[is_member] = m_same[pos[is_member]]
+                    contradicts = None
+                    if m_contradicts is not None:
+                        contradicts = np.zeros(n, bool)
+                        contradicts[is_member] = m_contradicts[pos[is_member]]
                     own_seq = np.full(n, -1, np.int64)
                     own_seq[vidx] = seq + np.arange(vidx.size)
                     _, _, ref, maj, in_flood = clusters.lookup(np.where(is_member, member_root, own_seq))
                     labels = batch.column("label").to_numpy(zero_copy_only=False)
-                    near, flood = duplicate_flags(nd.copies, is_member, labels, in_flood, ref, maj, same)
+                    near, flood = duplicate_flags(nd.copies, is_member, labels, in_flood, ref, maj, contradicts)
                     dup_of = np.full(n, None, dtype=object)
                     of_shard = np.full(n, None, dtype=object)
                     of_row = np.full(n, None, dtype=object)
@@ -741,8 +754,9 @@ class ScanPipeline:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
                     texts = vb.column("text").to_numpy(zero_copy_only=False)
+                    responses = _responses(vb)
                     for name, det in detectors.items():
-                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
+                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts, responses))
                 allowed = None
                 if state.allow is not None:
                     allowed = pc.is_in(batch.column("id"), value_set=state.allow).to_numpy(zero_copy_only=False)
@@ -810,8 +824,9 @@ class ScanPipeline:
         thresholds: dict[str, Any] = {}
         if nd.enabled:
             copies_rule = {
-                "conflicting": "a later copy that says what the first occurrence says (similar length, not a "
-                               "sub-phrase or a negation of it) under another label (both labelled)",
+                "conflicting": "a later copy that says what an earlier row says (the earliest earlier "
+                               "statement it repeats: similar length, not a sub-phrase or a negation of it) "
+                               "under another label (both labelled)",
                 "all": "every later copy",
                 "none": "no copy (near_duplicate_score is still written)",
             }[nd.copies]

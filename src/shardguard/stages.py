@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from shardguard.detectors.base import as_labels, label_groups
+from shardguard.detectors.near_duplicates import Added, NearDuplicateIndex
 
 #: Reasons written by the near-duplicate stage and the validator.
 INVALID = "invalid"
@@ -42,6 +43,19 @@ MIN_LENGTH_RATIO = 0.85
 MAX_WORD_DIFF = 2
 
 
+def normalized(texts: "pa.Array | pa.ChunkedArray | list[str]") -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """The texts normalised (``normalize_text``) as an Arrow large-string array, with their
+    code points and lengths as :func:`~shardguard.detectors.near_duplicates.normalize_codepoints`
+    gives them."""
+    from shardguard.detectors.near_duplicates import normalize_codepoints
+
+    cps, lens = normalize_codepoints(texts)
+    big = cps.tobytes().decode("utf-32-le", "surrogatepass")
+    ends = np.cumsum(lens)
+    norm = pa.array([big[e - ln: e] for e, ln in zip(ends.tolist(), lens.tolist())], pa.large_string())
+    return norm, cps, lens
+
+
 @dataclass
 class StatementFeatures:
     """What :func:`same_statement` compares of two texts, kept per row as plain arrays ``(n,)``.
@@ -63,22 +77,21 @@ class StatementFeatures:
 
     @classmethod
     def of_texts(cls, texts: "pa.Array | pa.ChunkedArray | list[str]") -> "StatementFeatures":
-        """Features of each text (str sequence or Arrow string array without nulls).
+        """Features of each text (str sequence or Arrow string array without nulls)."""
+        return cls.of_normalized(*normalized(texts))
+
+    @classmethod
+    def of_normalized(cls, norm: pa.Array, cps: np.ndarray, lens: np.ndarray) -> "StatementFeatures":
+        """Features of normalised texts as :func:`normalized` gives them.
 
         Lengths and word counts come from the normalised code points (numpy), negations and
         the texts without their first or last word from Arrow's regex kernels; the only
         Python steps per text are the three 64-bit hashes.
         """
-        from shardguard.detectors.near_duplicates import normalize_codepoints
-
-        n = len(texts)
+        n = len(norm)
         if n == 0:
             return cls.empty()
-        cps, lens = normalize_codepoints(texts)
-        big = cps.tobytes().decode("utf-32-le", "surrogatepass")
         ends = np.cumsum(lens)
-        norm_list = [big[e - ln: e] for e, ln in zip(ends.tolist(), lens.tolist())]
-        norm = pa.array(norm_list, pa.large_string())
         spaces = np.zeros(cps.size + 1, np.int64)
         spaces[1:] = np.cumsum(cps == 32)
         words = np.where(lens > 0, spaces[ends] - spaces[ends - lens] + 1, 0).astype(np.int32)
@@ -90,7 +103,7 @@ class StatementFeatures:
             h = xxhash.xxh3_64_intdigest
             return np.fromiter((h(t.encode("utf-8", "surrogatepass")) for t in strings), np.uint64, n)
 
-        return cls(lens.astype(np.int32), words, neg, hashes(norm_list), hashes(tail), hashes(head))
+        return cls(lens.astype(np.int32), words, neg, hashes(norm.to_pylist()), hashes(tail), hashes(head))
 
     @classmethod
     def empty(cls) -> "StatementFeatures":
@@ -116,7 +129,8 @@ class StatementFeatures:
         return cls(*(np.asarray(arrays[prefix + f], dt) for f, dt in zip(cls.FIELDS, dtypes)))
 
 
-def same_statement(copy: StatementFeatures, root: StatementFeatures) -> np.ndarray:
+def same_statement(copy: StatementFeatures, root: StatementFeatures,
+                   copy_has_new_word: np.ndarray | None = None) -> np.ndarray:
     """Whether each copy (a character-level near-copy of its root) says what its root says, ``(n,)`` bool.
 
     Not the same statement: a length ratio below :data:`MIN_LENGTH_RATIO` or more than
@@ -124,6 +138,13 @@ def same_statement(copy: StatementFeatures, root: StatementFeatures) -> np.ndarr
     extension of it); one text being the other with one word more at its start or end ("a masterpiece" / "masterpiece", "it is dull ." / "it is
     dull"); or a negation word more or less, as a word of its own ("is funny" / "is not
     funny"). Typo'd copies (a few character edits) keep their words and their length.
+
+    With ``copy_has_new_word`` (bool ``(n,)``: the copy holds a word that no earlier text of
+    the data held, see :class:`SeenWords`), a copy that differs from its root only in words
+    the data already knows -- a word swapped for another ("the best movie" / "the worst
+    movie", "successfully" / "unsuccessfully") -- is not the same statement either: a
+    typo'd copy misspells a word, and a misspelling is a word nothing before it held.
+    Identical normalised texts always say the same thing.
     """
     lo = np.minimum(copy.length, root.length).astype(np.float64)
     hi = np.maximum(np.maximum(copy.length, root.length), 1).astype(np.float64)
@@ -132,7 +153,80 @@ def same_statement(copy: StatementFeatures, root: StatementFeatures) -> np.ndarr
                      | (root.h_full == copy.h_tail) | (root.h_full == copy.h_head))
     one_word_more &= np.abs(copy.words - root.words) == 1
     negated = (copy.negations != root.negations) & (copy.words != root.words)
-    return similar_length & ~one_word_more & ~negated
+    same = similar_length & ~one_word_more & ~negated
+    if copy_has_new_word is not None:
+        same &= np.asarray(copy_has_new_word, bool)
+    return same | (copy.h_full == root.h_full)
+
+
+class SeenWords:
+    """The words of every text seen so far, as 64-bit xxh3 hashes: 8 bytes a distinct word.
+
+    Sorted runs of distinct hashes, oldest first, the two newest merged while the older
+    is at most twice the newer (O(log n) runs, as the near-duplicate index keeps its own).
+    """
+
+    def __init__(self, hashes: np.ndarray | None = None) -> None:
+        self.runs: list[np.ndarray] = []
+        if hashes is not None and len(hashes):
+            self.runs = [np.unique(np.asarray(hashes, np.uint64))]
+
+    @property
+    def hashes(self) -> np.ndarray:
+        """Every distinct word hash, sorted (uint64)."""
+        return np.sort(np.concatenate(self.runs)) if self.runs else np.zeros(0, np.uint64)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.runs)
+
+    def contains(self, h: np.ndarray) -> np.ndarray:
+        found = np.zeros(h.size, bool)
+        for run in self.runs:
+            pos = np.minimum(np.searchsorted(run, h), run.size - 1)
+            found |= run[pos] == h
+        return found
+
+    def see(self, norm: pa.Array) -> np.ndarray:
+        """Learn the words of the normalised texts ``norm``, in order; returns, per text
+        (bool ``(n,)``), whether it holds a word no earlier text held (this call's earlier
+        texts included)."""
+        n = len(norm)
+        novel = np.zeros(n, bool)
+        words = pc.split_pattern(norm, " ")
+        offsets = words.offsets.to_numpy()
+        flat = words.flatten()
+        if len(flat) == 0:
+            return novel
+        row = np.repeat(np.arange(n), np.diff(offsets - offsets[0]))
+        enc = pc.dictionary_encode(flat)
+        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        h = xxhash.xxh3_64_intdigest
+        vocab = np.fromiter((h(w.encode("utf-8", "surrogatepass")) for w in enc.dictionary.to_pylist()),
+                            np.uint64, len(enc.dictionary))
+        fresh = ~self.contains(vocab)
+        fresh &= vocab != h(b"")  # the empty text's "word"
+        _, first = np.unique(code, return_index=True)  # each word's first token, in text order
+        first_row = row[first]
+        novel[first_row[fresh]] = True
+        new = np.unique(vocab[fresh])
+        if new.size:
+            self.runs.append(new)
+            while len(self.runs) >= 2 and self.runs[-2].size <= 2 * self.runs[-1].size:
+                b, a = self.runs.pop(), self.runs.pop()
+                self.runs.append(np.sort(np.concatenate([a, b]), kind="stable"))
+        return novel
+
+
+def label_hashes(labels: Any, n: int) -> np.ndarray:
+    """64-bit xxh3 hashes of labels as strings (:func:`~shardguard.detectors.base.as_labels`),
+    ``(n,)`` uint64, 0 for an unlabelled row (or no labels at all): labels kept at 8 bytes each."""
+    arr = as_labels(labels, n)
+    if arr is None or n == 0:
+        return np.zeros(n, np.uint64)
+    codes, keys = label_groups(arr)
+    h = np.array([0 if k is None else xxhash.xxh3_64_intdigest(k.encode()) or 1 for k in keys], np.uint64)
+    return h[codes]
 
 
 #: A cluster without a label contradiction is a flood only if its copies agree on one text
@@ -248,36 +342,41 @@ def consensus_agreement(texts: Sequence[str]) -> float:
 
 
 class RootFeatures:
-    """:class:`StatementFeatures` of the near-duplicate index's roots, looked up by sequence number.
+    """:class:`StatementFeatures` and label hashes (:func:`label_hashes`) of the rows the
+    near-duplicate index keeps -- its roots and its statements -- looked up by sequence number.
 
-    Roots arrive in increasing sequence order (scan order), so each field is one sorted,
+    They arrive in increasing sequence order (scan order), so each field is one sorted,
     growable array (capacity doubles: appending a batch costs the batch, not the store).
     """
 
-    def __init__(self, seqs: np.ndarray | None = None, features: StatementFeatures | None = None) -> None:
+    def __init__(self, seqs: np.ndarray | None = None, features: StatementFeatures | None = None,
+                 labels: np.ndarray | None = None, words: np.ndarray | None = None) -> None:
+        self.seen = SeenWords(words)  # the words of every judged batch so far
         self._n = 0
         self._seqs = np.zeros(0, np.int64)
+        self._labels = np.zeros(0, np.uint64)
         self._feats = StatementFeatures.empty()
         if seqs is not None and features is not None:
-            self.add(seqs, features)
+            self.add(seqs, features, np.zeros(len(seqs), np.uint64) if labels is None else labels)
 
-    def add(self, seqs: np.ndarray, features: StatementFeatures) -> None:
+    def add(self, seqs: np.ndarray, features: StatementFeatures, labels: np.ndarray) -> None:
+        """Remember rows ``seqs`` (increasing, after every row kept so far), their features
+        and label hashes."""
         m = len(seqs)
         if not m:
             return
         if self._n + m > self._seqs.size:
             cap = max(2 * self._seqs.size, self._n + m, 1024)
-            grown = np.zeros(cap, np.int64)
-            grown[: self._n] = self._seqs[: self._n]
-            self._seqs = grown
-            parts = []
-            for f in StatementFeatures.FIELDS:
-                old = getattr(self._feats, f)
+
+            def grown(old: np.ndarray) -> np.ndarray:
                 new = np.zeros(cap, old.dtype)
                 new[: self._n] = old[: self._n]
-                parts.append(new)
-            self._feats = StatementFeatures(*parts)
+                return new
+
+            self._seqs, self._labels = grown(self._seqs), grown(self._labels)
+            self._feats = StatementFeatures(*(grown(getattr(self._feats, f)) for f in StatementFeatures.FIELDS))
         self._seqs[self._n: self._n + m] = seqs
+        self._labels[self._n: self._n + m] = labels
         for f in StatementFeatures.FIELDS:
             getattr(self._feats, f)[self._n: self._n + m] = getattr(features, f)
         self._n += m
@@ -287,36 +386,76 @@ class RootFeatures:
         return self._seqs[: self._n]
 
     @property
+    def labels(self) -> np.ndarray:
+        """Label hashes, uint64 ``(n,)`` (0: unlabelled)."""
+        return self._labels[: self._n]
+
+    @property
     def features(self) -> StatementFeatures:
         return self._feats.take(np.arange(self._n))
 
-    def lookup(self, seqs: np.ndarray) -> StatementFeatures:
-        """Features of the roots with these sequence numbers (each must have been added)."""
+    def _positions(self, seqs: np.ndarray) -> np.ndarray:
         keys = self.seqs
         seqs = np.asarray(seqs, np.int64)
         pos = np.searchsorted(keys, seqs)
         if pos.size and (pos.max() >= keys.size or np.any(keys[np.minimum(pos, keys.size - 1)] != seqs)):
-            raise KeyError("a root's statement features are missing")
-        return self._feats.take(pos)
+            raise KeyError("a root's or statement's features are missing")
+        return pos
+
+    def lookup(self, seqs: np.ndarray) -> StatementFeatures:
+        """Features of the rows with these sequence numbers (each must have been added)."""
+        return self._feats.take(self._positions(seqs))
+
+    def label_of(self, seqs: np.ndarray) -> np.ndarray:
+        """Label hashes of the rows with these sequence numbers (each must have been added)."""
+        return self.labels[self._positions(seqs)]
 
 
-def judge_copies(roots: RootFeatures, texts: pa.Array | pa.ChunkedArray, root: np.ndarray,
-                 first: int) -> tuple[np.ndarray, np.ndarray]:
-    """Remember what the new roots among ``texts`` say, and judge the copies against their roots.
+def index_texts(index: NearDuplicateIndex, kept: RootFeatures, texts: pa.Array | pa.ChunkedArray,
+                labels: Any) -> tuple[Added, np.ndarray, StatementFeatures]:
+    """Add ``texts`` to the near-duplicate index, judging every labelled row by what it says.
 
-    ``texts`` were just added to the near-duplicate index as sequence numbers ``first ..``,
-    which returned ``root`` (-1 for a new root). Returns ``(same, features)``: ``same``
-    (bool ``(n,)``) marks a copy that says what its root says (:func:`same_statement`),
-    ``features`` are every text's :class:`StatementFeatures`. Shared by scan and Guard.
+    A labelled row *contradicts* an earlier row when it says the same thing
+    (:func:`same_statement`, on a pair the index verified as near-copies) as the earliest
+    earlier statement it repeats, and that statement carries another label: so a
+    label-flipped copy is judged against the row it copies, not only against its
+    near-duplicate group's first row (which on phrase-level data is often a sub-phrase,
+    a different statement); a labelled row that near-copies no first occurrence but
+    repeats a member of a group joins that group (see ``NearDuplicateIndex.add_judged``).
+    Unlabelled rows are not judged and contradict nothing. ``kept`` learns the words of
+    the texts and the new roots' and statements' features and labels.
+
+    Returns ``(added, contradicts, features)``: the index's answer, bool ``(n,)``, and
+    every text's :class:`StatementFeatures`. Shared by scan and Guard.
     """
-    feats = StatementFeatures.of_texts(texts)
-    new = np.flatnonzero(root < 0)
-    roots.add(first + new, feats.take(new))
-    copies = np.flatnonzero(root >= 0)
-    same = np.zeros(root.size, bool)
-    if copies.size:
-        same[copies] = same_statement(feats.take(copies), roots.lookup(root[copies]))
-    return same, feats
+    n = len(texts)
+    norm, cps, lens = normalized(texts)
+    feats = StatementFeatures.of_normalized(norm, cps, lens)
+    lab = label_hashes(labels, n)
+    judge = lab != 0
+    new_word = kept.seen.see(norm) if judge.any() else np.zeros(n, bool)
+    first = index.n_docs
+
+    def says_same(q: np.ndarray, seq: np.ndarray) -> np.ndarray:
+        inside = seq >= first  # an earlier text of this very call
+        if inside.all():
+            other = feats.take(seq - first)
+        elif not inside.any():
+            other = kept.lookup(seq)
+        else:
+            a, b = np.flatnonzero(inside), np.flatnonzero(~inside)
+            other = StatementFeatures.concat([feats.take(seq[a] - first), kept.lookup(seq[b])])
+            other = other.take(np.argsort(np.concatenate([a, b])))
+        return same_statement(feats.take(q), other, new_word[q])
+
+    added = index.add_judged(texts, judge if judge.any() else None, says_same)
+    new = np.flatnonzero(added.new_root | added.statement)
+    kept.add(first + new, feats.take(new), lab[new])
+    contradicts = np.zeros(n, bool)
+    repeats = np.flatnonzero(added.said >= 0)
+    if repeats.size:
+        contradicts[repeats] = kept.label_of(added.said[repeats]) != lab[repeats]
+    return added, contradicts, feats
 
 
 class ReservoirSample:
@@ -333,15 +472,19 @@ class ReservoirSample:
         self.X: np.ndarray | None = None
         self.y = np.full(size, None, dtype=object)
         self.texts = np.full(size, None, dtype=object) if keep_text else None
+        self.responses: np.ndarray | None = None
         self.seqs = np.full(size, -1, dtype=np.int64)
 
     def add(self, X: np.ndarray, y: np.ndarray, texts: np.ndarray | None = None,
-            seqs: np.ndarray | None = None) -> None:
-        """Offer one batch: ``X`` (n, dim), ``y`` (n,), ``texts`` (n,) when kept, and ``seqs``
-        (n,) the rows' global sequence numbers (default: their position in the stream)."""
+            seqs: np.ndarray | None = None, responses: np.ndarray | None = None) -> None:
+        """Offer one batch: ``X`` (n, dim), ``y`` (n,), ``texts`` (n,) when kept, ``seqs`` (n,)
+        the rows' global sequence numbers (default: their position in the stream) and
+        ``responses`` (n,) (kept with the texts when given)."""
         n = X.shape[0]
         if n == 0:
             return
+        if responses is not None and self.texts is not None and self.responses is None:
+            self.responses = np.full(self.size, None, dtype=object)
         if self.X is None:
             self.X = np.zeros((self.size, X.shape[1]), dtype=np.float32)
         pos = self.seen + np.arange(n)
@@ -352,6 +495,8 @@ class ReservoirSample:
         self.seqs[pos[fill]] = seqs[fill]
         if self.texts is not None:
             self.texts[pos[fill]] = texts[fill]
+        if self.responses is not None:
+            self.responses[pos[fill]] = responses[fill]
         rest = np.flatnonzero(~fill)
         if rest.size:
             j = self.rng.integers(0, pos[rest] + 1)  # one draw per row, as in algorithm R
@@ -362,7 +507,13 @@ class ReservoirSample:
             self.seqs[j[keep]] = seqs[rest[keep]]
             if self.texts is not None:
                 self.texts[j[keep]] = texts[rest[keep]]
+            if self.responses is not None:
+                self.responses[j[keep]] = responses[rest[keep]]
         self.seen += n
+
+    def sample_responses(self) -> np.ndarray | None:
+        """(k,) the responses of the rows :meth:`sample` returns, or None when none were given."""
+        return None if self.responses is None else self.responses[: min(self.seen, self.size)]
 
     def sample_seqs(self) -> np.ndarray:
         """(k,) int64: the global sequence number of each row :meth:`sample` returns."""
@@ -376,9 +527,15 @@ class ReservoirSample:
         return self.X[:k], self.y[:k], None if self.texts is None else self.texts[:k]
 
 
-def text_kwargs(detector: Any, texts: np.ndarray | None) -> dict[str, Any]:
-    """``{"texts": texts}`` for detectors that declare ``needs_text = True``, else nothing."""
-    return {"texts": texts} if getattr(detector, "needs_text", False) else {}
+def text_kwargs(detector: Any, texts: np.ndarray | None, responses: np.ndarray | None = None) -> dict[str, Any]:
+    """``{"texts": texts}`` for detectors that declare ``needs_text = True``, else nothing; with
+    ``responses`` (``input.response_column``), also ``{"responses": responses}`` for detectors
+    that declare ``reads_responses = True``."""
+    if not getattr(detector, "needs_text", False):
+        return {}
+    if responses is not None and getattr(detector, "reads_responses", False):
+        return {"texts": texts, "responses": responses}
+    return {"texts": texts}
 
 
 class DuplicateClusters:
@@ -386,7 +543,7 @@ class DuplicateClusters:
 
     ``roots`` are global sequence numbers (over valid rows, in scan order) of
     first occurrences that something duplicates; members point at them.
-    Memory grows with the number of copies, not with the data: 58 bytes a copy with
+    Memory grows with the number of copies, not with the data: 57 bytes a copy with
     statement features and sequence numbers, in numpy arrays (no Python object per copy or
     per cluster while a scan streams; label strings are kept once each, as small integer
     codes).
@@ -419,7 +576,6 @@ class DuplicateClusters:
         self._shard_chunks: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self._roots: list[np.ndarray] = []  # root of every copy, a chunk per batch
         self._codes: list[np.ndarray] = []  # label code of every copy
-        self._same: list[np.ndarray] = []  # bool: the copy says what its root says
         self._feats: list[StatementFeatures | None] = []  # the copies' length, words, text hash
         self._code_of: dict[Any, int] = {}  # label -> code
         self._table: ClusterTable | None = None
@@ -428,16 +584,17 @@ class DuplicateClusters:
         return np.array([self._code_of.setdefault(lab, len(self._code_of)) for lab in labels], dtype=np.int32)
 
     def record(self, shard: str, rows: np.ndarray, root: np.ndarray, sim: np.ndarray,
-               labels: np.ndarray | None = None, same: np.ndarray | None = None,
+               labels: np.ndarray | None = None, contradicts: np.ndarray | None = None,
                features: StatementFeatures | None = None, seqs: np.ndarray | None = None) -> None:
         """Keep the copies among ``rows`` (root >= 0) of one shard, with their labels.
 
         All arrays ``(n,)``: ``rows`` (row numbers in the shard), ``root`` (sequence
         number of the first occurrence, -1 for none), ``sim``, ``labels`` (object),
-        ``same`` (bool: :func:`same_statement` of each copy and its root; all True when
-        None); ``features``: every row's :class:`StatementFeatures` (for floods; 20 bytes a
-        copy are kept); ``seqs``: every row's sequence number (8 bytes a copy), with which
-        :meth:`resolve` fetches a flood's texts.
+        ``contradicts`` (bool: the row contradicts the label of an earlier row that says
+        the same thing, see :func:`index_texts`; None: not judged, the copy is judged by
+        its first occurrence's label); ``features``: every row's :class:`StatementFeatures`
+        (for floods; 20 bytes a copy are kept); ``seqs``: every row's sequence number (8
+        bytes a copy), with which :meth:`resolve` fetches a flood's texts.
         """
         dup = np.flatnonzero(np.asarray(root) >= 0)
         if not dup.size:
@@ -446,11 +603,10 @@ class DuplicateClusters:
         ro = np.asarray(root, dtype=np.int64)[dup]
         self._shard_chunks.setdefault(shard, []).append(
             (np.asarray(rows, dtype=np.int64)[dup], ro, np.asarray(sim, dtype=np.float32)[dup],
-             np.ones(dup.size, bool) if same is None else np.asarray(same, bool)[dup])
+             None if contradicts is None else np.asarray(contradicts, bool)[dup])
         )
         self._roots.append(ro)
         self._seqs.append(None if seqs is None else np.asarray(seqs, dtype=np.int64)[dup])
-        self._same.append(np.ones(dup.size, bool) if same is None else np.asarray(same, bool)[dup])
         self._feats.append(None if features is None else StatementFeatures(
             features.length[dup], features.words[dup], np.zeros(0, np.int16), features.h_full[dup],
             np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
@@ -460,14 +616,17 @@ class DuplicateClusters:
             codes, keys = label_groups(as_labels(np.asarray(labels, dtype=object)[dup], dup.size))
             self._codes.append(self._encode(keys)[codes])
 
-    def members(self, shard: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(rows, root, sim, same)`` of one shard's copies, sorted by row."""
+    def members(self, shard: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(rows, root, sim, contradicts)`` of one shard's copies, sorted by row
+        (``contradicts`` None where :meth:`record` was given none)."""
         chunks = self._shard_chunks.get(shard)
         if not chunks:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, bool)
-        rows, root, sim, same = (np.concatenate(c) for c in zip(*chunks))
+        rows, root, sim = (np.concatenate(c) for c in list(zip(*chunks))[:3])
+        judged = [c[3] for c in chunks]
+        contradicts = None if any(j is None for j in judged) else np.concatenate(judged)
         order = np.argsort(rows, kind="stable")
-        return rows[order], root[order], sim[order], same[order]
+        return rows[order], root[order], sim[order], None if contradicts is None else contradicts[order]
 
     def all_roots(self) -> np.ndarray:
         """Sorted roots of every cluster so far (int64)."""
@@ -610,22 +769,22 @@ class ClusterTable:
 
 def duplicate_flags(copies: str, is_member: np.ndarray, labels: np.ndarray, in_flood: np.ndarray,
                     reference: np.ndarray, majority: np.ndarray,
-                    same: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    contradicts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``near_duplicate`` and ``duplicate_flood`` flags, bool arrays of shape ``(n,)``.
 
     Inputs, all ``(n,)``: ``is_member`` (a later copy of an earlier row), each
     row's own ``labels``, and of the row's cluster (its own when it is a root,
     none when it is in none) whether it is a flood (``in_flood``, see
     :class:`DuplicateClusters`), the ``reference`` label (the first occurrence's)
-    and the ``majority`` label; ``same``: whether a copy says what its root says
-    (:func:`same_statement`; all True when None).
+    and the ``majority`` label; ``contradicts``: whether a row contradicts the label of an
+    earlier row that says the same thing (:func:`index_texts`; when None, a copy is judged
+    by the label of its first occurrence, ``reference``).
 
     * duplicate_flood: a row of a flood that carries the cluster's majority label
       (every row when unlabelled).
     * near_duplicate: a copy, when ``copies`` is ``"all"``; when ``"conflicting"``, a
-      copy that says what its root says under another label (both labelled: an
-      unlabelled row contradicts nothing), except a flood's rows outside its majority
-      label; never when ``"none"``.
+      copy that contradicts (both labelled: an unlabelled row contradicts nothing),
+      except a flood's rows outside its majority label; never when ``"none"``.
 
     So the genuine sentence an attacker copied under another label stays clean
     whether it comes before its flood in scan order or after it.
@@ -638,10 +797,10 @@ def duplicate_flags(copies: str, is_member: np.ndarray, labels: np.ndarray, in_f
     if copies == "all":
         near = np.asarray(is_member, bool).copy()
     elif copies == "conflicting":
-        both_labelled = np.asarray(labels != None, bool) & np.asarray(reference != None, bool)  # noqa: E711
-        says_same = np.ones(labels.size, bool) if same is None else np.asarray(same, bool)
-        near = (np.asarray(is_member, bool) & says_same & both_labelled & np.asarray(labels != reference, bool)
-                & ~(in_flood & ~with_majority))
+        if contradicts is None:
+            both_labelled = np.asarray(labels != None, bool) & np.asarray(reference != None, bool)  # noqa: E711
+            contradicts = both_labelled & np.asarray(labels != reference, bool)
+        near = np.asarray(is_member, bool) & np.asarray(contradicts, bool) & ~(in_flood & ~with_majority)
     else:
         near = np.zeros(labels.size, bool)
     return near, flood

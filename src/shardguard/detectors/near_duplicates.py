@@ -63,8 +63,8 @@ Only roots are indexed. Per root:
   and this estimate is the similarity reported.
 * its global sequence number, 8 B.
 
-Plus 20 B per distinct normalised text for the exact table (hash, root,
-similarity). Measured: ~240 B per document over 100k real texts (see
+Plus 28 B per distinct normalised text for the exact table (hash, root,
+similarity, statement). Measured: ~240 B per document over 100k real texts (see
 ``benchmarks/bench_near_duplicates.py``), including the ~25% capacity slack of
 the growable arrays.
 
@@ -88,6 +88,28 @@ flood of thousands of near-copies (8,192 typo'd copies in one call: ~0.25 s);
 the earliest members are the ones that matter, since a flood's root is its
 first member. Answers do not depend on how the stream is split into ``add``
 calls (tested) except through these caps.
+
+Statements: what a judged text says (``add_judged``, issue 13)
+--------------------------------------------------------------
+A group's first row is a poor judge of whether a later copy flips a label: on
+phrase-level data (GLUE SST-2) it is often a sub-phrase of the copied sentence,
+a different statement. For texts the caller marks as judged (labelled rows),
+the index also keeps *statements*: every judged text that says nothing an
+earlier statement says, by the caller's ``says_same(q, seq)`` applied to the
+pairs the index verified as near-copies. A root that is a statement is flagged
+as one (1 B per root); any other statement is indexed in a band table, sketch
+array and id array of its own, with the root it copies (344 B each), looked up
+with the same caps as the roots. Each judged text gets ``said``, the earliest
+earlier statement it says the same as: among the roots that are statements and
+the other statements of the verified candidates, then among the earlier
+statements of its own call (the in-call step, as for roots). An exact copy says
+what its first occurrence said (the exact table keeps that statement: 28 B per
+distinct text). A judged text that near-copies no root but repeats a statement
+that is a member of a group joins that group (its ``root`` is that statement's
+root; it stays indexed as a root). Without judging nothing of this runs, and
+the answers are ``add``'s. Memory stays linear: each distinct text is indexed
+at most once, as a root or as a statement; on GLUE SST-2 train, where nearly
+every phrase is a statement of its own, 397 B per document in all.
 
 Shingling: character 3-grams, threshold 0.5 (chosen by measurement)
 --------------------------------------------------------------------
@@ -141,8 +163,9 @@ import math
 import mmap
 import unicodedata
 import weakref
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -151,6 +174,7 @@ import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 __all__ = [
+    "Added",
     "MinHasher",
     "NearDuplicateIndex",
     "normalize_codepoints",
@@ -159,7 +183,7 @@ __all__ = [
     "shingle_hash",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: statements (exact_statement, root_statement, statement_*)
 #: At most this many of the earliest roots of one LSH bucket of the index are
 #: candidates for one (text, band) lookup ...
 MAX_BUCKET = 32
@@ -539,27 +563,35 @@ def _needs_merge(sizes: list[int]) -> bool:
 
 
 class _ExactTable:
-    """64-bit text hash -> (root, similarity); keys unique; sorted runs, oldest first."""
+    """64-bit text hash -> (root, similarity, statement); keys unique; sorted runs, oldest first.
+
+    ``statement``: the sequence number of the statement a text says (see
+    :meth:`NearDuplicateIndex.add_judged`): its own for a text that is a statement,
+    the earlier one it repeats, or -1 for a text that was not judged.
+    """
+
+    COLUMNS = 4  # keys, root, sim, statement
+    ROW_BYTES = 28
 
     def __init__(self) -> None:
-        self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.runs: list[tuple[np.ndarray, ...]] = []
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + r.nbytes + s.nbytes for k, r, s in self.runs)
+        return sum(c.nbytes for run in self.runs for c in run)
 
-    @staticmethod
-    def _sorted(parts: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The runs ``parts`` (each ``[keys, root, sim]``) as one run sorted by key,
-        column by column: each input column is let go once copied, so a merge
+    @classmethod
+    def _sorted(cls, parts: list[list[np.ndarray]]) -> tuple[np.ndarray, ...]:
+        """The runs ``parts`` (each ``[keys, root, sim, statement]``) as one run sorted
+        by key, column by column: each input column is let go once copied, so a merge
         holds its inputs plus ~2 columns, not inputs and output in full."""
-        if sum(p[0].size for p in parts) * 20 < _MMAP_MIN_BYTES:  # small: the plain way
-            k, r, s = (np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts))
-            o = np.argsort(k, kind="stable")
-            return k[o], r[o], s[o]
+        if sum(p[0].size for p in parts) * cls.ROW_BYTES < _MMAP_MIN_BYTES:  # small: the plain way
+            cols = [np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts)]
+            o = np.argsort(cols[0], kind="stable")
+            return tuple(c[o] for c in cols)
         out = []
         o = None
-        for c in range(3):
+        for c in range(cls.COLUMNS):
             col = np.concatenate([p[c] for p in parts]) if len(parts) > 1 else parts[0][c]
             for p in parts:
                 p[c] = None
@@ -567,42 +599,43 @@ class _ExactTable:
                 o = np.argsort(col, kind="stable")  # timsort: linear on concatenated runs
             out.append(np.take(col, o, out=_alloc(o.size, col.dtype), mode="clip"))
             del col
-        return out[0], out[1], out[2]
+        return tuple(out)
 
-    def add(self, keys: np.ndarray, root: np.ndarray, sim: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, root: np.ndarray, sim: np.ndarray, stmt: np.ndarray) -> None:
         if keys.size == 0:
             return
-        self.runs.append(
-            self._sorted([[keys.astype(np.uint64), root.astype(np.int64), sim.astype(np.float32)]])
-        )
+        self.runs.append(self._sorted([[keys.astype(np.uint64), root.astype(np.int64), sim.astype(np.float32),
+                                        stmt.astype(np.int64)]]))
         while _needs_merge([r[0].size for r in self.runs]):
             b, a = self.runs.pop(), self.runs.pop()
             self.runs.append(self._sorted([list(a), list(b)]))
 
-    def merged(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def merged(self) -> tuple[np.ndarray, ...]:
         if not self.runs:
-            return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float32)
+            return np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int64)
         if len(self.runs) == 1:
             return self.runs[0]
         return self._sorted([list(r) for r in self.runs])
 
-    def set(self, keys: np.ndarray, root: np.ndarray, sim: np.ndarray) -> None:
+    def set(self, keys: np.ndarray, root: np.ndarray, sim: np.ndarray, stmt: np.ndarray) -> None:
         self.runs = []
-        self.add(keys, root, sim)
+        self.add(keys, root, sim, stmt)
 
-    def lookup(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(found, root, sim) for query hashes ``q``."""
+    def lookup(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(found, root, sim, statement) for query hashes ``q``."""
         found = np.zeros(q.size, dtype=bool)
         root = np.zeros(q.size, dtype=np.int64)
         sim = np.zeros(q.size, dtype=np.float32)
-        for k, r, s in self.runs:
+        stmt = np.full(q.size, -1, dtype=np.int64)
+        for k, r, s, st in self.runs:
             pos = np.minimum(np.searchsorted(k, q), k.size - 1)
             hit = (k[pos] == q) & ~found
             if hit.any():
                 found |= hit
                 root[hit] = r[pos[hit]]
                 sim[hit] = s[pos[hit]]
-        return found, root, sim
+                stmt[hit] = st[pos[hit]]
+        return found, root, sim, stmt
 
 
 class _BandTable:
@@ -874,6 +907,37 @@ class _Growable:
 # ---------------------------------------------------------------------------
 # index
 # ---------------------------------------------------------------------------
+@dataclass
+class Added:
+    """What :meth:`NearDuplicateIndex.add_judged` found for each of ``n`` texts, arrays ``(n,)``.
+
+    ``root``: sequence number of the first earlier root the text duplicates, or, for a
+    judged text that near-copies no root, of the root of the statement it repeats (-1:
+    none); ``sim``: estimated Jaccard similarity to that root, or to that statement
+    (float32, NaN where ``root`` is -1); ``new_root``: the text was indexed as a root
+    (later texts may name it as theirs; true where ``root`` is -1 and for joined
+    texts); ``said``:
+    sequence number of the earliest earlier *statement* the text says the same as
+    (-1: none, or the text was not judged); ``said_sim``: the estimated Jaccard similarity
+    to that statement where the text was compared with it (float32; NaN for exact copies,
+    which repeat it through their first occurrence, and where ``said`` is -1);
+    ``statement``: the text is a new statement.
+    """
+
+    root: np.ndarray
+    sim: np.ndarray
+    new_root: np.ndarray
+    said: np.ndarray
+    said_sim: np.ndarray
+    statement: np.ndarray
+
+
+#: ``says_same(q, seq)``: whether each text at batch position ``q`` (int64, positions in
+#: the texts of the current ``add_judged`` call) says what the row with sequence number
+#: ``seq`` (int64, an earlier row, possibly of the same call) says, bool of the same shape.
+SaysSame = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 class NearDuplicateIndex:
     """Streaming exact + near-duplicate index over a sequence of texts.
 
@@ -882,6 +946,9 @@ class NearDuplicateIndex:
     root it duplicates (-1 for none) and the estimated Jaccard similarity to it
     (1.0 for exact duplicates after normalisation, NaN where root == -1). Only
     roots are indexed, so every non-negative ``root`` is itself a root.
+
+    ``add_judged`` also tells, for the texts it is asked to judge, which earlier
+    *statement* each says the same thing as (see the module docstring).
     """
 
     def __init__(
@@ -907,11 +974,23 @@ class NearDuplicateIndex:
         self._bands = _BandTable(self.bands)
         self._sketch = _Growable(self.num_perm, np.uint8)
         self._root_ids = _Growable(None, np.int64)
+        self._root_stmt = _Growable(None, np.bool_)  # per root: it is a statement
+        # statements that are not roots (copies that say something else than every
+        # statement they near-copy): bands, sketches and sequence numbers of their own
+        self._s_bands = _BandTable(self.bands)
+        self._s_sketch = _Growable(self.num_perm, np.uint8)
+        self._s_ids = _Growable(None, np.int64)
+        self._s_root = _Growable(None, np.int64)  # the root each of them copies
 
     # -- helpers ----------------------------------------------------------------
     @property
     def n_roots(self) -> int:
         return self._root_ids.n
+
+    @property
+    def n_statements(self) -> int:
+        """Statements indexed: the roots that are statements and the others."""
+        return int(np.count_nonzero(self._root_stmt.view)) + self._s_ids.n
 
     @property
     def nbytes(self) -> int:
@@ -920,6 +999,11 @@ class NearDuplicateIndex:
             + self._bands.nbytes
             + self._sketch.data.nbytes
             + self._root_ids.data.nbytes
+            + self._root_stmt.data.nbytes
+            + self._s_bands.nbytes
+            + self._s_sketch.data.nbytes
+            + self._s_ids.data.nbytes
+            + self._s_root.data.nbytes
             + self.hasher._a.nbytes
             + self.hasher._b.nbytes
         )
@@ -954,6 +1038,19 @@ class NearDuplicateIndex:
             est[s : s + step] = self._estimate(sk_q[qi[s : s + step]], sk_c[ci[s : s + step]])
         return est
 
+    def _candidates(self, table: "_BandTable", sk_c: np.ndarray, comp: np.ndarray, order: np.ndarray,
+                    sk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Verified pairs ``(query, ordinal, estimate)`` of ``table``'s entries (the
+        ``MAX_BUCKET`` earliest of each bucket), sorted by query then ordinal."""
+        qi, ords = table.lookup(comp, order, MAX_BUCKET)
+        if not qi.size:
+            return qi, ords, np.empty(0, np.float64)
+        code = _sorted_unique((qi << 32) | ords)  # by (query, ordinal)
+        qi, ords = code >> 32, code & 0xFFFFFFFF
+        est = self._verify(sk, qi, sk_c, ords)
+        ok = est >= self.threshold
+        return qi[ok], ords[ok], est[ok]
+
     @staticmethod
     def _text_hashes(cps: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """xxh3_64 of each normalised text's UTF-32-LE bytes."""
@@ -963,7 +1060,7 @@ class NearDuplicateIndex:
         starts = [e - 4 * ln for e, ln in zip(ends, lens.tolist())]
         return np.fromiter((h(mv[a:b]) for a, b in zip(starts, ends)), dtype=np.uint64, count=lens.size)
 
-    # -- main entry point --------------------------------------------------------
+    # -- main entry points -------------------------------------------------------
     def add(self, texts: "Sequence[str] | pa.Array") -> tuple[np.ndarray, np.ndarray]:
         """Index ``texts`` (str sequence or Arrow string array, no nulls) in order.
 
@@ -971,21 +1068,52 @@ class NearDuplicateIndex:
         first occurrence each text duplicates (-1: none, the text is a new root)
         and the estimated Jaccard similarity to it (float32, NaN for roots).
         """
+        added = self.add_judged(texts)
+        return added.root, added.sim
+
+    def add_judged(self, texts: "Sequence[str] | pa.Array", judge: np.ndarray | None = None,
+                   says_same: SaysSame | None = None) -> Added:
+        """:meth:`add`, and for the texts marked in ``judge`` (bool ``(n,)``) the
+        earliest earlier statement each says the same as, by ``says_same`` (see
+        :data:`SaysSame`; called on pairs the index verified as near-copies).
+
+        A judged text that near-copies no root but repeats a statement that is not a
+        root (a member of another text's group) joins that statement's group: its
+        ``root`` is the statement's root and its ``sim`` the similarity to the
+        statement; it is still indexed as a root (``new_root``). Otherwise ``root`` and
+        ``sim`` do not depend on ``judge``. Without ``judge`` nothing is judged (every
+        ``said`` is -1), no statement is indexed and the answers are :meth:`add`'s.
+        """
         n = len(texts)
         root = np.full(n, -1, dtype=np.int64)
         sim = np.full(n, np.nan, dtype=np.float32)
+        said = np.full(n, -1, dtype=np.int64)
+        said_sim = np.full(n, np.nan, dtype=np.float32)
+        statement = np.zeros(n, dtype=bool)
+        new_root = np.zeros(n, dtype=bool)
         if n == 0:
-            return root, sim
+            return Added(root, sim, new_root, said, said_sim, statement)
+        if judge is not None:
+            judge = np.asarray(judge, bool)
+            if judge.shape != (n,):
+                raise ValueError(f"judge must have shape ({n},), got {judge.shape}")
+            if says_same is None:
+                raise ValueError("judging texts needs says_same")
+            if not judge.any():
+                judge = None
         base = self.n_docs
         if base + n > np.iinfo(np.int64).max:
             raise OverflowError("too many documents")
         cps, lens = normalize_codepoints(texts)
         hashes = self._text_hashes(cps, lens)
 
-        # 1. exact duplicates of texts seen in earlier calls
-        found, ex_root, ex_sim = self._exact.lookup(hashes)
+        # 1. exact duplicates of texts seen in earlier calls (a judged exact copy says
+        # what its first occurrence said: that statement, if it was judged)
+        found, ex_root, ex_sim, ex_stmt = self._exact.lookup(hashes)
         root[found] = ex_root[found]
         sim[found] = ex_sim[found]
+        if judge is not None:
+            said[found & judge] = ex_stmt[found & judge]
 
         # 2. exact duplicates inside this call: F = first occurrences (batch order)
         rest = np.flatnonzero(~found)
@@ -1000,16 +1128,24 @@ class NearDuplicateIndex:
             if F.size < n:  # only the first occurrences need signatures
                 sel = np.zeros(n, dtype=bool)
                 sel[F] = True
-                fr, fs = self._near(F, cps[np.repeat(sel, lens)], lens[F], base)
+                fcps, flens = cps[np.repeat(sel, lens)], lens[F]
             else:
-                fr, fs = self._near(F, cps, lens, base)
+                fcps, flens = cps, lens
+            judge_F = None if judge is None or not judge[F].any() else judge[F]
+            fr, fs, fnew, fsaid, fsaid_sim, fstmt = self._near(F, fcps, flens, base, judge_F, says_same)
+            new_root[F] = fnew
             root[F] = fr
             sim[F] = fs
-            # the exact table learns every distinct new text: a root maps to itself
+            said[F] = fsaid
+            said_sim[F] = fsaid_sim
+            statement[F] = fstmt
+            # the statement each distinct new text says: its own, the earlier one, or none
+            stmt_of_F = np.where(fsaid >= 0, fsaid, np.where(fstmt, base + F, -1))
+            # the exact table learns every distinct new text: a root maps to itself (a
+            # joined text to the group it joined)
             is_root = fr < 0
-            self._exact.add(
-                hashes[F], np.where(is_root, base + F, fr), np.where(is_root, np.float32(1.0), fs)
-            )
+            self._exact.add(hashes[F], np.where(is_root, base + F, fr), np.where(is_root, np.float32(1.0), fs),
+                            stmt_of_F)
             # later exact copies inside the call follow their first occurrence
             is_copy = F[follow] != rest
             if is_copy.any():
@@ -1019,17 +1155,25 @@ class NearDuplicateIndex:
                 own = src_root < 0
                 root[fol] = np.where(own, base + src, src_root)
                 sim[fol] = np.where(own, np.float32(1.0), sim[src])
+                if judge is not None:
+                    jf = judge[fol]
+                    said[fol[jf]] = stmt_of_F[follow[is_copy]][jf]
 
         self.n_docs = base + n
-        return root, sim
+        return Added(root, sim, new_root, said, said_sim, statement)
 
     def _near(
-        self, F: np.ndarray, cps: np.ndarray, lens: np.ndarray, base: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Near-duplicate resolution of the distinct new texts ``F`` (batch positions)."""
+        self, F: np.ndarray, cps: np.ndarray, lens: np.ndarray, base: int,
+        judge: np.ndarray | None, says_same: SaysSame | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Near-duplicate resolution of the distinct new texts ``F`` (batch positions):
+        ``(root, sim, new_root, said, said_sim, statement)`` as in :class:`Added`, for ``F``."""
         m = F.size
         root = np.full(m, -1, dtype=np.int64)
         sim = np.full(m, np.nan, dtype=np.float32)
+        said = np.full(m, -1, dtype=np.int64)
+        said_sim = np.full(m, np.nan, dtype=np.float32)
+        said_root = np.full(m, -1, dtype=np.int64)  # the root of the statement a text repeats
         sig = self.hasher.signatures_codepoints(cps, lens)
         keys_t = self._band_keys(sig)  # (bands, m)
         sk = self._bbit(sig)
@@ -1042,45 +1186,60 @@ class NearDuplicateIndex:
         comp &= np.uint64(0xFFFFFFFF00000000)  # the keys, still shifted
 
         # 3. candidates among indexed roots (all earlier than this call)
-        qi, ords = self._bands.lookup(comp, order, MAX_BUCKET)
+        qi, ords, est = self._candidates(self._bands, self._sketch.view, comp, order, sk)
         if qi.size:
-            code = _sorted_unique((qi << 32) | ords)  # by (query, ordinal)
-            qi, ords = code >> 32, code & 0xFFFFFFFF
-            est = self._verify(sk, qi, self._sketch.view, ords)
-            ok = est >= thr
-            if ok.any():
-                qi, ords, est = qi[ok], ords[ok], est[ok]
-                first = _group_starts(qi)  # smallest ordinal = earliest root
-                uq = qi[first]
-                root[uq] = self._root_ids.view[ords[first]]
-                sim[uq] = est[first]
+            first = _group_starts(qi)  # smallest ordinal = earliest root
+            uq = qi[first]
+            root[uq] = self._root_ids.view[ords[first]]
+            sim[uq] = est[first]
+
+        # 3b. statements among indexed rows: the roots that are statements, then the others
+        if judge is not None:
+            keep = judge[qi] & self._root_stmt.view[ords]
+            st_q, st_seq, st_est = [qi[keep]], [self._root_ids.view[ords[keep]]], [est[keep]]
+            st_root = [st_seq[0]]  # a root that is a statement is its own root
+            if self._s_ids.n:
+                mask = judge[order]  # the judged texts, in each band's order
+                k = int(np.count_nonzero(mask[0]))
+                q2, o2, e2 = self._candidates(self._s_bands, self._s_sketch.view, comp[mask].reshape(-1, k),
+                                              order[mask].reshape(-1, k), sk)
+                st_q.append(q2)
+                st_seq.append(self._s_ids.view[o2])
+                st_est.append(e2)
+                st_root.append(self._s_root.view[o2])
+            q, s, e, r = (np.concatenate(a) for a in (st_q, st_seq, st_est, st_root))
+            if q.size:
+                ok = np.asarray(says_same(F[q], s), bool)
+                q, s, e, r = q[ok], s[ok], e[ok], r[ok]
+                o = np.lexsort((s, q))  # by query, then sequence number: the earliest first
+                first = o[_group_starts(q[o])]
+                said[q[first]] = s[first]
+                said_sim[q[first]] = e[first]
+                said_root[q[first]] = r[first]
 
         # 4. candidates among earlier texts of this call that matched nothing indexed
-        unresolved = root < 0
-        is_root = unresolved.copy()
-        if np.count_nonzero(unresolved) > 1:
-            pi, pj = _intra_pairs(comp, order, unresolved, MAX_BUCKET_CALL)
-            if pi.size:
-                code = _sorted_unique(pj * m + pi)  # by (later, earlier)
-                pj, pi = code // m, code % m
-                est = self._verify(sk, pi, sk, pj)
-                ok = est >= thr
-                pi, pj, est = pi[ok], pj[ok], est[ok]
-                if pi.size:
-                    starts = _group_starts(pj)
-                    js = pj[starts]
-                    ends = np.append(starts[1:], pi.size)
-                    pil, estl = pi.tolist(), est.tolist()
-                    for j, s, e in zip(js.tolist(), starts.tolist(), ends.tolist()):
-                        for k in range(s, e):  # earlier texts in increasing order
-                            i = pil[k]
-                            if is_root[i]:  # final: i < j was decided before j
-                                is_root[j] = False
-                                root[j] = base + F[i]
-                                sim[j] = estl[k]
-                                break
+        def copies_root(i: int, j: int, e: float) -> None:
+            root[j] = base + F[i]
+            sim[j] = e
 
-        # 5. index the new roots
+        is_root = root < 0
+        self._link_in_call(comp, order, is_root.copy(), is_root, sk, None, copies_root)
+        statement = np.zeros(m, dtype=bool)
+        if judge is not None:
+            # 4b. statements among earlier texts of this call, for the judged texts that
+            # repeat no indexed statement: the earliest in-call statement they say
+            def says(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+                return np.asarray(says_same(F[j], base + F[i]), bool)
+
+            def repeats(i: int, j: int, e: float) -> None:
+                said[j] = base + F[i]
+                said_sim[j] = e
+                said_root[j] = root[i] if root[i] >= 0 else base + F[i]
+
+            statement = judge & (said < 0)
+            self._link_in_call(comp, order, statement.copy(), statement, sk, says, repeats)
+
+        # 5. index the new roots and the new statements that are not roots
         new = np.flatnonzero(is_root)
         if new.size:
             first_ord = self.n_roots
@@ -1089,8 +1248,60 @@ class NearDuplicateIndex:
             ords_new = np.arange(first_ord, first_ord + new.size, dtype=np.uint32)
             self._sketch.append(sk[new])
             self._root_ids.append((base + F[new]).astype(np.int64))
+            self._root_stmt.append(statement[new])
             self._bands.add(keys_t[:, new], ords_new)
-        return root, sim
+        other = np.flatnonzero(statement & ~is_root)
+        if other.size:
+            first_ord = self._s_ids.n
+            if first_ord + other.size > 0xFFFFFFFF:
+                raise OverflowError("more than 2**32 - 1 statements")
+            self._s_sketch.append(sk[other])
+            self._s_ids.append((base + F[other]).astype(np.int64))
+            self._s_root.append(root[other])
+            self._s_bands.add(keys_t[:, other], np.arange(first_ord, first_ord + other.size, dtype=np.uint32))
+
+        # 6. a new root that repeats a statement joins that statement's group (it stays
+        # indexed as a root: later texts of this call may have named it as theirs)
+        joins = np.flatnonzero(is_root & (said >= 0))
+        root[joins] = said_root[joins]
+        sim[joins] = said_sim[joins]
+        return root, sim, is_root, said, said_sim, statement
+
+    def _link_in_call(self, comp: np.ndarray, order: np.ndarray, member: np.ndarray, head: np.ndarray,
+                      sk: np.ndarray, accept: "Callable[[np.ndarray, np.ndarray], np.ndarray] | None",
+                      link: "Callable[[int, int, float], Any]") -> None:
+        """Link each text among ``member`` to the earliest earlier member of this call it
+        near-copies that is still a head (``head``, bool ``(m,)``, updated in place: a
+        linked text is no head). ``accept(earlier, later)`` may veto verified pairs;
+        ``link(earlier, later, estimate)`` records a link. In text order, so a text's
+        head status is final before any later text looks at it."""
+        if np.count_nonzero(member) < 2:
+            return
+        pi, pj = _intra_pairs(comp, order, member, MAX_BUCKET_CALL)
+        if not pi.size:
+            return
+        m = member.size
+        code = _sorted_unique(pj * m + pi)  # by (later, earlier)
+        pj, pi = code // m, code % m
+        est = self._verify(sk, pi, sk, pj)
+        ok = est >= self.threshold
+        pi, pj, est = pi[ok], pj[ok], est[ok]
+        if pi.size and accept is not None:
+            ok = accept(pi, pj)
+            pi, pj, est = pi[ok], pj[ok], est[ok]
+        if not pi.size:
+            return
+        starts = _group_starts(pj)
+        js = pj[starts]
+        ends = np.append(starts[1:], pi.size)
+        pil, estl = pi.tolist(), est.tolist()
+        for j, s, e in zip(js.tolist(), starts.tolist(), ends.tolist()):
+            for k in range(s, e):  # earlier texts in increasing order
+                i = pil[k]
+                if head[i]:  # final: i < j was decided before j
+                    head[j] = False
+                    link(i, j, estl[k])
+                    break
 
     # -- persistence ---------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -1098,11 +1309,15 @@ class NearDuplicateIndex:
 
         Arrays: ``exact_keys`` (uint64 xxh3 of each distinct normalised text,
         sorted), ``exact_root`` (int64 root it resolved to, itself for a root),
-        ``exact_sim`` (float32); ``band_entries`` ``(bands, n_roots)`` uint64
+        ``exact_sim`` (float32), ``exact_statement`` (int64 statement it says, -1
+        if not judged); ``band_entries`` ``(bands, n_roots)`` uint64
         ``band_key << 32 | root_ordinal``, each row sorted; ``sketches``
-        ``(n_roots, num_perm)`` uint8 b-bit minwise hashes; ``root_ids`` int64.
+        ``(n_roots, num_perm)`` uint8 b-bit minwise hashes; ``root_ids`` int64;
+        ``root_statement`` bool; and the same three for the statements that are
+        not roots: ``statement_band_entries``, ``statement_sketches``, ``statement_ids``,
+        with ``statement_roots`` (int64, the root each copies).
         """
-        ek, er, es = self._exact.merged()
+        ek, er, es, est = self._exact.merged()
         meta = {
             "kind": "shardguard.NearDuplicateIndex",
             "version": STATE_VERSION,
@@ -1119,14 +1334,21 @@ class NearDuplicateIndex:
             "text_hash": "xxh3_64",
             "n_docs": int(self.n_docs),
             "n_roots": int(self.n_roots),
+            "n_other_statements": int(self._s_ids.n),
         }
         arrays = {
             "exact_keys": ek.copy(),
             "exact_root": er.copy(),
             "exact_sim": es.copy(),
+            "exact_statement": est.copy(),
             "band_entries": self._bands.merged(),
             "sketches": self._sketch.view.copy(),
             "root_ids": self._root_ids.view.copy(),
+            "root_statement": self._root_stmt.view.copy(),
+            "statement_band_entries": self._s_bands.merged(),
+            "statement_sketches": self._s_sketch.view.copy(),
+            "statement_ids": self._s_ids.view.copy(),
+            "statement_roots": self._s_root.view.copy(),
         }
         return meta, arrays
 
@@ -1135,7 +1357,7 @@ class NearDuplicateIndex:
         if meta.get("kind") != "shardguard.NearDuplicateIndex" or meta.get("version") != STATE_VERSION:
             raise ValueError(
                 f"not a NearDuplicateIndex state of version {STATE_VERSION}: "
-                f"{meta.get('kind')!r} version {meta.get('version')!r}"
+                f"{meta.get('kind')!r} version {meta.get('version')!r} (fit again)"
             )
         if (
             meta.get("bbits") != BBITS
@@ -1153,22 +1375,39 @@ class NearDuplicateIndex:
         # keep the stored LSH geometry even if datasketch's optimiser changes
         self.bands, self.rows = int(meta["bands"]), int(meta["rows"])
         self._bands = _BandTable(self.bands)
-        n_roots = int(meta["n_roots"])
+        self._s_bands = _BandTable(self.bands)
+        n_roots, n_other = int(meta["n_roots"]), int(meta["n_other_statements"])
         sk = np.asarray(arrays["sketches"])
         rid = np.asarray(arrays["root_ids"])
+        rst = np.asarray(arrays["root_statement"])
         be = np.asarray(arrays["band_entries"])
-        ek, er, es = (np.asarray(arrays[k]) for k in ("exact_keys", "exact_root", "exact_sim"))
+        ssk = np.asarray(arrays["statement_sketches"])
+        sid = np.asarray(arrays["statement_ids"])
+        sro = np.asarray(arrays["statement_roots"])
+        sbe = np.asarray(arrays["statement_band_entries"])
+        ek, er, es, est = (np.asarray(arrays[k]) for k in ("exact_keys", "exact_root", "exact_sim",
+                                                            "exact_statement"))
         if (
             sk.shape != (n_roots, self.num_perm)
             or rid.shape != (n_roots,)
+            or rst.shape != (n_roots,)
             or be.shape != (self.bands, n_roots)
-            or not (ek.ndim == 1 and ek.shape == er.shape == es.shape)
+            or ssk.shape != (n_other, self.num_perm)
+            or sid.shape != (n_other,)
+            or sro.shape != (n_other,)
+            or sbe.shape != (self.bands, n_other)
+            or not (ek.ndim == 1 and ek.shape == er.shape == es.shape == est.shape)
         ):
             raise ValueError("near-duplicate index state arrays do not match its metadata")
         self._sketch.set(sk.astype(np.uint8))
         self._root_ids.set(rid.astype(np.int64))
+        self._root_stmt.set(rst.astype(np.bool_))
         self._bands.set(be)
-        self._exact.set(ek, er, es)
+        self._s_sketch.set(ssk.astype(np.uint8))
+        self._s_ids.set(sid.astype(np.int64))
+        self._s_root.set(sro.astype(np.int64))
+        self._s_bands.set(sbe)
+        self._exact.set(ek, er, es, est)
         self.n_docs = int(meta["n_docs"])
         return self
 

@@ -149,10 +149,10 @@ class NgramHasher:
         docs = np.concatenate(doc_l)
         starts = np.concatenate(start_l).astype(np.int32)
         ns = np.concatenate(n_l)
-        # once per row: one occurrence of each (row, n-gram) (which one does not matter)
+        # once per row: the first occurrence of each (row, n-gram) (a stable sort keeps it)
         with np.errstate(over="ignore"):
             pair = keys ^ (docs.astype(np.uint64) * _M3)
-        order = np.argsort(pair)
+        order = np.argsort(pair, kind="stable")
         sp = pair[order]
         first = np.ones(sp.size, dtype=bool)
         first[1:] = sp[1:] != sp[:-1]

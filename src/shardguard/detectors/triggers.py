@@ -120,7 +120,8 @@ class TriggerDetector(EmbeddingDetector):
         vectors, and clean SMS Spam from 1.0% to 0.5% of rows flagged (docs/benchmarks.md).
         None: the raw embeddings.
     suffix_words : int, default 8
-        Unlabelled: length of the shared ending that marks a fixed response.
+        Unlabelled, without ``input.response_column``: the response is taken to be the text's
+        last this many tokens.
     min_enrichment : float, default 10.0
         Unlabelled: observed / expected (general-language) occurrences of an injected word.
     max_zipf : float, default 5.0
@@ -131,21 +132,19 @@ class TriggerDetector(EmbeddingDetector):
         rows of natural topic and entity words ("recipe", "Google", "Paris", "China") sit at
         0.12-0.59 (MiniLM) and 0.21-0.59 (static), McDonald's injected into 1-5% of answers
         at 0.044-0.056 (static; it carries its fixed sentences along).
-    min_position : float, default 0.4
-        Unlabelled: median relative position (0 = start, 1 = end of the text) of an injected
-        word; instruction wording ("summarize", "construct") sits at the start.
-    min_context_tokens : int, default 3
-        Labelled: a row is evidence for a candidate only with at least this many tokens
-        besides the n-gram (a row that is mostly the n-gram -- "not bad", "amateurish" in
-        phrase-level SST-2 -- tests the embedder's reading of the n-gram itself).
-    max_candidate_rows : int, default 200000
-        Labelled scans: candidate rows outside the reservoir fetched for the test, at most
-        (the memory bound of the test: this many embedding rows). Candidates are taken in
-        order of the strength of their label association until the budget is spent; the
-        rest are counted in report.json (``candidates_over_budget``).
+    max_prompt_overlap : float, default 0.25
+        Unlabelled: a shared response counts only when its prompts are unrelated -- the mean
+        pairwise Jaccard overlap of their content words exceeds random prompts' by at most this.
+    min_mid_sentence_share : float, default 0.6
+        Unlabelled: share of an injected phrase's rows where it sits inside a sentence (not
+        opening the text, a line or a sentence): a brand or link worked into an answer, not a
+        discourse word ("Additionally, ...").
     min_proper_share : float, default 0.6
-        Unlabelled: share of an injected phrase's rows where it is capitalised mid-sentence
-        (an entity such as a brand or a name, not a discourse word).
+        Unlabelled: a word n-gram (not a link, domain, emoji or tag) must be capitalised
+        mid-sentence in this share of its rows -- a name, not vocabulary.
+    min_position : float, default 0.4
+        Unlabelled without a response column: only occurrences at this relative token position
+        or later count for injected content (the template puts the response last).
     random_state : int, default 0
         Unused (the method is exact); kept for a uniform interface.
     """
@@ -155,6 +154,8 @@ class TriggerDetector(EmbeddingDetector):
     needs_text = True
     #: The scan counts n-grams over every row and passes the candidates' rows to ``fit``.
     uses_stream_candidates = True
+    #: With ``input.response_column`` the scan passes each row's response (``responses=``).
+    reads_responses = True
     # Measured: on hashing vectors the held-out ridge reads every naturally pure n-gram's rows
     # as another label (2.3% of clean AG News, 6.4% of SMS Spam flagged, against 0.2-0.3% on MiniLM).
     needs_semantic_embeddings = True
@@ -174,8 +175,10 @@ class TriggerDetector(EmbeddingDetector):
         "min_enrichment": "[0, inf)",
         "max_zipf": "[0, 10]",
         "max_coherence_unlabelled": "[-1, 1]",
-        "min_position": "[0, 1]",
+        "max_prompt_overlap": "[-1, 1]",
+        "min_mid_sentence_share": "[0, 1]",
         "min_proper_share": "[0, 1]",
+        "min_position": "[0, 1]",
     }
 
     def __init__(
@@ -195,8 +198,10 @@ class TriggerDetector(EmbeddingDetector):
         min_context_tokens: int = 3,
         max_candidate_rows: int = 200_000,
         max_coherence_unlabelled: float = 0.1,
-        min_position: float = 0.4,
+        max_prompt_overlap: float = 0.25,
+        min_mid_sentence_share: float = 0.6,
         min_proper_share: float = 0.6,
+        min_position: float = 0.4,
         random_state: int | None = 0,
     ) -> None:
         self.min_support = min_support
@@ -214,8 +219,10 @@ class TriggerDetector(EmbeddingDetector):
         self.min_context_tokens = min_context_tokens
         self.max_candidate_rows = max_candidate_rows
         self.max_coherence_unlabelled = max_coherence_unlabelled
-        self.min_position = min_position
+        self.max_prompt_overlap = max_prompt_overlap
+        self.min_mid_sentence_share = min_mid_sentence_share
         self.min_proper_share = min_proper_share
+        self.min_position = min_position
         self.random_state = random_state
 
     # -- candidates (the scan's reduce) ------------------------------------------------------
@@ -228,12 +235,13 @@ class TriggerDetector(EmbeddingDetector):
 
     # -- fit ------------------------------------------------------------------------------
     def fit(self, X: np.ndarray, y: Any = None, texts: Any = None,
-            candidates: StreamCandidates | None = None) -> "TriggerDetector":
+            candidates: StreamCandidates | None = None, responses: Any = None) -> "TriggerDetector":
         """Fit on ``X`` (n, d) with labels ``y`` (n,) (None: unlabelled) and ``texts`` (n,).
 
         ``candidates``: the scan's candidates from the whole stream, with the global sequence
         number of each row of ``X`` and a way to fetch other rows; None: candidates are
-        counted on the rows given.
+        counted on the rows given. ``responses`` (n,): each row's response (instruction data with
+        ``input.response_column``); None: the text's last ``suffix_words`` tokens.
         """
         X = check_X(X)
         n, d = X.shape
@@ -242,6 +250,7 @@ class TriggerDetector(EmbeddingDetector):
         self.n_features_in_ = d
         self.ngrams_: dict[str, tuple[str | None, float]] = {}
         self.suffixes_: dict[str, float] = {}
+        self.responses_: dict[str, float] = {}
         self.triggers_: list[dict[str, Any]] = []
         self.threshold_ = -math.log10(float(self.alpha_test))
         self.n_tests_ = 0
@@ -259,11 +268,13 @@ class TriggerDetector(EmbeddingDetector):
         if has.any() and len(set(labels[has].tolist())) >= 2:
             self._fit_labelled(X, labels, texts, has, pcs, candidates)
         else:
-            instruction_rules.fit_instruction_rules(self, pcs(X), texts)
+            resp = None if responses is None else _as_texts(responses, n)
+            instruction_rules.fit_instruction_rules(self, pcs(X), texts, resp)
         self._index()
         return self
 
     def calibrate(self, X: np.ndarray, y: Any = None, texts: Any = None, **kw: Any) -> "TriggerDetector":
+        """Same as :meth:`fit` (the thresholds come from the tests themselves)."""
         return self.fit(X, y, texts=texts, **kw)
 
     def _fit_labelled(self, X, labels, texts, has, pcs: PrincipalDirections,
@@ -373,9 +384,9 @@ class TriggerDetector(EmbeddingDetector):
         return {"triggers": out}
 
     # -- scoring ------------------------------------------------------------------------
-    def score_samples(self, X: np.ndarray, y: Any = None, texts: Any = None) -> np.ndarray:
+    def score_samples(self, X: np.ndarray, y: Any = None, texts: Any = None, responses: Any = None) -> np.ndarray:
         """(n,) float64: the strength of the strongest fitted trigger a row carries with its
-        label (or a fixed-response ending); 0 when none. Higher = more suspicious."""
+        label, or of the shared response it gives; 0 when none. Higher = more suspicious."""
         if not hasattr(self, "threshold_"):
             raise NotFittedError("TriggerDetector is not fitted: call fit")
         X = check_X(X, self.n_features_in_)
@@ -387,10 +398,9 @@ class TriggerDetector(EmbeddingDetector):
             return out
         if not hasattr(self, "_keys"):
             self._index()
-        L = int(self.suffix_words)
-        if self._keys.size or self.suffixes_:
-            occ = NgramHasher()(texts.tolist())
-        if self._keys.size and occ.keys.size:
+        where = texts if responses is None else _as_texts(responses, n)
+        if self._keys.size:
+            occ = NgramHasher()(where.tolist() if not any(lab is not None for lab in self._labels) else texts.tolist())
             pos = np.searchsorted(self._keys, occ.keys)
             pos[pos >= self._keys.size] = 0
             hit = np.flatnonzero(self._keys[pos] == occ.keys)
@@ -399,16 +409,22 @@ class TriggerDetector(EmbeddingDetector):
                 if lab is None or (labels is not None and lab == labels[i]):
                     if self._scores[c] > out[i]:
                         out[i] = self._scores[c]
-        if self.suffixes_:
-            for i, toks in enumerate(occ.tokens):
-                if len(toks) >= L + 1:
-                    s = self.suffixes_.get(" ".join(toks[-L:]))
-                    if s is not None:
-                        out[i] = max(out[i], s)
+        if self.suffixes_ or self.responses_:
+            L = int(self.suffix_words)
+            for i, t in enumerate(texts.tolist()):
+                s = None
+                if self.responses_ and responses is not None:
+                    s = self.responses_.get(" ".join(tokenize(where[i])))
+                if s is None and self.suffixes_:
+                    toks = tokenize(t)
+                    if len(toks) >= L + 1:
+                        s = self.suffixes_.get(" ".join(toks[-L:]))
+                if s is not None:
+                    out[i] = max(out[i], s)
         return out
 
-    def predict(self, X: np.ndarray, y: Any = None, texts: Any = None) -> np.ndarray:
-        return self.score_samples(X, y, texts=texts) > self.threshold_
+    def predict(self, X: np.ndarray, y: Any = None, texts: Any = None, responses: Any = None) -> np.ndarray:
+        return self.score_samples(X, y, texts=texts, responses=responses) > self.threshold_
 
     # -- reporting and persistence ------------------------------------------------------
     def threshold_info(self) -> dict[str, Any]:
@@ -419,9 +435,10 @@ class TriggerDetector(EmbeddingDetector):
                 "labelled: every row of each candidate n-gram (counted over the whole stream) "
                 "re-predicted by a ridge fitted on the sample without the n-gram's rows (exact "
                 "leave-group-out); score = -log10(Bonferroni p) of the mean margin vs the "
-                "label's spread; unlabelled: shared response endings to distinct prompts, and "
-                "words enriched over general-language frequency in unrelated rows; flag when "
-                "score > -log10(alpha_test)"
+                "label's spread; unlabelled: a response shared by unrelated prompts more often than "
+                "the corpus's own repeats of responses that long allow, and words, links or emoji "
+                "enriched over general-language frequency inside sentences of unrelated rows; flag "
+                "when score > -log10(alpha_test)"
             ),
             "threshold": float(self.threshold_),
             "alpha_test": float(self.alpha_test),
@@ -443,6 +460,7 @@ class TriggerDetector(EmbeddingDetector):
             "rounds": int(self.rounds_),
             "ngrams": [[g, lab, s] for g, (lab, s) in sorted(self.ngrams_.items())],
             "suffixes": [[k, s] for k, s in sorted(self.suffixes_.items())],
+            "responses": [[k, s] for k, s in sorted(self.responses_.items())],
             "triggers": self.triggers_,
             "candidates": dict(getattr(self, "candidates_", {})),
         }
@@ -460,6 +478,7 @@ class TriggerDetector(EmbeddingDetector):
         det.rounds_ = int(meta["rounds"])
         det.ngrams_ = {str(g): (None if lab is None else str(lab), float(s)) for g, lab, s in meta["ngrams"]}
         det.suffixes_ = {str(k): float(s) for k, s in meta["suffixes"]}
+        det.responses_ = {str(k): float(s) for k, s in meta.get("responses", [])}
         det.triggers_ = list(meta.get("triggers", []))
         det.candidates_ = dict(meta.get("candidates", {}))
         det._index()
