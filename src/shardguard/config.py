@@ -78,6 +78,7 @@ class NearDuplicateConfig:
     num_perm: int = 128
     ngram: int = 3
     flood_size: int = 20
+    flood_agreement: float = 0.65
     copies: str = "conflicting"
     seed: int = 1
 
@@ -90,6 +91,8 @@ class NearDuplicateConfig:
             raise ConfigError("near_duplicates.ngram must be in [1, 64]")
         if self.flood_size < 2:
             raise ConfigError("near_duplicates.flood_size must be >= 2")
+        if not 0.0 <= self.flood_agreement <= 1.0:
+            raise ConfigError("near_duplicates.flood_agreement must be in [0, 1]")
         if self.seed < 0:
             raise ConfigError("near_duplicates.seed must be >= 0")
         if self.copies not in COPY_MODES:

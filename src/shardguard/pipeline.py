@@ -427,7 +427,7 @@ class ScanPipeline:
             embedder_info=embedder_info,
             detectors=detectors,
             dup_index=dup_index,
-            clusters=DuplicateClusters(cfg.near_duplicates.flood_size),
+            clusters=DuplicateClusters(cfg.near_duplicates.flood_size, cfg.near_duplicates.flood_agreement),
             run_key=run_key,
             input_bytes=sum(o.size for o in outcomes),
             root_ids=[] if remember_roots else None,
@@ -443,7 +443,8 @@ class ScanPipeline:
             seq += self._replay_shard(o, state, reservoir, list(gatherers.values()))
         self.progress.finish()
         state.cluster_roots = self._root_ids(state.clusters, ok, state.seq_start, work_dir)
-        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features)
+        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features,
+                               lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs, embeddings=False)[2])
         self.timings["index"] += time.perf_counter() - t
 
         # Fit.
@@ -596,7 +597,8 @@ class ScanPipeline:
                                                             vb.column("text"), judged)
                     root = added.root
                     rows = vb.column("row").to_numpy()
-                    state.clusters.record(o.shard.name, rows, root, added.sim, y, contradicts, feats)
+                    state.clusters.record(o.shard.name, rows, root, added.sim, y, contradicts, feats,
+                                          first + np.arange(vb.num_rows, dtype=np.int64))
                     if state.root_ids is not None:
                         is_root = added.new_root  # indexed as a root: later rows may name it
                         state.root_seqs.append(first + np.flatnonzero(is_root))
@@ -647,9 +649,10 @@ class ScanPipeline:
         return merged if merged is not None else NgramCounts([], [], [])
 
     def _fetch_rows(self, ok: Sequence[ShardOutcome], seq_start: dict[str, int], work_dir: Path,
-                    seqs: np.ndarray) -> tuple[np.ndarray, list[Any], list[str]]:
-        """Embeddings (float32), labels and texts of the valid rows with global sequence numbers
-        ``seqs`` (sorted), read batch by batch from the work files."""
+                    seqs: np.ndarray, embeddings: bool = True) -> tuple[np.ndarray, list[Any], list[str]]:
+        """Embeddings (float32; an empty ``(0, 0)`` array without ``embeddings``), labels and
+        texts of the valid rows with global sequence numbers ``seqs`` (sorted), read batch by
+        batch from the work files."""
         seqs = np.asarray(seqs, dtype=np.int64)
         xs: list[np.ndarray] = []
         labels: list[Any] = []
@@ -668,13 +671,14 @@ class ScanPipeline:
                     i, j = np.searchsorted(seqs, [seen, hi])
                     if j > i:
                         take = pa.array(seqs[i:j] - seen)
-                        xs.append(workfile.embeddings_from_arrow(vb.column("embedding").take(take), dim))
+                        if embeddings:
+                            xs.append(workfile.embeddings_from_arrow(vb.column("embedding").take(take), dim))
                         labels.extend(vb.column("label").take(take).to_pylist())
                         texts.extend(vb.column("text").take(take).to_pylist())
                     seen = hi
         X = np.vstack(xs) if xs else np.zeros((0, 0), np.float32)
-        if X.shape[0] != seqs.size:
-            raise RuntimeError(f"fetched {X.shape[0]} of {seqs.size} candidate rows from the work files")
+        if len(texts) != seqs.size:
+            raise RuntimeError(f"fetched {len(texts)} of {seqs.size} rows from the work files")
         return X, labels, texts
 
     def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, tuple[str, str, int, Any]]:
@@ -833,17 +837,28 @@ class ScanPipeline:
                 "jaccard": nd.threshold, "num_perm": nd.num_perm, "ngram": nd.ngram, "copies": nd.copies,
                 "copies_found": int((table.sizes - 1).sum()),
             }
-            thresholds[DUPLICATE_FLOOD] = {"threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
-                                           "rule": "the rows carrying the majority label of a cluster whose root and "
-                                                   "same-statement copies number more than the threshold, when those "
-                                                   "rows carry two labels or more, no label, or are mostly edited "
-                                                   "variants rather than verbatim repeats (all of them when unlabelled)"}
+            measured = np.isfinite(table.agreement) if table.agreement is not None else np.zeros(0, bool)
+            thresholds[DUPLICATE_FLOOD] = {
+                "threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
+                "flood_agreement": nd.flood_agreement,
+                "rule": "the rows carrying the majority label (all of them when unlabelled) of a cluster whose rows "
+                        "of about its median length number more than the threshold, when those rows carry two "
+                        "labels or more, or -- under one label or none -- are mostly distinct texts (not verbatim "
+                        "repeats) that agree on one text: at every position of their consensus text at least "
+                        "flood_agreement of them hold its most common variant (edited copies of one text, not "
+                        "rows filling one frame with their own content)",
+                "clusters_measured": int(measured.sum()),
+                "clusters_agreeing": int((table.agreement[measured] >= nd.flood_agreement).sum()) if measured.any() else 0,
+            }
         findings: dict[str, Any] = {}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
             findings.update(det.findings())
         largest = np.lexsort((table.roots, -table.sizes))[:10]  # by size, then scan order
         where = root_ids or {}
+        agreement = table.agreement if table.agreement is not None else np.full(table.roots.size, np.nan)
+        measured = np.flatnonzero(np.isfinite(agreement))
+        judged = measured[np.lexsort((table.roots[measured], -agreement[measured]))][:10]
         return {
             **findings,
             "version": __version__,
@@ -857,10 +872,19 @@ class ScanPipeline:
                     "root_row": where.get(k, (None, None, None))[2],
                     "size": int(table.sizes[i]),
                     "flood": bool(table.flood[i]),
+                    # consensus_agreement of its rows, where the flood rule measured it (else null)
+                    "agreement": round(float(agreement[i]), 3) if np.isfinite(agreement[i]) else None,
                     "first_label": table.reference[i],
                     "majority_label": table.majority[i],
                 }
                 for i, k in zip(largest.tolist(), table.roots[largest].tolist())
+            ],
+            # the clusters whose agreement the flood rule measured, most agreeing first (the
+            # rows that decide between a flood of edited copies and rows filling one frame)
+            "judged_duplicate_clusters": [
+                {"root_id": where.get(k, (None,))[0], "size": int(table.sizes[i]),
+                 "agreement": round(float(agreement[i]), 3), "flood": bool(table.flood[i])}
+                for i, k in zip(judged.tolist(), table.roots[judged].tolist())
             ],
             "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
             # what the timings and memory depend on besides the config (see shardguard.launch)
