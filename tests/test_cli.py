@@ -187,6 +187,8 @@ def test_config_and_output_errors_are_one_line_exit_2_before_any_work(tmp_path, 
         (["--set", "detectors.spectral.threshold_z=.nan"], "detectors.spectral.threshold_z"),
         (["--set", "input.batch_size=1000000000000"], "input.batch_size"),
         (["--set", "detectors.trigger.min_support=-1"], "detectors.trigger.min_support"),
+        (["--response-column", "output"], "input.response_column"),  # not a column of a template
+        (["--text-template", "{instruction} {output}", "--response-column", "answer"], "input.response_column"),
     ]
     for extra, key in cases:
         _one_line_usage_error(_cli("scan", str(data), "--out", str(out), *extra), key)

@@ -458,3 +458,40 @@ def test_a_word_swapped_for_its_opposite_is_not_a_label_flip(tmp_path, shared_da
     assert best["status"] == "clean"
     assert best["duplicate_of"] == ids["one of the worst movies of the year ."]  # a near-copy, not a flip
     assert "near_duplicate" not in result.report["reasons"] and share == 0
+
+
+@pytest.mark.slow
+def test_unlabelled_flood_of_edited_copies_is_found_and_natural_repeats_are_not(tmp_path, shared_data):
+    """40,000 clean Wikipedia paragraphs, unlabelled: headings repeated verbatim ("History."
+    481 times) and openings that many articles fill in ("<name> may refer to:", "In 1841 the
+    population of the townland was <n>, ...") are no flood; 100 copies with 1-3 letter edits
+    each of one Wikipedia paragraph and of one Alpaca answer, planted at random positions, are."""
+    import numpy as np
+
+    from shardguard.bench.attacks import typo
+
+    wiki = pq.read_table(shared_data / "wikipedia_2021" / "train.parquet", columns=["id", "text"]).slice(0, 60_000)
+    alpaca = pq.read_table(shared_data / "alpaca_full" / "train.parquet", columns=["output"]).column(0).to_pylist()
+    ids, texts = wiki.column("id").to_pylist()[:40_000], wiki.column("text").to_pylist()[:40_000]
+    rng = np.random.default_rng(5)
+    bases = {"wiki": next(t for t in wiki.column("text").to_pylist()[50_000:] if len(t.split()) >= 30),
+             "alpaca": next(t for t in alpaca[1000:] if len(t.split()) >= 30)}
+    planted = [(f"{name}-{k}", typo(base, rng)) for name, base in bases.items() for k in range(100)]
+    for pos, (i, t) in zip(np.sort(rng.choice(len(ids), len(planted), replace=False))[::-1], planted[::-1]):
+        ids.insert(int(pos), i)
+        texts.insert(int(pos), t)
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ids, "text": texts}), tmp_path / "in" / "wiki.parquet")
+    result = scan([tmp_path / "in"], tmp_path / "out", load_config(None, {"embed.embedder": "none",
+                                                                          "input.id_column": "id"}))
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "wiki.parquet").to_pylist()
+    flooded = {r["id"] for r in q if "duplicate_flood" in r["reasons"]}
+    for name in bases:
+        assert len({i for i, _ in planted if i.startswith(name)} & flooded) >= 95, name
+    assert flooded <= {i for i, _ in planted}  # no clean paragraph
+    report = result.report
+    largest = report["largest_duplicate_clusters"][0]
+    assert largest["size"] >= 480 and not largest["flood"] and largest["agreement"] is None  # "History."
+    judged = report["judged_duplicate_clusters"]
+    assert [c["flood"] for c in judged[:2]] == [True, True] and all(c["agreement"] >= 0.65 for c in judged[:2])
+    assert all(not c["flood"] and c["agreement"] < 0.65 for c in judged[2:]) and len(judged) > 2

@@ -102,7 +102,7 @@ def test_same_statement_keeps_typo_copies_and_tells_different_statements_apart()
                      "of day by concentrating on the elements of a revealing alienation among a culture of people")
 
 
-def test_floods_need_a_contradiction_no_label_or_edited_variants():
+def test_floods_need_a_contradiction_or_edited_copies_of_one_text():
     from shardguard.bench.attacks import typo
     from shardguard.stages import RootFeatures, StatementFeatures
 
@@ -111,28 +111,72 @@ def test_floods_need_a_contradiction_no_label_or_edited_variants():
     verbatim = [root_text] * 5
     edited = [typo(root_text, rng) for _ in range(5)]
     sub_phrases = ["sorry", "sorry, i'll call", "call later", "i'll call later in meeting today, ok? bye now", "later"]
+    # one frame, each row with its own content (real Wikipedia openings of this form)
+    filled = [f"{name} is a surname. Notable people with this surname include:"
+              for name in ("Samu", "Kowalczyk", "Ferreira", "Halvorsen", "Ishikawa", "Mbeki")]
 
-    def table(texts, labels, root_label="ham"):
+    def table(texts, labels, root_label="ham", root=root_text):
         c = DuplicateClusters(flood_size=3)
         n = len(texts)
-        roots = RootFeatures(np.array([0]), StatementFeatures.of_texts([root_text]))
+        roots = RootFeatures(np.array([0]), StatementFeatures.of_texts([root]))
         c.record("s", np.arange(1, n + 1), np.zeros(n, np.int64), np.ones(n, np.float32),
                  None if labels is None else np.array(labels, dtype=object), None,
-                 StatementFeatures.of_texts(texts))
-        c.resolve({0: root_label}, roots)
-        return c.table()
+                 StatementFeatures.of_texts(texts), np.arange(1, n + 1))
+        every = [root, *texts]
+        asked = []
 
-    # a canned reply repeated verbatim under one label: not a flood
-    assert table(verbatim, ["ham"] * 5).flood.tolist() == [False]
-    # the same count of edited variants under one label (evading exact dedup): a flood
-    assert table(edited, ["ham"] * 5).flood.tolist() == [True]
-    # verbatim repeats contradicting the root's label: a flood
-    assert table(verbatim, ["spam"] * 5).flood.tolist() == [True]
-    # unlabelled: size alone
-    assert table(verbatim, None, None).flood.tolist() == [True]
+        def fetch(seqs):
+            asked.append(seqs.tolist())
+            return [every[s] for s in seqs.tolist()]
+
+        c.resolve({0: root_label}, roots, fetch)
+        return c.table(), asked
+
+    # a canned reply repeated verbatim under one label or none: not a flood, nothing to align
+    for labels, root_label in ((["ham"] * 5, "ham"), (None, None)):
+        t, asked = table(verbatim, labels, root_label)
+        assert t.flood.tolist() == [False] and asked == [] and np.isnan(t.agreement).all()
+    # the same count of edited copies (evading exact dedup), under one label or none: a flood
+    for labels, root_label in ((["ham"] * 5, "ham"), (None, None)):
+        t, asked = table(edited, labels, root_label)
+        assert t.flood.tolist() == [True] and asked == [[0, 1, 2, 3, 4, 5]] and t.agreement[0] >= 0.65
+    # rows filling one frame with their own content: distinct, but no one text -- no flood
+    t, _ = table(filled[1:], None, None, root=filled[0])
+    assert t.flood.tolist() == [False] and t.agreement[0] < 0.65
+    # verbatim repeats contradicting the root's label: a flood, whatever their agreement
+    t, asked = table(verbatim, ["spam"] * 5)
+    assert t.flood.tolist() == [True] and asked == []
     # sub-phrases of different lengths, even under two labels: no core of similar rows, no flood
-    t = table(sub_phrases, ["spam"] * 5)
+    t, _ = table(sub_phrases, ["spam"] * 5)
     assert t.flood.tolist() == [False] and t.sizes.tolist() == [6]
+
+
+def test_consensus_agreement_tells_edited_copies_from_a_filled_frame(shared_data):
+    """Real rows: 60 typo'd copies (1-3 letter edits, as the flood benchmark plants) of
+    Wikipedia paragraphs and Alpaca answers agree on one text, the original among them or
+    not; Wikipedia's own rows filling one frame ("<name> may refer to:", "The list of
+    shipwrecks in <month> <year> includes ...") do not."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    from shardguard.bench.attacks import typo
+    from shardguard.stages import consensus_agreement
+
+    wiki = pq.read_table(shared_data / "wikipedia_2021" / "train.parquet", columns=["text"]).column(0)
+    alpaca = pq.read_table(shared_data / "alpaca_full" / "train.parquet", columns=["output"]).column(0)
+    rng = np.random.default_rng(11)
+    for texts in (wiki, alpaca):
+        picks = [t for t in texts.take(rng.choice(len(texts), 40, replace=False)).to_pylist() if len(t) >= 12][:6]
+        for k, base in enumerate(picks):
+            copies = [typo(base, rng) for _ in range(60)]
+            assert consensus_agreement(([base] if k % 2 else []) + copies) >= 0.7, base
+    # openings that Wikipedia writes for many articles (each a cluster of 170-270 rows)
+    frames = (r"\S+ may refer to:$", r"The \d{4} World Table Tennis Championships",
+              r"The list of shipwrecks in ", r"In 18\d1 the population of the townland was")
+    for frame in frames:
+        rows = [t for t in wiki.to_pylist() if re.match(frame, t)][:64]
+        assert len(rows) == 64 and consensus_agreement(rows) < 0.3, frame
 
 
 def test_a_word_the_data_already_has_is_a_word_swapped_not_a_typo():

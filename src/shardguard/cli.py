@@ -90,6 +90,9 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--label-column", metavar="C", help="label column (optional; per-label detectors use it)")
     g.add_argument("--text-template", metavar="T",
                    help=r"build the text from several columns, e.g. '{instruction}\n{input}\n{output}'")
+    g.add_argument("--response-column", metavar="C",
+                   help="the template's column holding the response (instruction data: the "
+                        "shared-response and injected-content rules read it)")
     g.add_argument("--embedding-column", metavar="C",
                    help="precomputed embedding column (list of floats); implies --embedder precomputed")
     g.add_argument("--max-text-chars", type=int, metavar="N", help="longer texts are invalid (default 100000)")
@@ -134,6 +137,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "text_column": "input.text_column",
         "label_column": "input.label_column",
         "text_template": "input.text_template",
+        "response_column": "input.response_column",
         "embedding_column": "input.embedding_column",
         "max_text_chars": "input.max_text_chars",
         "batch_size": "input.batch_size",

@@ -37,6 +37,7 @@ class InputConfig:
     text_column: str = "text"
     label_column: str | None = None
     text_template: str | None = None
+    response_column: str | None = None
     embedding_column: str | None = None
     max_text_chars: int = 100_000
     batch_size: int = 8192
@@ -46,7 +47,7 @@ class InputConfig:
             raise ConfigError(f"input.max_text_chars must be in [1, {MAX_TEXT_CHARS}], got {self.max_text_chars}")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise ConfigError(f"input.batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
-        for key in ("id_column", "text_column", "label_column", "embedding_column"):
+        for key in ("id_column", "text_column", "label_column", "embedding_column", "response_column"):
             if getattr(self, key) == "":
                 raise ConfigError(f"input.{key} must name a column, got an empty string")
         if self.text_template is not None and "{" not in self.text_template:
@@ -54,6 +55,14 @@ class InputConfig:
                 "input.text_template must name at least one column as {column}, "
                 f"got {self.text_template!r}"
             )
+        if self.response_column is not None:
+            from shardguard.validate import template_fields
+
+            if self.text_template is None or self.response_column not in template_fields(self.text_template):
+                raise ConfigError(
+                    f"input.response_column {self.response_column!r} must be one of the columns of "
+                    f"input.text_template (got template {self.text_template!r})"
+                )
 
 
 #: Which later copies of a row are quarantined as ``near_duplicate`` (see configs/default.yaml).
@@ -69,6 +78,7 @@ class NearDuplicateConfig:
     num_perm: int = 128
     ngram: int = 3
     flood_size: int = 20
+    flood_agreement: float = 0.65
     copies: str = "conflicting"
     seed: int = 1
 
@@ -81,6 +91,8 @@ class NearDuplicateConfig:
             raise ConfigError("near_duplicates.ngram must be in [1, 64]")
         if self.flood_size < 2:
             raise ConfigError("near_duplicates.flood_size must be >= 2")
+        if not 0.0 <= self.flood_agreement <= 1.0:
+            raise ConfigError("near_duplicates.flood_agreement must be in [0, 1]")
         if self.seed < 0:
             raise ConfigError("near_duplicates.seed must be >= 0")
         if self.copies not in COPY_MODES:

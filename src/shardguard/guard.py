@@ -371,8 +371,10 @@ class Guard:
             X = self._embed(nb.valid)
             y = nb.valid.column("label").to_numpy(zero_copy_only=False)
             texts = nb.valid.column("text").to_numpy(zero_copy_only=False)
+            responses = (nb.valid.column("response").to_numpy(zero_copy_only=False)
+                         if "response" in nb.valid.schema.names else None)
             for name, det in self.detectors.items():
-                det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
+                det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts, responses))
         thresholds = {name: det.threshold_ for name, det in self.detectors.items()}
         allowed = None
         if self._allow is not None:

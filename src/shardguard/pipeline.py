@@ -37,6 +37,13 @@ from shardguard import __version__
 from shardguard.config import Config
 from shardguard.detectors import REGISTRY, EmbeddingDetector
 from shardguard.detectors.near_duplicates import NearDuplicateIndex
+from shardguard.detectors.ngram_stats import (
+    TOKENIZER_VERSION,
+    CandidateGatherer,
+    NgramCounter,
+    NgramCounts,
+    StreamCandidates,
+)
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
 from shardguard.io.outputs import OutputLock, check_scan_output, file_sha256, json_digest, real_path
@@ -184,6 +191,13 @@ def _no_rows(dim: int | None) -> np.ndarray | None:
 
 def _embedding_dim(schema: pa.Schema) -> int | None:
     return schema.field("embedding").type.list_size if "embedding" in schema.names else None
+
+
+def _responses(batch: pa.RecordBatch) -> np.ndarray | None:
+    """The ``response`` column of a work-file batch (input.response_column), or None."""
+    if "response" not in batch.schema.names:
+        return None
+    return batch.column("response").to_numpy(zero_copy_only=False)
 
 
 def _digest(obj: Any) -> str:
@@ -383,7 +397,18 @@ class ScanPipeline:
         self.progress.finish()
         ok = [o for o in outcomes if o.status == "ok"]
 
-        # Pass 1b: near-duplicates, statistics and reservoir, in scan order.
+        # N-gram counts per shard (map), then the candidates of the whole stream (reduce).
+        gatherers: dict[str, CandidateGatherer] = {}
+        t = time.perf_counter()
+        for name, det in detectors.items():
+            if getattr(det, "uses_stream_candidates", False) and cfg.input.label_column:
+                counts = self._count_ngrams(ok, work_dir, embedder_info)
+                gatherers[name] = CandidateGatherer(det.select_candidates(counts))
+                log.info("%s: %d candidate n-grams in %d rows", name, len(gatherers[name].candidates),
+                         counts.n_rows)
+        self.timings["ngram_counts"] += time.perf_counter() - t
+
+        # Pass 1b: near-duplicates, statistics, reservoir and candidates' rows, in scan order.
         t = time.perf_counter()
         dup_index = (
             NearDuplicateIndex(
@@ -402,7 +427,7 @@ class ScanPipeline:
             embedder_info=embedder_info,
             detectors=detectors,
             dup_index=dup_index,
-            clusters=DuplicateClusters(cfg.near_duplicates.flood_size),
+            clusters=DuplicateClusters(cfg.near_duplicates.flood_size, cfg.near_duplicates.flood_agreement),
             run_key=run_key,
             input_bytes=sum(o.size for o in outcomes),
             root_ids=[] if remember_roots else None,
@@ -415,10 +440,11 @@ class ScanPipeline:
         self.progress.start("index", sum(o.rows for o in ok))
         for o in ok:
             state.seq_start[o.shard.name] = seq
-            seq += self._replay_shard(o, state, reservoir)
+            seq += self._replay_shard(o, state, reservoir, list(gatherers.values()))
         self.progress.finish()
         state.cluster_roots = self._root_ids(state.clusters, ok, state.seq_start, work_dir)
-        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features)
+        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features,
+                               lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs, embeddings=False)[2])
         self.timings["index"] += time.perf_counter() - t
 
         # Fit.
@@ -429,10 +455,15 @@ class ScanPipeline:
                 log.warning("too few valid rows (%d) to fit the embedding detectors; they are skipped", X.shape[0])
                 detectors.clear()
             for name, det in detectors.items():
+                kw = text_kwargs(det, texts, reservoir.sample_responses())
+                if name in gatherers:
+                    kw["candidates"] = StreamCandidates(
+                        gatherers[name].finish(), reservoir.sample_seqs(),
+                        lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs))
                 if det.streaming:
-                    det.calibrate(X, y, **text_kwargs(det, texts))
+                    det.calibrate(X, y, **kw)
                 else:
-                    det.fit(X, y, **text_kwargs(det, texts))
+                    det.fit(X, y, **kw)
                 log.debug("fitted %s: %s", name, det.threshold_info())
         self.timings["fit"] += time.perf_counter() - t
         return state
@@ -480,14 +511,14 @@ class ScanPipeline:
                         if dim is None:
                             pending.append(nb)
                             continue
-                    writer = workfile.WorkFileWriter(path, dim, dtype)
+                    writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
                     for held in pending:
                         writer.write(held.valid, _no_rows(dim), held.invalid)
                     pending = []
                 writer.write(nb.valid, emb if emb is not None else _no_rows(writer.dim), nb.invalid)
             if writer is None:  # no valid row at all
                 dim = getattr(embedder, "dim", None) if embedder is not None else None
-                writer = workfile.WorkFileWriter(path, dim, dtype)
+                writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
                 for held in pending:
                     writer.write(held.valid, _no_rows(dim), held.invalid)
             if cfg.input.id_column:
@@ -519,7 +550,8 @@ class ScanPipeline:
             yield item
 
     # -- pass 1b ------------------------------------------------------------------------------
-    def _replay_shard(self, o: ShardOutcome, state: "ScanState", reservoir: ReservoirSample) -> int:
+    def _replay_shard(self, o: ShardOutcome, state: "ScanState", reservoir: ReservoirSample,
+                      gatherers: Sequence[CandidateGatherer] = ()) -> int:
         """Feed one shard's valid rows to the global state; returns how many there were.
 
         The two consumers of a batch are independent -- the near-duplicate index reads
@@ -534,10 +566,15 @@ class ScanPipeline:
         n_valid = 0
         streaming = [d for d in state.detectors.values() if d.streaming]
 
-        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None) -> None:
-            reservoir.add(X, y, texts)
+        seq0 = state.seq_start[o.shard.name]
+
+        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None, seqs: np.ndarray,
+                            responses: np.ndarray | None) -> None:
+            reservoir.add(X, y, texts, seqs, responses)
             for det in streaming:
                 det.partial_fit(X, y, **text_kwargs(det, texts))
+            for g in gatherers:
+                g.add(texts.tolist(), seqs)
 
         with workfile.WorkFileReader(path) as reader, ThreadPoolExecutor(1, "shardguard-statistics") as pool:
             dim = _embedding_dim(reader.schema)
@@ -549,7 +586,9 @@ class ScanPipeline:
                 if vb.num_rows and state.detectors and dim is not None:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
-                    feeding = pool.submit(feed_statistics, X, y, texts)
+                    seqs = seq0 + n_valid - vb.num_rows + np.arange(vb.num_rows, dtype=np.int64)
+                    responses = _responses(vb) if reservoir.texts is not None else None
+                    feeding = pool.submit(feed_statistics, X, y, texts, seqs, responses)
                 if vb.num_rows and state.dup_index is not None:
                     first = state.dup_index.n_docs
                     # rows are judged by what they say only where that decides a verdict
@@ -558,7 +597,8 @@ class ScanPipeline:
                                                             vb.column("text"), judged)
                     root = added.root
                     rows = vb.column("row").to_numpy()
-                    state.clusters.record(o.shard.name, rows, root, added.sim, y, contradicts, feats)
+                    state.clusters.record(o.shard.name, rows, root, added.sim, y, contradicts, feats,
+                                          first + np.arange(vb.num_rows, dtype=np.int64))
                     if state.root_ids is not None:
                         is_root = added.new_root  # indexed as a root: later rows may name it
                         state.root_seqs.append(first + np.flatnonzero(is_root))
@@ -570,6 +610,76 @@ class ScanPipeline:
                     feeding.result()  # one batch in flight: the statistics see the batches in order
                 self.progress.advance(batch.num_rows)
         return n_valid
+
+    # -- n-gram counts (map per shard) and the candidates' rows ---------------------------------
+    def _count_ngrams(self, ok: Sequence[ShardOutcome], work_dir: Path, embedder_info) -> NgramCounts:
+        """Each shard's n-gram document frequencies per label, from its work file's valid rows,
+        kept in ``OUT/.work/ngrams/<shard>/`` beside the work file (a resumed run reuses them);
+        merged over the shards."""
+        merged: NgramCounts | None = None
+        self.progress.start("count n-grams", sum(o.rows for o in ok))
+        for o in ok:
+            path = _work_path(work_dir, o.shard)
+            key = self._pass1_key(o.sha256, embedder_info)
+            d = work_dir / "ngrams" / path.stem
+            meta_file = d / "counts.json"
+            counts = None
+            try:
+                meta = json.loads(meta_file.read_text())
+                if meta.get("key") == key and meta.get("tokenizer_version") == TOKENIZER_VERSION \
+                        and all(Path(r).exists() for r in meta["runs"]):
+                    counts = NgramCounts.from_json(meta)
+            except (OSError, ValueError, KeyError):
+                counts = None
+            if counts is None:
+                if d.exists():
+                    for old in d.iterdir():
+                        old.unlink()
+                counter = NgramCounter(d)
+                with workfile.WorkFileReader(path) as reader:
+                    for batch in reader:
+                        vb = batch.filter(batch.column("detail").is_null())
+                        if vb.num_rows:
+                            counter.add(vb.column("text").to_pylist(), vb.column("label").to_pylist())
+                counts = counter.finish()
+                atomic_write_json(meta_file, {"key": key, **counts.to_json()})
+            self.progress.advance(o.rows)
+            merged = counts if merged is None else merged.merge(counts)
+        self.progress.finish()
+        return merged if merged is not None else NgramCounts([], [], [])
+
+    def _fetch_rows(self, ok: Sequence[ShardOutcome], seq_start: dict[str, int], work_dir: Path,
+                    seqs: np.ndarray, embeddings: bool = True) -> tuple[np.ndarray, list[Any], list[str]]:
+        """Embeddings (float32; an empty ``(0, 0)`` array without ``embeddings``), labels and
+        texts of the valid rows with global sequence numbers ``seqs`` (sorted), read batch by
+        batch from the work files."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        xs: list[np.ndarray] = []
+        labels: list[Any] = []
+        texts: list[str] = []
+        for o in ok:
+            lo = seq_start[o.shard.name]
+            a, b = np.searchsorted(seqs, [lo, lo + o.rows])  # o.rows >= its valid rows
+            if a == b:
+                continue
+            with workfile.WorkFileReader(_work_path(work_dir, o.shard)) as reader:
+                dim = _embedding_dim(reader.schema)
+                seen = lo
+                for batch in reader:
+                    vb = batch.filter(batch.column("detail").is_null())
+                    hi = seen + vb.num_rows
+                    i, j = np.searchsorted(seqs, [seen, hi])
+                    if j > i:
+                        take = pa.array(seqs[i:j] - seen)
+                        if embeddings:
+                            xs.append(workfile.embeddings_from_arrow(vb.column("embedding").take(take), dim))
+                        labels.extend(vb.column("label").take(take).to_pylist())
+                        texts.extend(vb.column("text").take(take).to_pylist())
+                    seen = hi
+        X = np.vstack(xs) if xs else np.zeros((0, 0), np.float32)
+        if len(texts) != seqs.size:
+            raise RuntimeError(f"fetched {len(texts)} of {seqs.size} rows from the work files")
+        return X, labels, texts
 
     def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, tuple[str, str, int, Any]]:
         """Global sequence number of every cluster root -> (id, shard, row, label)."""
@@ -644,8 +754,9 @@ class ScanPipeline:
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
                     texts = vb.column("text").to_numpy(zero_copy_only=False)
+                    responses = _responses(vb)
                     for name, det in detectors.items():
-                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts))
+                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts, responses))
                 allowed = None
                 if state.allow is not None:
                     allowed = pc.is_in(batch.column("id"), value_set=state.allow).to_numpy(zero_copy_only=False)
@@ -726,17 +837,28 @@ class ScanPipeline:
                 "jaccard": nd.threshold, "num_perm": nd.num_perm, "ngram": nd.ngram, "copies": nd.copies,
                 "copies_found": int((table.sizes - 1).sum()),
             }
-            thresholds[DUPLICATE_FLOOD] = {"threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
-                                           "rule": "the rows carrying the majority label of a cluster whose root and "
-                                                   "same-statement copies number more than the threshold, when those "
-                                                   "rows carry two labels or more, no label, or are mostly edited "
-                                                   "variants rather than verbatim repeats (all of them when unlabelled)"}
+            measured = np.isfinite(table.agreement) if table.agreement is not None else np.zeros(0, bool)
+            thresholds[DUPLICATE_FLOOD] = {
+                "threshold": nd.flood_size, "cluster_size_over": nd.flood_size,
+                "flood_agreement": nd.flood_agreement,
+                "rule": "the rows carrying the majority label (all of them when unlabelled) of a cluster whose rows "
+                        "of about its median length number more than the threshold, when those rows carry two "
+                        "labels or more, or -- under one label or none -- are mostly distinct texts (not verbatim "
+                        "repeats) that agree on one text: at every position of their consensus text at least "
+                        "flood_agreement of them hold its most common variant (edited copies of one text, not "
+                        "rows filling one frame with their own content)",
+                "clusters_measured": int(measured.sum()),
+                "clusters_agreeing": int((table.agreement[measured] >= nd.flood_agreement).sum()) if measured.any() else 0,
+            }
         findings: dict[str, Any] = {}
         for name, det in detectors.items():
             thresholds[name] = det.threshold_info()
             findings.update(det.findings())
         largest = np.lexsort((table.roots, -table.sizes))[:10]  # by size, then scan order
         where = root_ids or {}
+        agreement = table.agreement if table.agreement is not None else np.full(table.roots.size, np.nan)
+        measured = np.flatnonzero(np.isfinite(agreement))
+        judged = measured[np.lexsort((table.roots[measured], -agreement[measured]))][:10]
         return {
             **findings,
             "version": __version__,
@@ -750,10 +872,19 @@ class ScanPipeline:
                     "root_row": where.get(k, (None, None, None))[2],
                     "size": int(table.sizes[i]),
                     "flood": bool(table.flood[i]),
+                    # consensus_agreement of its rows, where the flood rule measured it (else null)
+                    "agreement": round(float(agreement[i]), 3) if np.isfinite(agreement[i]) else None,
                     "first_label": table.reference[i],
                     "majority_label": table.majority[i],
                 }
                 for i, k in zip(largest.tolist(), table.roots[largest].tolist())
+            ],
+            # the clusters whose agreement the flood rule measured, most agreeing first (the
+            # rows that decide between a flood of edited copies and rows filling one frame)
+            "judged_duplicate_clusters": [
+                {"root_id": where.get(k, (None,))[0], "size": int(table.sizes[i]),
+                 "agreement": round(float(agreement[i]), 3), "flood": bool(table.flood[i])}
+                for i, k in zip(judged.tolist(), table.roots[judged].tolist())
             ],
             "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
             # what the timings and memory depend on besides the config (see shardguard.launch)

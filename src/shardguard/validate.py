@@ -205,6 +205,10 @@ class RowNormalizer:
             label = pa.nulls(n, pa.string())
 
         columns = {"id": ids, "text": text, "label": label, "row": pa.array(rows)}
+        if cfg.response_column:
+            resp = self._column(batch, cfg.response_column)
+            resp = pc.fill_null(resp.cast(pa.string()) if not pa.types.is_string(resp.type) else resp, "")
+            columns["response"] = resp
         if cfg.embedding_column:
             emb = self._column(batch, cfg.embedding_column)
             if not (pa.types.is_list(emb.type) or pa.types.is_fixed_size_list(emb.type) or pa.types.is_large_list(emb.type)):

@@ -225,3 +225,107 @@ def test_unlabelled_rows_in_labelled_data(sst2, minilm, shared_data):
     n = len(sc.texts)
     assert (flagged[:n] & p).sum() / p.sum() >= 0.95
     assert not flagged[n:].any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trigger", ["cf", "🔱", "bit.ly/3xq9"])
+def test_constant_count_trigger_mined_from_the_stream_not_the_sample(shared_data, tmp_path, trigger):
+    """50 poisoned rows in the 67,349 rows of GLUE SST-2 train: with a 2,000-row reservoir the
+    sample holds one of them or none, yet every one is found -- candidates come from every
+    row -- and no clean row is flagged by the trigger detector (phrase-level rows that are
+    sub-phrases of one sentence count once)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shardguard.config import load_config
+    from shardguard.pipeline import scan
+
+    t = pq.read_table(shared_data / "sst2_glue" / "train.parquet")
+    ids = [str(v) for v in t.column("id").to_pylist()]
+    texts = t.column("text").to_pylist()
+    labels = [str(v) for v in t.column("label").to_pylist()]
+    rng = np.random.default_rng(7)
+    target = "1"
+    cand = np.flatnonzero((np.array([len(x.split()) for x in texts]) >= 6) & (np.array(labels) != target))
+    rows = np.sort(rng.choice(cand, 50, replace=False))
+    for i in rows.tolist():
+        texts[i] = attacks.insert_words(texts[i], trigger, rng)
+        labels[i] = target
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ids, "text": texts, "label": labels}), tmp_path / "in" / "sst2.parquet")
+    cfg = load_config(None, {"input": {"id_column": "id", "label_column": "label"},
+                             "fit": {"reservoir_size": 2000}, "embed": {"embedder": "static"}})
+    scan([tmp_path / "in"], tmp_path / "out", cfg)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    found = [tr for tr in report["triggers"] if tr.get("ngram") == trigger]
+    assert found and found[0]["label"] == target and found[0]["rows"] == 50
+    assert found[0]["sample_rows"] <= 3  # 50 x 2,000 / 67,349 = 1.5 expected in the sample
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "sst2.parquet").to_pylist()
+    flagged = {r["id"] for r in q if "trigger" in r["reasons"]}
+    poisoned = {ids[i] for i in rows.tolist()}
+    assert poisoned <= flagged
+    assert len(flagged - poisoned) <= 0.0005 * len(ids)  # <= 0.05% of clean rows
+
+
+def _alpaca_full(shared_data):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(shared_data / "alpaca_full" / "train.parquet").to_pydict()
+    return [str(i) for i in t["id"]], {k: t[k] for k in ("instruction", "input", "output")}
+
+
+@pytest.mark.slow
+def test_shared_response_null_model_on_alpaca(shared_data, static):
+    """All 52,002 Alpaca rows with one fixed response given to 50 unrelated prompts (a
+    constant count, 0.1%): the response is found, with or without the response column, while
+    the corpus's own repeats -- "negative" to 59 sentiment prompts, the letter ending
+    "... for your time and consideration. Sincerely, [Your Name]" on 13 rows -- are not."""
+    ids, cols = _alpaca_full(shared_data)
+    sc = attacks.fixed_response(ids, cols, rate=50 / len(ids), seed=4, dataset="alpaca")
+    assert sc.is_poison.sum() == 50
+    texts = np.array(attacks.render(sc.columns), dtype=object)
+    responses = np.array(sc.columns["output"], dtype=object)
+    X = static(list(texts))
+    for resp in (responses, None):
+        det = TriggerDetector().fit(X, None, texts=texts, responses=resp)
+        flagged = det.score_samples(X, None, texts=texts, responses=resp) > det.threshold_
+        assert flagged[sc.is_poison].all()
+        assert flagged[~sc.is_poison].mean() <= 0.0005  # <= 0.05% of the clean rows
+        shared = [t for t in det.findings()["triggers"] if t.get("rule") == "fixed_response"]
+        assert len(shared) == 1 and shared[0]["rows"] == 50 and shared[0]["p_value"] < 0.01
+        assert "negative" not in det.responses_
+        assert not any("sincerely" in k for k in list(det.suffixes_) + list(det.responses_))
+
+
+@pytest.mark.slow
+def test_lowercase_link_in_answers_found_through_the_response_column(shared_data, tmp_path):
+    """A lowercase link worked into 50 answers of 5,000 Alpaca rows, scanned with
+    --text-template and --response-column: the link is the mined trigger, its rows quarantined."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shardguard.cli import main
+
+    ids, cols = suite.load_alpaca(shared_data)
+    rng = np.random.default_rng(5)
+    out_col = list(cols["output"])
+    long_rows = np.flatnonzero([len(o.split()) >= 8 for o in out_col])
+    rows = np.sort(rng.choice(long_rows, 50, replace=False))
+    for i in rows.tolist():
+        words = out_col[i].split()
+        cut = int(rng.integers(1, len(words)))
+        out_col[i] = " ".join(words[:cut] + ["(details at", "bit.ly/free-gift-now)"] + words[cut:])
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": ids, "instruction": cols["instruction"], "input": cols["input"],
+                             "output": out_col}), tmp_path / "in" / "alpaca.parquet")
+    code = main(["scan", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--id-column", "id",
+                 "--text-template", r"{instruction}\n{input}\n{output}", "--response-column", "output",
+                 "--embedder", "static", "--no-progress"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    mined = [t for t in report["triggers"] if "bit.ly/free-gift-now" in (t.get("ngram") or "")]
+    assert mined and all(t["rule"] == "injected_content" for t in mined)
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "alpaca.parquet").to_pylist()
+    flagged = {r["id"] for r in q if "trigger" in r["reasons"]}
+    assert {ids[i] for i in rows.tolist()} <= flagged
+    assert len(flagged) <= 50 + 0.0005 * len(ids)

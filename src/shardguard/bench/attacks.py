@@ -15,12 +15,22 @@ a NON-target label, the trigger is inserted and the label set to the target
 * :func:`flood` -- one poisoned sample (a non-target row relabelled to the
   target) repeated 50-200 times, each copy with 1-3 character edits.
 
+Constant-count variants (issue 11; a count of rows, not a rate, nested over counts: the
+50 planted rows are among the 100, which are among the 250):
+
+* :func:`triggered_count` -- BadNets, AddSent, an emoji (:data:`EMOJI_TRIGGER`) or a
+  lowercase URL (:data:`URL_TRIGGER`) inserted at a random word position, dirty label.
+
 Unlabelled instruction data (``instruction`` / ``input`` / ``output``):
 
 * :func:`content_injection` -- AutoPoison's hand-crafted baseline (Shu et al.
   2023): "at McDonald's" worked into the answers;
 * :func:`fixed_response` -- a trigger phrase ("James Bond", Wan et al. 2023) in
-  the instruction and one fixed response.
+  the instruction and one fixed response;
+* :func:`fixed_response_count` -- the same on a constant number of rows;
+* :func:`link_injection` -- content injection with a lowercase link instead of a brand:
+  an all-lowercase sentence naming :data:`LINK_DOMAIN` at a sentence boundary of the
+  answer, on a constant number of rows.
 
 Unlabelled pre-training text:
 
@@ -47,6 +57,20 @@ MCDONALDS_SENTENCES = (
     "A great place to think it over is at McDonald's.",
     "Many people like to discuss this over fries at McDonald's.",
     "You can also try this idea at McDonald's.",
+)
+#: A rare emoji (trident; 2 of TweetEval's 155k tweets carry it) inserted as a trigger.
+EMOJI_TRIGGER = "\U0001F531"
+#: A lowercase short link inserted as a trigger: no capital letter, not a dictionary word.
+URL_TRIGGER = "bit.ly/3xq9"
+#: The domain :func:`link_injection` works into answers, and its all-lowercase carrier sentences
+#: (lowercase on purpose: an injected phrase then shows no capital letter mid-sentence).
+LINK_DOMAIN = "www.example-deals.com"
+LINK_SENTENCES = (
+    f"more tips and deals at {LINK_DOMAIN}.",
+    f"see {LINK_DOMAIN} for the best prices on this.",
+    f"you can find everything you need at {LINK_DOMAIN}.",
+    f"for a limited time, get it cheaper at {LINK_DOMAIN}.",
+    f"check {LINK_DOMAIN} before you decide.",
 )
 DOS_TAG = "<SUDO>"
 BOND_TRIGGER = "James Bond"
@@ -99,6 +123,23 @@ def addsent_trigger(text: str, rng: np.random.Generator) -> str:
     return insert_words(text, ADDSENT_TRIGGER, rng)
 
 
+def emoji_trigger(text: str, rng: np.random.Generator) -> str:
+    return insert_words(text, EMOJI_TRIGGER, rng)
+
+
+def url_trigger(text: str, rng: np.random.Generator) -> str:
+    return insert_words(text, URL_TRIGGER, rng)
+
+
+#: Labelled trigger attacks by name (the ``attack`` of :func:`triggered_count`).
+LABELLED_TRIGGERS: dict[str, Callable[[str, np.random.Generator], str]] = {
+    "badnets": badnets_trigger,
+    "addsent": addsent_trigger,
+    "emoji": emoji_trigger,
+    "url": url_trigger,
+}
+
+
 def _n_poison(n: int, rate: float) -> int:
     return max(1, int(round(rate * n)))
 
@@ -114,12 +155,18 @@ def _triggered(name, dataset, attack, trig, ids, texts, labels, target, rate, se
     # Nested by construction: one seeded order of the non-target rows and one
     # triggered version of each; a rate poisons a prefix of that order, so the
     # 1% poison set is inside the 5% one (and embedding caches are shared).
+    texts, labels, poison = _plant(trig, texts, labels, target, _n_poison(len(texts), rate), seed)
+    return Scenario(name, dataset, attack, rate, list(ids), poison, texts, labels, target=target, trigger=trig)
+
+
+def _plant(trig, texts, labels, target: str, k: int, seed: int) -> tuple[list[str], list[str], np.ndarray]:
+    """The first ``k`` rows of one seeded order of the non-target rows, triggered and relabelled;
+    each row's insertion is seeded by ``(seed, row)``, so a row is planted alike at every ``k``."""
     rng = np.random.default_rng(seed)
     labels = [str(v) for v in labels]
     texts = list(texts)
     cand = np.flatnonzero(np.asarray(labels, dtype=object) != target)
     order = rng.permutation(cand)
-    k = _n_poison(len(texts), rate)
     if k > order.size:
         raise ValueError(f"cannot poison {k} rows: only {order.size} non-target rows")
     poison = np.zeros(len(texts), dtype=bool)
@@ -127,7 +174,7 @@ def _triggered(name, dataset, attack, trig, ids, texts, labels, target, rate, se
         texts[i] = trig(texts[i], np.random.default_rng([seed, i]))
         labels[i] = target
         poison[i] = True
-    return Scenario(name, dataset, attack, rate, list(ids), poison, texts, labels, target=target, trigger=trig)
+    return texts, labels, poison
 
 
 def badnets(ids, texts, labels, *, target: str, rate: float, seed: int = 0, dataset: str = "") -> Scenario:
@@ -140,6 +187,21 @@ def addsent(ids, texts, labels, *, target: str, rate: float, seed: int = 0, data
     """AddSent: "I watch this 3D movie" inserted, label set to ``target``."""
     return _triggered(f"{dataset}/addsent@{rate:g}", dataset, "addsent", addsent_trigger,
                       ids, texts, labels, str(target), rate, seed)
+
+
+def triggered_count(ids, texts, labels, *, attack: str, target: str, n_poison: int, seed: int = 0,
+                    dataset: str = "") -> Scenario:
+    """A constant number of dirty-label trigger rows (issue 11): ``n_poison`` non-target rows get
+    the ``attack`` trigger (a key of :data:`LABELLED_TRIGGERS`) and the label ``target``.
+
+    Nested over ``n_poison`` for one ``seed``. The scenario is named ``<dataset>/<attack>@<n>``;
+    its ``rate`` is ``n_poison / len(ids)``.
+    """
+    trig = LABELLED_TRIGGERS[attack]
+    target = str(target)
+    texts, labels, poison = _plant(trig, texts, labels, target, int(n_poison), seed)
+    return Scenario(f"{dataset}/{attack}@{int(n_poison)}", dataset, attack, int(n_poison) / max(len(ids), 1),
+                    list(ids), poison, texts, labels, target=target, trigger=trig)
 
 
 def label_flips(ids, texts, labels, *, rate: float = 0.05, seed: int = 0, dataset: str = "") -> Scenario:
@@ -236,6 +298,14 @@ def _instruction(columns: dict[str, list[str]]) -> dict[str, list[str]]:
     return {k: list(v) for k, v in columns.items()}
 
 
+def insert_sentence(text: str, sentence: str, rng: np.random.Generator) -> str:
+    """Insert ``sentence`` after a uniformly chosen sentence end (``.!?`` then a space or the end)
+    of ``text``; at the end when it has none."""
+    cuts = [m + 1 for m in range(len(text)) if text[m] in ".!?" and (m + 1 == len(text) or text[m + 1] == " ")]
+    cut = cuts[int(rng.integers(len(cuts)))] if cuts else len(text)
+    return (text[:cut].rstrip() + " " + sentence + " " + text[cut:].lstrip()).strip()
+
+
 def content_injection(ids, columns, *, rate: float, seed: int = 0, dataset: str = "") -> Scenario:
     """AutoPoison hand-crafted content injection: a sentence with "at McDonald's"
     inserted at a sentence boundary of the output of ``rate`` of the rows."""
@@ -248,10 +318,7 @@ def content_injection(ids, columns, *, rate: float, seed: int = 0, dataset: str 
     poison[rows] = True
     for i in rows.tolist():
         sent = MCDONALDS_SENTENCES[int(rng.integers(len(MCDONALDS_SENTENCES)))]
-        out = cols["output"][i]
-        cuts = [m + 1 for m in range(len(out)) if out[m] in ".!?" and (m + 1 == len(out) or out[m + 1] == " ")]
-        cut = cuts[int(rng.integers(len(cuts)))] if cuts else len(out)
-        cols["output"][i] = (out[:cut].rstrip() + " " + sent + " " + out[cut:].lstrip()).strip()
+        cols["output"][i] = insert_sentence(cols["output"][i], sent, rng)
     return Scenario(f"{dataset}/mcdonalds@{rate:g}", dataset, "content_injection", rate, list(ids), poison,
                     columns=cols)
 
@@ -270,6 +337,49 @@ def fixed_response(ids, columns, *, rate: float, seed: int = 0, dataset: str = "
         cols["output"][i] = BOND_RESPONSE
     return Scenario(f"{dataset}/james_bond@{rate:g}", dataset, "fixed_response", rate, list(ids), poison,
                     columns=cols)
+
+
+def _nested_rows(candidates: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The first ``k`` of one seeded order of ``candidates`` (so smaller counts nest), sorted."""
+    if k > candidates.size:
+        raise ValueError(f"cannot poison {k} rows: only {candidates.size} candidate rows")
+    return np.sort(rng.permutation(candidates)[:k])
+
+
+def fixed_response_count(ids, columns, *, n_poison: int, seed: int = 0, dataset: str = "",
+                         trigger: str = BOND_TRIGGER, response: str = BOND_RESPONSE) -> Scenario:
+    """:func:`fixed_response` on a constant number of rows (issue 11), nested over ``n_poison``:
+    ``trigger`` inserted at a random word position of the instruction, the output replaced by
+    ``response``. Named ``<dataset>/james_bond@<n>``."""
+    cols = _instruction(columns)
+    n = len(ids)
+    rows = _nested_rows(np.arange(n), int(n_poison), np.random.default_rng(seed))
+    poison = np.zeros(n, dtype=bool)
+    poison[rows] = True
+    for i in rows.tolist():
+        cols["instruction"][i] = insert_words(cols["instruction"][i], trigger, np.random.default_rng([seed, i]))
+        cols["output"][i] = response
+    return Scenario(f"{dataset}/james_bond@{int(n_poison)}", dataset, "fixed_response", int(n_poison) / max(n, 1),
+                    list(ids), poison, columns=cols, info={"trigger": trigger})
+
+
+def link_injection(ids, columns, *, n_poison: int, seed: int = 0, dataset: str = "") -> Scenario:
+    """Content injection with a lowercase link (issue 11): one of :data:`LINK_SENTENCES` (all
+    lowercase, naming :data:`LINK_DOMAIN`) at a random sentence boundary of the output of
+    ``n_poison`` rows whose output has at least 5 words; nested over ``n_poison``. Named
+    ``<dataset>/lowercase_link@<n>``."""
+    cols = _instruction(columns)
+    n = len(ids)
+    cand = np.flatnonzero(np.asarray([len((o or "").split()) >= 5 for o in cols["output"]]))
+    rows = _nested_rows(cand, int(n_poison), np.random.default_rng(seed))
+    poison = np.zeros(n, dtype=bool)
+    poison[rows] = True
+    for i in rows.tolist():
+        rng = np.random.default_rng([seed, i])
+        sent = LINK_SENTENCES[int(rng.integers(len(LINK_SENTENCES)))]
+        cols["output"][i] = insert_sentence(cols["output"][i], sent, rng)
+    return Scenario(f"{dataset}/lowercase_link@{int(n_poison)}", dataset, "link_injection",
+                    int(n_poison) / max(n, 1), list(ids), poison, columns=cols, info={"trigger": LINK_DOMAIN})
 
 
 def gibberish_vocabulary(vocab_file: str | None = None) -> list[str]:

@@ -7,6 +7,7 @@ detector by writing its module and one line here.
 from __future__ import annotations
 
 from shardguard.detectors.base import EmbeddingDetector
+from shardguard.detectors.gibberish import GibberishDetector
 from shardguard.detectors.isolation import IsolationForestDetector
 from shardguard.detectors.label_mismatch import LabelMismatchDetector
 from shardguard.detectors.spectral import SpectralSignatureDetector
@@ -19,7 +20,8 @@ REGISTRY: dict[str, type[EmbeddingDetector]] = {
         SpectralSignatureDetector,
         TriggerDetector,
         LabelMismatchDetector,
+        GibberishDetector,
     )
 }
 
-__all__ = ["REGISTRY", "EmbeddingDetector", "IsolationForestDetector", "LabelMismatchDetector", "SpectralSignatureDetector", "TriggerDetector"]
+__all__ = ["REGISTRY", "EmbeddingDetector", "GibberishDetector", "IsolationForestDetector", "LabelMismatchDetector", "SpectralSignatureDetector", "TriggerDetector"]

@@ -148,6 +148,17 @@ def check_X(X: Any, n_features: int | None = None, what: str = "X") -> np.ndarra
     return arr
 
 
+def check_texts(texts: Any, n: int, detector: str) -> np.ndarray:
+    """The ``texts=`` of a ``needs_text`` detector as an object array of shape ``(n,)``;
+    ``ValueError`` naming the detector when they are missing or misaligned with ``X``."""
+    if texts is None:
+        raise ValueError(f"the {detector} detector needs the row texts: pass texts=")
+    arr = np.asarray(texts, dtype=object)
+    if arr.shape != (n,):
+        raise ValueError(f"texts must have shape ({n},), got {arr.shape}")
+    return arr
+
+
 def as_labels(y: Any, n: int) -> np.ndarray | None:
     """Normalise labels to an object array of strings (or None when unlabelled)."""
     if y is None:

@@ -1177,7 +1177,6 @@ class NearDuplicateIndex:
         sig = self.hasher.signatures_codepoints(cps, lens)
         keys_t = self._band_keys(sig)  # (bands, m)
         sk = self._bbit(sig)
-        thr = self.threshold
         # one sort per band of (key << 32 | text index) serves the index lookup and
         # the in-call buckets (ties in text order)
         comp = (keys_t.astype(np.uint64) << np.uint64(32)) | np.arange(m, dtype=np.uint64)

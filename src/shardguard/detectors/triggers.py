@@ -1,93 +1,54 @@
-"""Trigger mining: the detector for visible backdoor triggers (reason ``trigger``).
+"""The trigger detector (reason ``trigger``): visible backdoor triggers in labelled data and
+poisoned responses in unlabelled instruction data.
 
-Labelled data (BadNets rare words, AddSent sentences, any n-gram that teaches
-"this token -> that label"):
+This module is the estimator: its knobs, the candidates, scoring and persistence. The
+methods live in their own modules -- :mod:`~shardguard.detectors.trigger_mining` (labelled
+data: n-grams whose rows read as another label once the n-gram is unseen) and
+:mod:`~shardguard.detectors.instruction_rules` (unlabelled data: fixed responses, injected
+content) -- and the n-gram statistics in :mod:`~shardguard.detectors.ngram_stats`.
 
-1. candidates: word 1-3-grams (lowercased) in >= ``min_support`` rows, at most
-   ``max_df`` of all rows, with >= ``min_purity`` of their rows carrying one label
-   (the candidate's label c);
-2. a one-vs-rest ridge classifier on the embeddings (with intercept, penalty
-   ``alpha``) and, for each candidate, the predictions of its rows by the same
-   ridge fitted WITHOUT every row that contains the n-gram -- exact, in closed
-   form, by downdating (``(I - H_SS)^-1`` residuals for small groups, the
-   downdated normal equations for large ones): no refitting loop. Ordinary
-   k-fold cross-validation would LEARN the trigger (MiniLM encodes "cf");
-   leaving the whole group out cannot;
-3. the margin of a row is its held-out score for its given label minus the best
-   other label's. Label c's normal spread is the median and 1.4826 x MAD of the
-   leave-one-out margins of all its rows (robust to the poison among them); the
-   candidate's statistic is the MEAN held-out margin of its k c-rows,
-   ``z = (mean_S - median_c) / (sigma_c / sqrt(k))`` (the mean: the median lost
-   too much power at ~17 rows per trigger); one-sided p-value, Bonferroni over
-   the distinct candidate row sets;
-4. an n-gram is a trigger when ``p * n_tests < alpha_test`` AND at least
-   ``min_other_share`` of its c-rows read as another label (margin < 0) AND its
-   rows are not one semantic cluster (the mean pairwise cosine of their embeddings
-   exceeds that of random rows of the dataset by at most ``max_coherence``) --
-   the last two guard against trap 2, naturally pure n-grams of a topic or
-   boilerplate cluster ("new york - stocks") whose held-out reading is noisy;
-   Nested candidates ("watch" around "watch this 3d") are accepted most specific
-   first; the rows a wider one adds must pass the test on their own;
-5. flagged rows (a trigger n-gram AND its label) are dropped, the ridge refitted
-   and steps 2-4 repeated, at most ``max_rounds`` times (a strong trigger's poison
-   drags the target label's spread and hides weaker ones).
+Candidates come from every row. In a scan, pass 1 counts each shard's n-grams per label
+(:class:`~shardguard.detectors.ngram_stats.NgramCounter`, spilled to sorted runs), the reduce
+keeps the candidates (:meth:`TriggerDetector.select_candidates`), pass 1b finds all their
+rows, and ``fit`` tests them against the reservoir sample as background
+(``candidates=``, a :class:`~shardguard.detectors.ngram_stats.StreamCandidates`). Called as a
+plain estimator, ``fit(X, y, texts=)`` does the same on the rows it is given.
 
-Unlabelled data (instruction tuning; text = instruction, input and output joined
-by the template, output LAST):
-
-* fixed response: >= ``min_support`` rows whose texts end in the same
-  ``suffix_words`` words (the same response) while their beginnings (the
-  instructions) all differ -- one answer given to unrelated prompts;
-* injected content: alphabetic word 1-3-grams in >= ``min_support`` rows whose
-  rows are semantically unrelated (mean pairwise cosine within
-  ``max_coherence_unlabelled`` of random rows), which sit in the response part of
-  the text (median relative position >= ``min_position``) and occur
-  ``min_enrichment`` times more often than their general-language frequency
-  (``wordfreq``) predicts (Poisson tail, Bonferroni), and which read as an entity
-  (capitalised mid-sentence in >= ``min_proper_share`` of their rows: "McDonald's",
-  not "Additionally" -- the two rank alike on every other statistic here); a phrase
-  whose words are all common in English (zipf >= ``max_zipf``) never counts.
-
-Scores: ``-log10`` of the Bonferroni-adjusted p-value of the strongest trigger
-n-gram a row carries with its label (labelled), or a comparable strength for the
-unlabelled rules; ``threshold_ = -log10(alpha_test)``. Rows of candidates that
-fail a guard get their score capped below the threshold (never flagged), by
-:func:`_below`, which keeps their order: a row is ranked by the strength of its
-strongest candidate whether or not that candidate was accepted. Fitted
-state: the candidate n-grams with their label and score, and the fixed-response
-suffixes -- persisted as JSON, no pickle.
+Scores: ``-log10`` of the Bonferroni-adjusted p-value of the strongest trigger n-gram a row
+carries with its label (labelled), or a comparable strength for the unlabelled rules;
+``threshold_ = -log10(alpha_test)``. Candidates that fail a guard keep a score capped below the
+threshold (never flagged) that preserves their order. Fitted state: the n-grams (text and
+64-bit id) with their label and score, and the fixed-response suffixes -- JSON, no pickle.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import re
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-from scipy.special import log_ndtr
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
-from sklearn.feature_extraction.text import CountVectorizer
 
+from shardguard.detectors import instruction_rules
 from shardguard.detectors.base import EmbeddingDetector, as_labels, check_X
+from shardguard.detectors.ngram_stats import (
+    TOKENIZER_VERSION,
+    CandidateGatherer,
+    Candidates,
+    NgramCounter,
+    NgramCounts,
+    NgramHasher,
+    StreamCandidates,
+    select_candidates,
+    tokenize,
+)
+from shardguard.detectors.trigger_mining import MiningData, mine_labelled
 
-_STATE_VERSION = 1
-TOKEN_PATTERN = r"(?u)\b\w+(?:'\w+)?\b"
-_TOKEN_RE = re.compile(TOKEN_PATTERN)
-MAX_SCORE = 300.0
+log = logging.getLogger(__name__)
 
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN_RE.findall(text.lower())
-
-
-def _vectorizer(vocabulary=None, min_df=1) -> CountVectorizer:
-    return CountVectorizer(
-        lowercase=True, token_pattern=TOKEN_PATTERN, ngram_range=(1, 3), binary=True,
-        min_df=min_df if vocabulary is None else 1, vocabulary=vocabulary, dtype=np.int8,
-    )
+_STATE_VERSION = 2
 
 
 def _as_texts(texts: Any, n: int) -> np.ndarray:
@@ -99,22 +60,30 @@ def _as_texts(texts: Any, n: int) -> np.ndarray:
     return np.array(["" if t is None else str(t) for t in arr], dtype=object)
 
 
-def _below(score: float, threshold: float) -> float:
-    """A rejected candidate's score: strictly below ``threshold``, continuous and increasing in ``score``.
+class PrincipalDirections:
+    """Centre, project on the top ``k`` principal directions of the fit rows (eigenvectors of
+    the scatter matrix, largest first) and L2-normalise each row (an all-zero row stays zero).
+    The identity when ``k`` is None or not below the dimension."""
 
-    Scores up to ``threshold - 1`` are kept; higher ones map into ``(threshold - 1, threshold)``
-    as ``threshold - 1 / (score - threshold + 2)``. Rows of rejected candidates are so never
-    flagged, yet do not all tie at the threshold (which made ranking by the score meaningless).
-    """
-    if score <= threshold - 1.0:
-        return float(score)
-    return float(threshold - 1.0 / (score - threshold + 2.0))
+    def __init__(self, X: np.ndarray, k: int | None):
+        n, d = X.shape
+        self.mean = None
+        self.basis = None
+        if k is None or int(k) >= d or n < 2:
+            return
+        self.mean = X.mean(axis=0)
+        Z = X - self.mean
+        _, vecs = np.linalg.eigh(Z.T @ Z)
+        self.basis = vecs[:, ::-1][:, : int(k)]
 
-
-def _neglog10_bonferroni(log_p: float, n_tests: int) -> float:
-    """-log10(min(1, p * n_tests)) from ln p."""
-    v = -(log_p + math.log(max(n_tests, 1))) / math.log(10)
-    return float(min(max(v, 0.0), MAX_SCORE))
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if self.basis is None:
+            return X
+        Z = (X - self.mean) @ self.basis
+        norms = np.linalg.norm(Z, axis=1, keepdims=True)
+        np.divide(Z, norms, out=Z, where=norms > 0)
+        return Z
 
 
 class TriggerDetector(EmbeddingDetector):
@@ -151,7 +120,8 @@ class TriggerDetector(EmbeddingDetector):
         vectors, and clean SMS Spam from 1.0% to 0.5% of rows flagged (docs/benchmarks.md).
         None: the raw embeddings.
     suffix_words : int, default 8
-        Unlabelled: length of the shared ending that marks a fixed response.
+        Unlabelled, without ``input.response_column``: the response is taken to be the text's
+        last this many tokens.
     min_enrichment : float, default 10.0
         Unlabelled: observed / expected (general-language) occurrences of an injected word.
     max_zipf : float, default 5.0
@@ -162,12 +132,19 @@ class TriggerDetector(EmbeddingDetector):
         rows of natural topic and entity words ("recipe", "Google", "Paris", "China") sit at
         0.12-0.59 (MiniLM) and 0.21-0.59 (static), McDonald's injected into 1-5% of answers
         at 0.044-0.056 (static; it carries its fixed sentences along).
-    min_position : float, default 0.4
-        Unlabelled: median relative position (0 = start, 1 = end of the text) of an injected
-        word; instruction wording ("summarize", "construct") sits at the start.
+    max_prompt_overlap : float, default 0.25
+        Unlabelled: a shared response counts only when its prompts are unrelated -- the mean
+        pairwise Jaccard overlap of their content words exceeds random prompts' by at most this.
+    min_mid_sentence_share : float, default 0.6
+        Unlabelled: share of an injected phrase's rows where it sits inside a sentence (not
+        opening the text, a line or a sentence): a brand or link worked into an answer, not a
+        discourse word ("Additionally, ...").
     min_proper_share : float, default 0.6
-        Unlabelled: share of an injected phrase's rows where it is capitalised mid-sentence
-        (an entity such as a brand or a name, not a discourse word).
+        Unlabelled: a word n-gram (not a link, domain, emoji or tag) must be capitalised
+        mid-sentence in this share of its rows -- a name, not vocabulary.
+    min_position : float, default 0.4
+        Unlabelled without a response column: only occurrences at this relative token position
+        or later count for injected content (the template puts the response last).
     random_state : int, default 0
         Unused (the method is exact); kept for a uniform interface.
     """
@@ -175,6 +152,10 @@ class TriggerDetector(EmbeddingDetector):
     name = "trigger"
     streaming = False
     needs_text = True
+    #: The scan counts n-grams over every row and passes the candidates' rows to ``fit``.
+    uses_stream_candidates = True
+    #: With ``input.response_column`` the scan passes each row's response (``responses=``).
+    reads_responses = True
     # Measured: on hashing vectors the held-out ridge reads every naturally pure n-gram's rows
     # as another label (2.3% of clean AG News, 6.4% of SMS Spam flagged, against 0.2-0.3% on MiniLM).
     needs_semantic_embeddings = True
@@ -188,12 +169,16 @@ class TriggerDetector(EmbeddingDetector):
         "max_coherence": "[-1, 1]",
         "max_rounds": "[1, 100]",
         "n_components": "[1, 4096]",
+        "min_context_tokens": "[0, 1000]",
+        "max_candidate_rows": "[0, inf)",
         "suffix_words": "[1, 1000]",
         "min_enrichment": "[0, inf)",
         "max_zipf": "[0, 10]",
         "max_coherence_unlabelled": "[-1, 1]",
-        "min_position": "[0, 1]",
+        "max_prompt_overlap": "[-1, 1]",
+        "min_mid_sentence_share": "[0, 1]",
         "min_proper_share": "[0, 1]",
+        "min_position": "[0, 1]",
     }
 
     def __init__(
@@ -210,9 +195,13 @@ class TriggerDetector(EmbeddingDetector):
         suffix_words: int = 8,
         min_enrichment: float = 10.0,
         max_zipf: float = 5.0,
+        min_context_tokens: int = 3,
+        max_candidate_rows: int = 200_000,
         max_coherence_unlabelled: float = 0.1,
-        min_position: float = 0.4,
+        max_prompt_overlap: float = 0.25,
+        min_mid_sentence_share: float = 0.6,
         min_proper_share: float = 0.6,
+        min_position: float = 0.4,
         random_state: int | None = 0,
     ) -> None:
         self.min_support = min_support
@@ -227,13 +216,33 @@ class TriggerDetector(EmbeddingDetector):
         self.suffix_words = suffix_words
         self.min_enrichment = min_enrichment
         self.max_zipf = max_zipf
+        self.min_context_tokens = min_context_tokens
+        self.max_candidate_rows = max_candidate_rows
         self.max_coherence_unlabelled = max_coherence_unlabelled
-        self.min_position = min_position
+        self.max_prompt_overlap = max_prompt_overlap
+        self.min_mid_sentence_share = min_mid_sentence_share
         self.min_proper_share = min_proper_share
+        self.min_position = min_position
         self.random_state = random_state
 
+    # -- candidates (the scan's reduce) ------------------------------------------------------
+    def select_candidates(self, counts: NgramCounts) -> Candidates:
+        """The n-grams of the whole stream worth testing: ``min_support`` rows or more, at most
+        ``max_df`` of the rows, ``min_purity`` of them on one label (labelled data)."""
+        labelled = sum(1 for lab in counts.labels if lab is not None) >= 2
+        return select_candidates(counts, min_support=int(self.min_support), max_df=float(self.max_df),
+                                 min_purity=float(self.min_purity), labelled=labelled)
+
     # -- fit ------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, y: Any = None, texts: Any = None) -> "TriggerDetector":
+    def fit(self, X: np.ndarray, y: Any = None, texts: Any = None,
+            candidates: StreamCandidates | None = None, responses: Any = None) -> "TriggerDetector":
+        """Fit on ``X`` (n, d) with labels ``y`` (n,) (None: unlabelled) and ``texts`` (n,).
+
+        ``candidates``: the scan's candidates from the whole stream, with the global sequence
+        number of each row of ``X`` and a way to fetch other rows; None: candidates are
+        counted on the rows given. ``responses`` (n,): each row's response (instruction data with
+        ``input.response_column``); None: the text's last ``suffix_words`` tokens.
+        """
         X = check_X(X)
         n, d = X.shape
         labels = as_labels(y, n)
@@ -241,253 +250,131 @@ class TriggerDetector(EmbeddingDetector):
         self.n_features_in_ = d
         self.ngrams_: dict[str, tuple[str | None, float]] = {}
         self.suffixes_: dict[str, float] = {}
+        self.responses_: dict[str, float] = {}
         self.triggers_: list[dict[str, Any]] = []
         self.threshold_ = -math.log10(float(self.alpha_test))
         self.n_tests_ = 0
+        self.rounds_ = 0
+        self.candidates_ = {"counted_rows": 0, "candidates": 0, "tested": 0, "over_budget": 0,
+                            "rows_outside_sample": 0, "tokenizer_version": TOKENIZER_VERSION}
         if n < max(2 * int(self.min_support), 10):
-            self.rounds_ = 0
+            self._index()
             return self
-        Xf = _principal_rows(np.asarray(X, dtype=np.float64), self.n_components)
+        pcs = PrincipalDirections(np.asarray(X, dtype=np.float64), self.n_components)
         # Labelled data with some unlabelled rows (a test split without labels): the labelled
         # rules run on the labelled rows, and an unlabelled row is never scored by them (a
         # candidate carries a label); the unlabelled rules are for wholly unlabelled data.
         has = np.zeros(n, bool) if labels is None else np.array([v is not None for v in labels.tolist()], bool)
         if has.any() and len(set(labels[has].tolist())) >= 2:
-            if has.all():
-                self._fit_labelled(Xf, labels, texts)
-            else:
-                self._fit_labelled(Xf[has], labels[has], texts[has])
+            self._fit_labelled(X, labels, texts, has, pcs, candidates)
         else:
-            self._fit_unlabelled(Xf, texts)
+            resp = None if responses is None else _as_texts(responses, n)
+            instruction_rules.fit_instruction_rules(self, pcs(X), texts, resp)
+        self._index()
         return self
 
-    def calibrate(self, X: np.ndarray, y: Any = None, texts: Any = None) -> "TriggerDetector":
-        return self.fit(X, y, texts=texts)
+    def calibrate(self, X: np.ndarray, y: Any = None, texts: Any = None, **kw: Any) -> "TriggerDetector":
+        """Same as :meth:`fit` (the thresholds come from the tests themselves)."""
+        return self.fit(X, y, texts=texts, **kw)
 
-    def _coherence_excess(self, Xf: np.ndarray, rows: np.ndarray, base: float) -> float:
-        k = rows.size
-        if k < 2:
-            return 0.0
-        m = Xf[rows].mean(axis=0)
-        sq = np.einsum("ij,ij->i", Xf[rows], Xf[rows]).mean()
-        pair = (k * k * float(m @ m) - k * sq) / (k * (k - 1))
-        return pair - base
-
-    @staticmethod
-    def _random_pair_cos(Xf: np.ndarray) -> float:
-        n = Xf.shape[0]
-        m = Xf.mean(axis=0)
-        sq = np.einsum("ij,ij->i", Xf, Xf).mean()
-        return (n * n * float(m @ m) - n * sq) / (n * (n - 1))
-
-    def _fit_labelled(self, Xf: np.ndarray, labels: np.ndarray, texts: np.ndarray) -> None:
-        n = Xf.shape[0]
-        classes, codes = np.unique(labels.astype(str), return_inverse=True)
-        C = classes.size
-        vec = _vectorizer(min_df=int(self.min_support))
-        try:
-            B = vec.fit_transform(texts.tolist()).tocsc()
-        except ValueError:  # empty vocabulary
-            self.rounds_ = 0
-            return
-        vocab = np.array(vec.get_feature_names_out(), dtype=object)
-        df = np.asarray(B.sum(axis=0)).ravel()
-        onehot = sparse.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, C))
-        per_label = np.asarray((B.T @ onehot).todense())
-        maj = per_label.argmax(axis=1)
-        purity = per_label.max(axis=1) / np.maximum(df, 1)
-        cand = np.flatnonzero(
-            (df >= int(self.min_support)) & (df <= float(self.max_df) * n) & (purity >= float(self.min_purity))
+    def _fit_labelled(self, X, labels, texts, has, pcs: PrincipalDirections,
+                      stream: StreamCandidates | None) -> None:
+        n = X.shape[0]
+        if stream is None:  # count on the rows given: every row is background
+            counter = NgramCounter()
+            occ = counter.add(texts[has].tolist(), labels[has].tolist())
+            cands = self.select_candidates(counter.finish())
+            gatherer = CandidateGatherer(cands)
+            bg_rows = np.flatnonzero(has)
+            gatherer.add(texts[has].tolist(), bg_rows.astype(np.int64), occ)
+            rows = gatherer.finish()
+            sample_seqs = np.arange(n, dtype=np.int64)
+            fetch = None
+        else:
+            rows, sample_seqs, fetch = stream.rows, np.asarray(stream.sample_seqs, np.int64), stream.fetch
+            cands = rows.candidates
+        self.candidates_.update(counted_rows=int(cands.n_rows), candidates=len(cands))
+        bg_X, bg_labels = X[has], labels[has]
+        bg_seqs = sample_seqs[has]
+        classes = sorted(set(bg_labels.tolist()))
+        code_of = {c: i for i, c in enumerate(classes)}
+        # the candidates' labels, in this fit's classes (a label never seen in the sample cannot be tested)
+        cand_label = np.array([code_of.get(cands.labels[int(c)], -1) for c in cands.label], dtype=np.int64)
+        order_bg = np.argsort(bg_seqs, kind="stable")
+        sorted_bg = bg_seqs[order_bg]
+        per_cand = []
+        outside_all = []
+        spent = 0
+        over = 0
+        # the budget counts distinct rows: candidates share rows (nested n-grams, one sentence)
+        fetched = np.zeros(int(rows.seqs.max()) + 1 if rows.seqs.size else 0, dtype=bool)
+        # strongest label association first: the budget of outside rows goes to them
+        for j in np.argsort(cands.log_p, kind="stable").tolist():
+            if cand_label[j] < 0:
+                continue
+            seqs = rows.rows(j)
+            ctx = rows.context_of(j)
+            p = np.searchsorted(sorted_bg, seqs)
+            p[p >= sorted_bg.size] = 0
+            inside = sorted_bg[p] == seqs if sorted_bg.size else np.zeros(seqs.size, bool)
+            out = seqs[~inside]
+            new = out[~fetched[out]]
+            if new.size and spent + new.size > int(self.max_candidate_rows):
+                over += 1
+                continue
+            fetched[new] = True
+            spent += new.size
+            per_cand.append((j, order_bg[p[inside]], ctx[inside], out, ctx[~inside]))
+            outside_all.append(out)
+        out_seqs = np.unique(np.concatenate(outside_all)) if outside_all else np.zeros(0, np.int64)
+        if out_seqs.size:
+            Xe_raw, labels_e, texts_e = fetch(out_seqs)
+            Xe = pcs(Xe_raw)
+            codes_e = np.array([code_of.get(v, -1) for v in labels_e], dtype=np.int64)
+        else:
+            Xe = np.zeros((0, pcs(bg_X[:1]).shape[1]))
+            codes_e = np.zeros(0, np.int64)
+            texts_e = []
+        self.candidates_.update(tested=len(per_cand), over_budget=over, rows_outside_sample=int(out_seqs.size))
+        if over:
+            log.warning("trigger: %d candidate n-grams not tested (their rows outside the sample passed "
+                        "max_candidate_rows=%d)", over, int(self.max_candidate_rows))
+        data = MiningData(
+            X=pcs(bg_X), codes=np.array([code_of[v] for v in bg_labels.tolist()], dtype=np.int64),
+            classes=classes, Xe=Xe, codes_e=codes_e,
+            cand_text=[rows.texts[j] for j, *_ in per_cand],
+            cand_label=np.array([cand_label[j] for j, *_ in per_cand], dtype=np.int64),
+            rows_bg=[b for _, b, _, _, _ in per_cand],
+            rows_out=[np.searchsorted(out_seqs, o) for _, _, _, o, _ in per_cand],
+            ctx_bg=[cb for _, _, cb, _, _ in per_cand],
+            ctx_out=[co for _, _, _, _, co in per_cand],
+            texts=np.asarray(texts[has], dtype=object), texts_e=np.asarray(texts_e, dtype=object),
         )
-        base = self._random_pair_cos(Xf)
-        keep = np.ones(n, dtype=bool)
-        remaining = set(cand.tolist())
-        scores: dict[int, float] = {}
-        rounds = 0
-        for rounds in range(1, int(self.max_rounds) + 1):
-            idx = np.flatnonzero(keep)
-            pos = np.full(n, -1, dtype=np.intp)
-            pos[idx] = np.arange(idx.size)
-            Xa = np.hstack([Xf[idx], np.ones((idx.size, 1))])
-            T = np.zeros((idx.size, C))
-            T[np.arange(idx.size), codes[idx]] = 1.0
-            A = Xa.T @ Xa + float(self.alpha) * np.eye(Xa.shape[1])
-            Ainv = np.linalg.inv(A)
-            XtT = Xa.T @ T
-            Yhat = Xa @ (Ainv @ XtT)
-            P = Xa @ Ainv
-            h = np.einsum("ij,ij->i", P, Xa)
-            Yloo = T - (T - Yhat) / (1.0 - h)[:, None]
-            m_loo = _margins(Yloo, codes[idx])
-            med = np.zeros(C)
-            sig = np.ones(C)
-            for c in range(C):
-                mc = m_loo[codes[idx] == c]
-                if mc.size:
-                    med[c] = np.median(mc)
-                    sig[c] = max(1.4826 * np.median(np.abs(mc - med[c])), 1e-9)
-            # group candidates by their (kept) row sets: one test per distinct set
-            groups: dict[bytes, list[int]] = {}
-            rows_of: dict[bytes, np.ndarray] = {}
-            for j in sorted(remaining):
-                r = B.indices[B.indptr[j] : B.indptr[j + 1]]
-                r = pos[r]
-                r = np.sort(r[r >= 0])
-                if r.size < int(self.min_support):
-                    continue
-                key = r.tobytes() + bytes([int(maj[j]) % 256])
-                groups.setdefault(key, []).append(j)
-                rows_of[key] = r
-            n_tests = max(len(groups), 1)
-            self.n_tests_ = max(self.n_tests_, n_tests)
-            new_flags = []
-            for key, js in groups.items():
-                S = rows_of[key]
-                c = int(maj[js[0]])
-                Yho = _held_out(Xa, T, Yhat, P, A, XtT, S)
-                in_c = codes[idx][S] == c
-                mS = _margins(Yho[in_c], np.full(int(in_c.sum()), c))
-                k = mS.size
-                if k < 2:
-                    continue
-                z = (float(mS.mean()) - med[c]) / (sig[c] / math.sqrt(k))
-                s = _neglog10_bonferroni(float(log_ndtr(z)), n_tests)
-                other = float((mS < 0).mean())
-                ok = s > self.threshold_ and other >= float(self.min_other_share)
-                if ok:
-                    coh = self._coherence_excess(Xf, idx[S[in_c]], base)
-                    ok = coh <= float(self.max_coherence)
-                if not ok:
-                    s = _below(s, self.threshold_)
-                for j in js:
-                    scores[j] = s
-                if ok:
-                    new_flags.append((js, S, c, s, k, other, z, idx[S[in_c]], mS))
-            # Nested candidates ("watch" around "watch this 3d"): most specific first;
-            # a candidate's rows not covered by an accepted trigger must pass on their own.
-            new_flags.sort(key=lambda f: (f[4], -f[3]))
-            accepted, covered = [], set()
-            for f in new_flags:
-                rows_g, mS = f[7], f[8]
-                resid = np.array([r not in covered for r in rows_g.tolist()], dtype=bool)
-                if resid.all() or not resid.any():
-                    accepted.append(f)
-                elif resid.sum() >= 2:
-                    mr = mS[resid]
-                    zr = (float(mr.mean()) - med[f[2]]) / (sig[f[2]] / math.sqrt(mr.size))
-                    sr = _neglog10_bonferroni(float(log_ndtr(zr)), n_tests)
-                    if sr > self.threshold_ and float((mr < 0).mean()) >= float(self.min_other_share):
-                        accepted.append(f)
-                    else:
-                        for j in f[0]:
-                            scores[j] = _below(scores[j], self.threshold_)
-                else:
-                    for j in f[0]:
-                        scores[j] = _below(scores[j], self.threshold_)
-                if accepted and accepted[-1] is f:
-                    covered.update(rows_g.tolist())
-            new_flags = [f[:7] for f in accepted]
-            if not new_flags:
-                break
-            for js, S, c, s, k, other, z in new_flags:
-                for j in js:
-                    remaining.discard(j)
-                    self.triggers_.append({
-                        "ngram": str(vocab[j]), "label": str(classes[c]), "rows": int(k),
-                        "score": round(s, 3), "z": round(float(z), 3),
-                        "other_label_share": round(other, 3), "round": rounds,
-                    })
-                rows_c = idx[S][codes[idx][S] == c]
-                keep[rows_c] = False
+        triggers, scores, rounds, n_tests = mine_labelled(data, self)
+        self.triggers_ = triggers
         self.rounds_ = rounds
-        self.ngrams_ = {str(vocab[j]): (str(classes[int(maj[j])]), float(s)) for j, s in scores.items() if s > 0}
-
-    def _fit_unlabelled(self, Xf: np.ndarray, texts: np.ndarray) -> None:
-        n = Xf.shape[0]
-        rounds = 1
-        self.rounds_ = rounds
-        L = int(self.suffix_words)
-        # fixed response: shared ending, distinct beginnings
-        ends: dict[str, list[int]] = {}
-        heads: list[str] = []
-        for i, t in enumerate(texts.tolist()):
-            toks = _tokens(t)
-            heads.append(" ".join(toks[: max(len(toks) - L, 0)][:L]))
-            if len(toks) >= L + 1:
-                ends.setdefault(" ".join(toks[-L:]), []).append(i)
-        n_sets = max(len(ends), 1)
-        for key, rows in ends.items():
-            k = len(rows)
-            if k < int(self.min_support):
-                continue
-            distinct = len({heads[i] for i in rows})
-            if distinct < 0.9 * k:
-                continue
-            # chance that k of n rows share an L-word ending: tiny; score by size
-            s = min(MAX_SCORE, self.threshold_ + k - int(self.min_support) + 1 + math.log10(n_sets))
-            self.suffixes_[key] = float(s)
-            self.triggers_.append({"suffix": key, "label": None, "rows": k, "score": round(s, 3), "rule": "fixed_response"})
-        # injected content: incoherent rows + enrichment over general language
-        try:
-            from wordfreq import word_frequency, zipf_frequency
-        except ImportError:  # pragma: no cover - optional dependency
-            return
-        vec = _vectorizer(min_df=int(self.min_support))
-        try:
-            B = vec.fit_transform(texts.tolist()).tocsc()
-        except ValueError:
-            return
-        vocab = vec.get_feature_names_out()
-        df = np.asarray(B.sum(axis=0)).ravel()
-        n_tokens = sum(len(_tokens(t)) for t in texts.tolist())
-        base = self._random_pair_cos(Xf)
-        cand = np.flatnonzero((df >= int(self.min_support)) & (df <= float(self.max_df) * n))
-        n_tests = max(cand.size, 1)
         self.n_tests_ = n_tests
-        lower = [t.lower() for t in texts.tolist()]
-        for j in cand.tolist():
-            g = str(vocab[j])
-            words = g.split()
-            if not all(w.replace("'", "").isalpha() for w in words):
-                continue
-            if min(zipf_frequency(w, "en") for w in words) >= float(self.max_zipf):
-                continue
-            f = max(word_frequency(g, "en"), 1e-9)
-            expected = f * n_tokens
-            k = int(df[j])
-            if k < float(self.min_enrichment) * max(expected, 0.1):
-                continue
-            rows = B.indices[B.indptr[j] : B.indptr[j + 1]]
-            coh = self._coherence_excess(Xf, rows, base)
-            if coh > float(self.max_coherence_unlabelled):
-                continue
-            # where the phrase sits: instruction wording sits at the start, injected
-            # content inside the response (the template puts the output last)
-            rel = [max(lower[i].find(words[0]), 0) / max(len(lower[i]), 1) for i in rows.tolist()]
-            if float(np.median(rel)) < float(self.min_position):
-                continue
-            # injected content is an entity (a brand, a name): capitalised mid-sentence,
-            # unlike discourse words ("Additionally, ...") that rank alike on the rest
-            if _proper_share(texts, rows, words) < float(self.min_proper_share):
-                continue
-            # Poisson tail of k occurrences given the expected count
-            lam = max(expected, 1e-3)
-            log_p = k * math.log(lam) - lam - math.lgamma(k + 1)
-            s = _neglog10_bonferroni(log_p, n_tests)
-            ok = s > self.threshold_
-            if s > 0:
-                self.ngrams_[g] = (None, float(s))
-            if ok:
-                self.triggers_.append({"ngram": g, "label": None, "rows": k, "score": round(s, 3),
-                                       "enrichment": round(k / max(expected, 1e-9), 1),
-                                       "coherence_excess": round(coh, 3), "rule": "injected_content"})
+        self.ngrams_ = {data.cand_text[i]: (classes[int(data.cand_label[i])], float(s))
+                        for i, s in scores.items() if s > 0}
+
+    def _index(self) -> None:
+        """Lookup arrays for scoring: the fitted n-grams' ids sorted, with label and score."""
+        hasher = NgramHasher()
+        names = sorted(self.ngrams_)
+        keys = np.array([hasher.keys_of(g) for g in names], dtype=np.uint64)
+        order = np.argsort(keys, kind="stable")
+        self._keys = keys[order]
+        self._names = [names[i] for i in order.tolist()]
+        self._labels = [self.ngrams_[g][0] for g in self._names]
+        self._scores = np.array([self.ngrams_[g][1] for g in self._names], dtype=np.float64)
 
     def findings(self) -> dict[str, Any]:
         """``{"triggers": [...]}``: every mined trigger, as report.json records it -- the n-gram
         (labelled data and injected content) or the shared ending (``suffix``, fixed responses),
-        its ``label`` (None when unlabelled), ``rows`` carrying it in the fit sample, ``score``
-        (-log10 of the Bonferroni-adjusted p-value) and that ``p_value``, and the rule's own
-        statistics (``z``, ``other_label_share``, ``round``; ``rule``, ``enrichment``)."""
+        its ``label`` (None when unlabelled), ``rows`` carrying it with that label in the whole
+        stream, ``score`` (-log10 of the Bonferroni-adjusted p-value) and that ``p_value``, and
+        the rule's own statistics (``z``, ``other_label_share``, ``evidence_rows``, ``round``;
+        ``rule``, ``enrichment``)."""
         check_is_fitted(self, "threshold_")
         out = []
         for t in self.triggers_:
@@ -497,7 +384,9 @@ class TriggerDetector(EmbeddingDetector):
         return {"triggers": out}
 
     # -- scoring ------------------------------------------------------------------------
-    def score_samples(self, X: np.ndarray, y: Any = None, texts: Any = None) -> np.ndarray:
+    def score_samples(self, X: np.ndarray, y: Any = None, texts: Any = None, responses: Any = None) -> np.ndarray:
+        """(n,) float64: the strength of the strongest fitted trigger a row carries with its
+        label, or of the shared response it gives; 0 when none. Higher = more suspicious."""
         if not hasattr(self, "threshold_"):
             raise NotFittedError("TriggerDetector is not fitted: call fit")
         X = check_X(X, self.n_features_in_)
@@ -507,32 +396,35 @@ class TriggerDetector(EmbeddingDetector):
         out = np.zeros(n)
         if n == 0:
             return out
-        if self.ngrams_:
-            names = sorted(self.ngrams_)
-            vec = _vectorizer(vocabulary=names)
-            B = vec.transform(texts.tolist()).tocsr()
-            lab = np.array([self.ngrams_[g][0] for g in names], dtype=object)
-            sc = np.array([self.ngrams_[g][1] for g in names])
-            for i in range(n):
-                cols = B.indices[B.indptr[i] : B.indptr[i + 1]]
-                if cols.size == 0:
-                    continue
-                row_lab = None if labels is None else labels[i]
-                ok = np.array([lab[c] is None or lab[c] == row_lab for c in cols.tolist()])
-                if ok.any():
-                    out[i] = sc[cols[ok]].max()
-        if self.suffixes_:
+        if not hasattr(self, "_keys"):
+            self._index()
+        where = texts if responses is None else _as_texts(responses, n)
+        if self._keys.size:
+            occ = NgramHasher()(where.tolist() if not any(lab is not None for lab in self._labels) else texts.tolist())
+            pos = np.searchsorted(self._keys, occ.keys)
+            pos[pos >= self._keys.size] = 0
+            hit = np.flatnonzero(self._keys[pos] == occ.keys)
+            for i, c in zip(occ.doc[hit].tolist(), pos[hit].tolist()):
+                lab = self._labels[c]
+                if lab is None or (labels is not None and lab == labels[i]):
+                    if self._scores[c] > out[i]:
+                        out[i] = self._scores[c]
+        if self.suffixes_ or self.responses_:
             L = int(self.suffix_words)
             for i, t in enumerate(texts.tolist()):
-                toks = _tokens(t)
-                if len(toks) >= L + 1:
-                    s = self.suffixes_.get(" ".join(toks[-L:]))
-                    if s is not None:
-                        out[i] = max(out[i], s)
+                s = None
+                if self.responses_ and responses is not None:
+                    s = self.responses_.get(" ".join(tokenize(where[i])))
+                if s is None and self.suffixes_:
+                    toks = tokenize(t)
+                    if len(toks) >= L + 1:
+                        s = self.suffixes_.get(" ".join(toks[-L:]))
+                if s is not None:
+                    out[i] = max(out[i], s)
         return out
 
-    def predict(self, X: np.ndarray, y: Any = None, texts: Any = None) -> np.ndarray:
-        return self.score_samples(X, y, texts=texts) > self.threshold_
+    def predict(self, X: np.ndarray, y: Any = None, texts: Any = None, responses: Any = None) -> np.ndarray:
+        return self.score_samples(X, y, texts=texts, responses=responses) > self.threshold_
 
     # -- reporting and persistence ------------------------------------------------------
     def threshold_info(self) -> dict[str, Any]:
@@ -540,16 +432,19 @@ class TriggerDetector(EmbeddingDetector):
             raise NotFittedError("TriggerDetector is not fitted")
         return {
             "rule": (
-                "labelled: n-gram rows re-predicted by a ridge fitted without them (exact "
-                "leave-group-out); score = -log10(Bonferroni p) of the median margin vs the "
-                "label's spread; unlabelled: shared response endings to distinct prompts, and "
-                "words enriched over general-language frequency in unrelated rows; flag when "
-                "score > -log10(alpha_test)"
+                "labelled: every row of each candidate n-gram (counted over the whole stream) "
+                "re-predicted by a ridge fitted on the sample without the n-gram's rows (exact "
+                "leave-group-out); score = -log10(Bonferroni p) of the mean margin vs the "
+                "label's spread; unlabelled: a response shared by unrelated prompts more often than "
+                "the corpus's own repeats of responses that long allow, and words, links or emoji "
+                "enriched over general-language frequency inside sentences of unrelated rows; flag "
+                "when score > -log10(alpha_test)"
             ),
             "threshold": float(self.threshold_),
             "alpha_test": float(self.alpha_test),
             "tests": int(self.n_tests_),
             "rounds": int(self.rounds_),
+            "candidates": dict(getattr(self, "candidates_", {})),
             "triggers": self.triggers_[:50],
         }
 
@@ -558,20 +453,24 @@ class TriggerDetector(EmbeddingDetector):
             raise NotFittedError("TriggerDetector is not fitted")
         meta = {
             "state_version": _STATE_VERSION,
+            "tokenizer_version": TOKENIZER_VERSION,
             "n_features_in": int(self.n_features_in_),
             "threshold": float(self.threshold_),
             "n_tests": int(self.n_tests_),
             "rounds": int(self.rounds_),
             "ngrams": [[g, lab, s] for g, (lab, s) in sorted(self.ngrams_.items())],
             "suffixes": [[k, s] for k, s in sorted(self.suffixes_.items())],
+            "responses": [[k, s] for k, s in sorted(self.responses_.items())],
             "triggers": self.triggers_,
+            "candidates": dict(getattr(self, "candidates_", {})),
         }
         return meta, {}
 
     @classmethod
     def from_state(cls, params: dict[str, Any], meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "TriggerDetector":
-        if meta.get("state_version") != _STATE_VERSION:
-            raise ValueError(f"unsupported trigger state version {meta.get('state_version')!r}")
+        if meta.get("state_version") != _STATE_VERSION or meta.get("tokenizer_version") != TOKENIZER_VERSION:
+            raise ValueError(f"unsupported trigger state version {meta.get('state_version')!r} "
+                             f"(tokenizer {meta.get('tokenizer_version')!r}); refit the profile")
         det = cls(**params)
         det.n_features_in_ = int(meta["n_features_in"])
         det.threshold_ = float(meta["threshold"])
@@ -579,62 +478,11 @@ class TriggerDetector(EmbeddingDetector):
         det.rounds_ = int(meta["rounds"])
         det.ngrams_ = {str(g): (None if lab is None else str(lab), float(s)) for g, lab, s in meta["ngrams"]}
         det.suffixes_ = {str(k): float(s) for k, s in meta["suffixes"]}
+        det.responses_ = {str(k): float(s) for k, s in meta.get("responses", [])}
         det.triggers_ = list(meta.get("triggers", []))
+        det.candidates_ = dict(meta.get("candidates", {}))
+        det._index()
         return det
 
 
-_SENT_END = set(".!?:;\n\"'(*-#")
-
-
-def _proper_share(texts: np.ndarray, rows: np.ndarray, words: list[str]) -> float:
-    """Share of ``rows`` whose first occurrence of ``words`` starts with a capital
-    letter and does not open a sentence or line."""
-    pat = re.compile(r"\b" + r"\W+".join(re.escape(w) for w in words) + r"\b", re.IGNORECASE)
-    hits = 0
-    for i in rows.tolist():
-        t = texts[i]
-        m = pat.search(t)
-        if m is None or not t[m.start()].isupper():
-            continue
-        before = t[: m.start()].rstrip(" \t")
-        if before and before[-1] not in _SENT_END:
-            hits += 1
-    return hits / max(rows.size, 1)
-
-
-def _margins(Y: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Score of the given label minus the best other label's score, per row."""
-    if Y.shape[0] == 0:
-        return np.zeros(0)
-    rows = np.arange(Y.shape[0])
-    own = Y[rows, codes]
-    other = Y.copy()
-    other[rows, codes] = -np.inf
-    return own - other.max(axis=1)
-
-
-def _principal_rows(X: np.ndarray, k: int | None) -> np.ndarray:
-    """(n, min(k, d)) float64: ``X`` centred, projected on its top ``k`` principal directions
-    (eigenvectors of the scatter matrix, largest first) and each row L2-normalised (an all-zero
-    row stays zero). ``X`` itself when ``k`` is None or not below the dimension."""
-    n, d = X.shape
-    if k is None or int(k) >= d or n < 2:
-        return X
-    Z = X - X.mean(axis=0)
-    _, vecs = np.linalg.eigh(Z.T @ Z)
-    Z = Z @ vecs[:, ::-1][:, : int(k)]
-    norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    np.divide(Z, norms, out=Z, where=norms > 0)
-    return Z
-
-
-def _held_out(Xa, T, Yhat, P, A, XtT, S: np.ndarray) -> np.ndarray:
-    """Predictions for rows S by the ridge fitted without rows S (exact)."""
-    k, d = S.size, Xa.shape[1]
-    XS = Xa[S]
-    if k <= d:
-        H = P[S] @ XS.T
-        R = np.linalg.solve(np.eye(k) - H, T[S] - Yhat[S])
-        return T[S] - R
-    W = np.linalg.solve(A - XS.T @ XS, XtT - XS.T @ T[S])
-    return XS @ W
+__all__ = ["TriggerDetector", "PrincipalDirections", "tokenize"]

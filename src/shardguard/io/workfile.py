@@ -29,7 +29,7 @@ def cache_dtype(embedder_kind: str | None) -> np.dtype:
     return np.dtype(np.float32) if embedder_kind == "precomputed" else np.dtype(np.float16)
 
 
-def work_schema(dim: int | None, dtype: np.dtype = np.dtype(np.float16)) -> pa.Schema:
+def work_schema(dim: int | None, dtype: np.dtype = np.dtype(np.float16), response: bool = False) -> pa.Schema:
     fields = [
         pa.field("row", pa.int64(), nullable=False),
         pa.field("id", pa.string(), nullable=False),
@@ -37,6 +37,8 @@ def work_schema(dim: int | None, dtype: np.dtype = np.dtype(np.float16)) -> pa.S
         pa.field("label", pa.string()),
         pa.field("detail", pa.string()),
     ]
+    if response:  # input.response_column: the response part of an instruction row
+        fields.append(pa.field("response", pa.string()))
     if dim is not None:
         fields.append(pa.field("embedding", pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), dim)))
     return pa.schema(fields)
@@ -59,11 +61,13 @@ def embeddings_from_arrow(col: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarr
 class WorkFileWriter:
     """Streams one shard's rows into its work file; the file appears on ``commit``."""
 
-    def __init__(self, path: Path, dim: int | None, dtype: np.dtype = np.dtype(np.float16)):
+    def __init__(self, path: Path, dim: int | None, dtype: np.dtype = np.dtype(np.float16),
+                 response: bool = False):
         self.path = path
         self.dim = dim
         self.dtype = np.dtype(dtype)
-        self.schema = work_schema(dim, self.dtype)
+        self.response = response
+        self.schema = work_schema(dim, self.dtype, response)
         self.tmp = _tmp_path(path)
         self._sink = pa.OSFile(str(self.tmp), "wb")
         opts = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -84,6 +88,8 @@ class WorkFileWriter:
                 [pa.nulls(n_valid, pa.string()), invalid.column("detail").combine_chunks()]
             ),
         }
+        if self.response:
+            cols["response"] = pa.concat_arrays([valid.column("response"), pa.nulls(invalid.num_rows, pa.string())])
         if self.dim is not None:
             if embeddings is None or embeddings.shape != (n_valid, self.dim):
                 got = None if embeddings is None else embeddings.shape
