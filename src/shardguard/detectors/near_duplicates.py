@@ -66,7 +66,8 @@ Only roots are indexed. Per root:
 Plus 28 B per distinct normalised text for the exact table (hash, root,
 similarity, statement). Measured: ~240 B per document over 100k real texts (see
 ``benchmarks/bench_near_duplicates.py``), including the ~25% capacity slack of
-the growable arrays.
+the growable arrays; the statement column and flag added 8.6 B of it (``nbytes``
+219.6 -> 228.2 B per document on that benchmark's 96k texts, nothing judged).
 
 Where it lives: every array the index keeps from 64 KiB up is a private
 anonymous memory map of its own (:func:`_alloc`), not a C-heap block. The
