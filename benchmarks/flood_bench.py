@@ -7,7 +7,9 @@ Three parts, all through ``shardguard.pipeline.scan`` with the default config, u
 label column):
 
 1. **Clean corpora**: Wikipedia 2021 (241k paragraphs), Alpaca rendered
-   "{instruction}\\n{input}\\n{output}", TweetEval (every task's texts) and GoEmotions: rows
+   "{instruction}\\n{input}\\n{output}", TweetEval (every task's texts), GoEmotions and, where
+   ``shardguard.bench.scale`` exists, its FLAN/T0-style templated corpus (85k prompts sharing
+   templates, answers = class names; rendered as Alpaca, scanned without a response column): rows
    flagged ``duplicate_flood`` and by everything together, the clusters whose agreement the
    rule measured (``report.json["judged_duplicate_clusters"]``) and the largest clusters.
 2. **Planted floods**: into each corpus, ``--floods`` (default 8) floods of 50-200 copies of one
@@ -46,7 +48,7 @@ from shardguard.config import load_config
 from shardguard.pipeline import scan
 
 REPO = Path(__file__).resolve().parents[1]
-CORPORA = ("wikipedia_2021", "alpaca_full", "tweeteval", "goemotions")
+CORPORA = ("wikipedia_2021", "alpaca_full", "tweeteval", "goemotions", "templated")
 SAMPLE = 64  # rows a flood's agreement is measured on (stages.FLOOD_SAMPLE)
 
 
@@ -55,6 +57,11 @@ def load(data: Path, name: str) -> tuple[list[str], list[str]]:
     if name == "alpaca_full":
         t = pq.read_table(data / name / "train.parquet").to_pydict()
         return t["id"], attacks.render({k: t[k] for k in ("instruction", "input", "output")}, suite.ALPACA_TEMPLATE)
+    if name == "templated":
+        from shardguard.bench.scale import templated_corpus
+
+        ids, cols = templated_corpus(data)
+        return ids, attacks.render(cols, suite.ALPACA_TEMPLATE)
     file = {"wikipedia_2021": "train.parquet", "tweeteval": "all.parquet", "goemotions": "all.parquet"}[name]
     t = pq.read_table(data / name / file, columns=["id", "text"])
     return [str(i) for i in t.column("id").to_pylist()], t.column("text").to_pylist()
@@ -87,6 +94,15 @@ def plant(ids: list[str], texts: list[str], n_floods: int, seed: int) -> tuple[l
     return out_i.tolist(), out_t.tolist(), flood
 
 
+def corpora() -> tuple[str, ...]:
+    """The corpora this checkout can build (the templated one needs ``shardguard.bench.scale``)."""
+    try:
+        import shardguard.bench.scale  # noqa: F401
+    except ImportError:
+        return tuple(c for c in CORPORA if c != "templated")
+    return CORPORA
+
+
 def run_scan(ids: list[str], texts: list[str], work: Path, name: str, embedder: str) -> dict:
     """One unlabelled default scan; per row: duplicate_flood, flagged at all."""
     shard = work / "shards" / f"{name}.parquet"
@@ -116,7 +132,7 @@ def run_scan(ids: list[str], texts: list[str], work: Path, name: str, embedder: 
 
 def clean_part(data: Path, work: Path, embedder: str) -> dict:
     out = {}
-    for name in CORPORA:
+    for name in corpora():
         ids, texts = load(data, name)
         s = run_scan(ids, texts, work, name, embedder)
         n = len(ids)
@@ -136,7 +152,7 @@ def clean_part(data: Path, work: Path, embedder: str) -> dict:
 
 def planted_part(data: Path, work: Path, embedder: str, n_floods: int) -> dict:
     out = {}
-    for name in CORPORA:
+    for name in corpora():
         ids, texts = load(data, name)
         p_ids, p_texts, flood = plant(ids, texts, n_floods, seed=suite.seed_of(f"floods/{name}"))
         s = run_scan(p_ids, p_texts, work, f"{name}_floods", embedder)
@@ -156,7 +172,7 @@ def statistic_part(data: Path, clean: dict | None) -> dict:
 
     rng = np.random.default_rng(2025)
     out: dict = {"planted": {}}
-    for name in CORPORA:
+    for name in corpora():
         ids, texts = load(data, name)
         cand = np.flatnonzero([len(t) >= 12 for t in texts])
         vals = []
