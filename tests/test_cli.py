@@ -264,9 +264,12 @@ def test_interrupted_scan_says_one_line_leaves_no_temporary_files_and_resumes(tm
     data = tmp_path / "data"
     _make_shards(shared_data / "sst2_glue" / "train.parquet", data)
     out = tmp_path / "out"
-    args = ["scan", str(data), "--out", str(out), *FAST]
+    # small batches: the scan lasts long enough after its first work file for the signal to land
+    # inside it however busy the machine is (at the default batch size it is over in ~3 s)
+    args = ["scan", str(data), "--out", str(out), *FAST, "--batch-size", "256"]
     proc = subprocess.Popen([sys.executable, "-m", "shardguard", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while proc.poll() is None and time.time() - t0 < 120:
         if (out / ".work").exists() and list((out / ".work").glob("*.arrow")):
