@@ -208,13 +208,20 @@ def attack_test_texts(sc: Scenario, data: suite.LabelledData, seed: int = 0) -> 
 _CLEAN_MODELS: dict = {}  # the truly clean model is the same for every scenario of a dataset
 
 
+def downstream_model():
+    """The downstream model: TF-IDF (1-2-grams, sublinear tf) + logistic regression (lbfgs:
+    deterministic, so a training set gives one model, and one accuracy)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(max_iter=1000))
+
+
 def downstream(sc: Scenario, data: suite.LabelledData, union: np.ndarray, seed: int = 0) -> dict | None:
     """TF-IDF (1-2-gram) + logistic regression on poisoned / cleaned / truly clean."""
     if data is None or data.dev_texts is None:
         return None
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
 
     texts = np.asarray(sc.texts, dtype=object)
     labels = np.asarray(sc.labels, dtype=object)
@@ -234,8 +241,7 @@ def downstream(sc: Scenario, data: suite.LabelledData, union: np.ndarray, seed: 
     for k, (tx, ly) in sets.items():
         model = _CLEAN_MODELS.get(data.name) if k == "original" else None
         if model is None:
-            model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                                  LogisticRegression(max_iter=1000))
+            model = downstream_model()
             model.fit(tx.tolist(), ly)
             if k == "original":
                 _CLEAN_MODELS[data.name] = model

@@ -24,7 +24,10 @@ from shardguard.report_html import LOADED_SCRIPT
 
 INJECT = ("<img src=x onerror=\"document.body.setAttribute('data-pwned','img')\">"
           "<script>document.body.setAttribute('data-pwned','script')</script>")
-HOSTILE_ROWS = 22  # over the default flood size (20), each reply number its own: the hostile rows form a duplicate_flood
+# over the default flood size (20), each row one typo'd copy of the same spam (a letter added at
+# its own place): edited copies of one text, so the hostile rows form a duplicate_flood
+HOSTILE_ROWS = 22
+HOSTILE_TEXT = "WIN a prize now, just reply to this message today"
 
 
 def _chromium() -> str | None:
@@ -43,7 +46,8 @@ def scanned(tmp_path_factory, samples_dir):
     with open(data / "hostile.jsonl", "w") as f:
         for k in range(HOSTILE_ROWS):
             f.write(json.dumps({"id": f"evil-{k}<b>bold</b>", "label": "ham",
-                                "text": f"{INJECT} WIN a prize now, reply {k} </td></table></style>"}) + "\n")
+                                "text": f"{INJECT} {HOSTILE_TEXT[:k + 4]}x{HOSTILE_TEXT[k + 4:]} "
+                                        "</td></table></style>"}) + "\n")
     out = base / "out"
     cfg = load_config(overrides={"input.id_column": "id", "input.label_column": "label",
                                  "embed.embedder": "hashing"})

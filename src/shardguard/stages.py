@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from shardguard.detectors.base import as_labels, label_groups
-from shardguard.detectors.near_duplicates import Added, NearDuplicateIndex
+from shardguard.detectors.near_duplicates import Added, NearDuplicateIndex, normalize_codepoints
 
 #: Reasons written by the near-duplicate stage and the validator.
 INVALID = "invalid"
@@ -47,8 +47,6 @@ def normalized(texts: "pa.Array | pa.ChunkedArray | list[str]") -> tuple[pa.Arra
     """The texts normalised (``normalize_text``) as an Arrow large-string array, with their
     code points and lengths as :func:`~shardguard.detectors.near_duplicates.normalize_codepoints`
     gives them."""
-    from shardguard.detectors.near_duplicates import normalize_codepoints
-
     cps, lens = normalize_codepoints(texts)
     big = cps.tobytes().decode("utf-32-le", "surrogatepass")
     ends = np.cumsum(lens)
@@ -225,6 +223,7 @@ def label_hashes(labels: Any, n: int) -> np.ndarray:
     if arr is None or n == 0:
         return np.zeros(n, np.uint64)
     codes, keys = label_groups(arr)
+    # a label whose hash is 0 (odds 2**-64) is still a label: it becomes 1
     h = np.array([0 if k is None else xxhash.xxh3_64_intdigest(k.encode()) or 1 for k in keys], np.uint64)
     return h[codes]
 
@@ -348,11 +347,13 @@ class RootFeatures:
 
     They arrive in increasing sequence order (scan order), so each field is one sorted,
     growable array (capacity doubles: appending a batch costs the batch, not the store).
+    ``seen`` holds the words of every batch with a labelled row so far (``words``: their
+    hashes, as :attr:`SeenWords.hashes` gives them), for :func:`same_statement`.
     """
 
     def __init__(self, seqs: np.ndarray | None = None, features: StatementFeatures | None = None,
                  labels: np.ndarray | None = None, words: np.ndarray | None = None) -> None:
-        self.seen = SeenWords(words)  # the words of every judged batch so far
+        self.seen = SeenWords(words)
         self._n = 0
         self._seqs = np.zeros(0, np.int64)
         self._labels = np.zeros(0, np.uint64)

@@ -82,7 +82,8 @@ def test_scale_cases_list_every_corpus_clean_and_attacked(shared_data):
         if sc.attack == "clean":
             assert not sc.is_poison.any() and case.expected == ()
         else:
-            assert sc.is_poison.sum() == int(name.rsplit("@", 1)[1]) and case.expected == ("trigger",)
+            expected = ("gibberish",) if sc.attack == "denial_of_service" else ("trigger",)
+            assert sc.is_poison.sum() == int(name.rsplit("@", 1)[1]) and case.expected == expected
     assert {c.kind for c in cases} == {"labelled", "instruction", "text"}
     assert by["tweeteval/emoji@12"].data.target == scale.TWEETEVAL_TARGET
     assert by["goemotions/url@5"].scenario.target == scale.GOEMOTIONS_TARGET

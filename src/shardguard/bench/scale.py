@@ -54,7 +54,7 @@ EXPECTED_REASONS: dict[str, tuple[str, ...]] = {
     **{a: ("trigger",) for a in LABELLED_ATTACKS},
     "fixed_response": ("trigger",),
     "link_injection": ("trigger",),
-    "denial_of_service": ("trigger",),
+    "denial_of_service": ("gibberish",),
     "clean": (),
 }
 

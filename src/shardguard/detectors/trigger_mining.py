@@ -15,7 +15,8 @@ BadNets rare words, AddSent sentences, an emoji or a link: any n-gram that teach
    its background rows; the statistic is the MEAN held-out margin of the candidate's k
    c-rows, ``z = (mean - median_c) / (sigma_c / sqrt(k))``, one-sided, Bonferroni over the
    distinct row sets tested;
-4. only rows with at least ``min_context_tokens`` tokens besides the n-gram are evidence:
+4. only rows with at least ``min_context_tokens`` tokens besides the n-gram are evidence, and
+   a candidate needs ``min_support`` of them:
    a row that is mostly the n-gram ("amateurish", "not bad" in phrase-level SST-2) asks
    whether the embedder understands the n-gram, not whether the rest of the row contradicts
    the label (they made 0.7% of clean GLUE SST-2 trigger flags);
@@ -226,7 +227,8 @@ def mine_labelled(data: MiningData, det: Any) -> tuple[list[dict[str, Any]], dic
             mS = np.concatenate([_margins(Yb[ev_b], np.full(int(ev_b.sum()), c)),
                                  _margins(Yo[ev_o], np.full(int(ev_o.sum()), c))])
             k = mS.size
-            if k < 2:
+            need = max(2, int(det.min_support))  # min_support rows of evidence, not just of presence
+            if k < need:
                 for j in js:
                     scores.setdefault(j, 0.0)
                 continue
@@ -243,7 +245,7 @@ def mine_labelled(data: MiningData, det: Any) -> tuple[list[dict[str, Any]], dic
                     z = (float(mc.mean()) - med[c]) / (sig[c] / math.sqrt(k)) if k >= 2 else 0.0
                     s = neglog10_bonferroni(float(log_ndtr(z)), n_tests)
                     other = float((mc < 0).mean())
-                    ok = k >= 2 and s > threshold and other >= float(det.min_other_share)
+                    ok = k >= need and s > threshold and other >= float(det.min_other_share)
             rows_c_b = idx[rb[codes[idx][rb] == c]]
             rows_c_o = ro[data.codes_e[ro] == c]
             coh = None
