@@ -303,11 +303,12 @@ def consensus_agreement(texts: Sequence[str]) -> float:
     text, and the texts are aligned to that once more.
 
     Copies of one text with a few edits each, anywhere, agree at every position: an edit
-    touches a position in few copies (0.75 and more for 50-200 copies with 1-3 character
-    edits of texts from 12 characters up, measured on Wikipedia, Alpaca, TweetEval, GoEmotions
-    and SST-2). Rows that fill one frame with their own content ("<name> is a surname. Notable
+    touches a position in few copies (0.758 and more for 50-200 copies with 1-3 letter edits
+    of texts of two words and 12 characters or more, measured on Wikipedia, Alpaca, TweetEval,
+    GoEmotions and a FLAN-style templated corpus; a text of 36 repeated "@user" mentions, whose
+    edits align with any repeat, 0.5). Rows that fill one frame with their own content ("<name> is a surname. Notable
     people with this surname include:", "The list of shipwrecks in <month> <year> includes
-    ...") disagree where each fills it in (0.55 at most over the clean corpora's clusters).
+    ...") disagree where each fills it in (0.531 at most over the clean corpora's clusters).
     See docs/benchmarks.md, "Floods in unlabelled data".
     """
     from shardguard.detectors.near_duplicates import normalize_texts
