@@ -449,7 +449,9 @@ class CandidateGatherer:
         if hit.size == 0:
             return
         cand = pos[hit]
-        for i, c in zip(hit.tolist(), cand.tolist()):
+        # a candidate's text from its first occurrence: one Python step per new candidate, not per hit
+        first_c, first_i = np.unique(cand, return_index=True)
+        for c, i in zip(first_c.tolist(), hit[first_i].tolist()):
             if self.texts[c] is None:
                 self.texts[c] = occ.text(i)
         n_tok = np.fromiter((len(t) for t in occ.tokens), dtype=np.int32, count=len(occ.tokens))

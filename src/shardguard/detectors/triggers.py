@@ -399,8 +399,12 @@ class TriggerDetector(EmbeddingDetector):
         if not hasattr(self, "_keys"):
             self._index()
         where = texts if responses is None else _as_texts(responses, n)
+        text_tokens = None
         if self._keys.size:
-            occ = NgramHasher()(where.tolist() if not any(lab is not None for lab in self._labels) else texts.tolist())
+            on_texts = responses is None or any(lab is not None for lab in self._labels)
+            occ = NgramHasher()(texts.tolist() if on_texts else where.tolist())
+            if on_texts:
+                text_tokens = occ.tokens  # tokenised once: the endings below reuse them
             pos = np.searchsorted(self._keys, occ.keys)
             pos[pos >= self._keys.size] = 0
             hit = np.flatnonzero(self._keys[pos] == occ.keys)
@@ -416,7 +420,7 @@ class TriggerDetector(EmbeddingDetector):
                 if self.responses_ and responses is not None:
                     s = self.responses_.get(" ".join(tokenize(where[i])))
                 if s is None and self.suffixes_:
-                    toks = tokenize(t)
+                    toks = text_tokens[i] if text_tokens is not None else tokenize(t)
                     if len(toks) >= L + 1:
                         s = self.suffixes_.get(" ".join(toks[-L:]))
                 if s is not None:
