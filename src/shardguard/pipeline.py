@@ -459,7 +459,8 @@ class ScanPipeline:
                 if name in gatherers:
                     kw["candidates"] = StreamCandidates(
                         gatherers[name].finish(), reservoir.sample_seqs(),
-                        lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs))
+                        lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs),
+                        embed=getattr(embedder, "embed_texts", None))
                 if det.streaming:
                     det.calibrate(X, y, **kw)
                 else:

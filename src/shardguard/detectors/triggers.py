@@ -108,6 +108,9 @@ class TriggerDetector(EmbeddingDetector):
     max_coherence : float, default 0.35
         A candidate's rows must not be one tight semantic cluster: mean pairwise cosine at
         most this much above random rows' (AddSent's shared sentence gives ~0.24 on SST-2).
+        Rows over it are, in a scan (whose embedder can embed new text), embedded again
+        without the phrase they share around the n-gram and judged by that: AddSent in 50
+        GoEmotions comments, 0.40 with the sentence, -0.005 without.
     max_rounds : int, default 4
         Drop-refit-repeat rounds.
     n_components : int or None, default 128
@@ -349,6 +352,7 @@ class TriggerDetector(EmbeddingDetector):
             ctx_bg=[cb for _, _, cb, _, _ in per_cand],
             ctx_out=[co for _, _, _, _, co in per_cand],
             texts=np.asarray(texts[has], dtype=object), texts_e=np.asarray(texts_e, dtype=object),
+            context_embed=None if stream is None or stream.embed is None else (lambda t: pcs(stream.embed(t))),
         )
         triggers, scores, rounds, n_tests = mine_labelled(data, self)
         self.triggers_ = triggers
