@@ -26,11 +26,12 @@ BadNets rare words, AddSent sentences, an emoji or a link: any n-gram that teach
    naturally pure n-grams of a topic read noisily when held out, but their rows agree.
    When they agree and the scan can embed new text, the rows are read again with the n-gram
    removed, extended to the phrase nearly all of them share around it
-   (:func:`~shardguard.detectors.ngram_stats.shared_phrase`; at most
-   ``CONTEXT_ROWS`` of them) against random rows read the same way: a topic's rows still
-   agree, rows that a trigger sentence made alike do not. A sentence dominates a short text's
-   embedding: AddSent in 50 GoEmotions comments has rows at 0.40 above random (rejected at
-   0.35), their contexts at about random;
+   (:func:`~shardguard.detectors.ngram_stats.shared_phrase`), and must then be at most
+   ``max_context_coherence`` above random rows read the same way (at most
+   ``CONTEXT_ROWS`` rows each): a topic's rows still agree, rows that a trigger sentence made
+   alike do not. A sentence dominates a short text's embedding: AddSent in 50 GoEmotions
+   comments has rows at 0.40 above random (over 0.35), their contexts at -0.005; SMS spam
+   templates ("tones", "content") keep 0.33 without their n-gram;
 6. nested candidates ("watch" around "watch this 3d") are accepted most specific first; the
    rows a wider one adds must pass on their own; flagged rows leave the background, the ridge
    is refitted and the rest retested, at most ``max_rounds`` times (a strong trigger's
@@ -297,13 +298,13 @@ def mine_labelled(data: MiningData, det: Any) -> tuple[list[dict[str, Any]], dic
                     ok = k >= need and s > threshold and other >= float(det.min_other_share)
             rows_c_b = idx[rb[codes[idx][rb] == c]]
             rows_c_o = ro[data.codes_e[ro] == c]
-            coh = None
             if ok:
                 coh = coherence_excess(np.vstack([data.X[rows_c_b], data.Xe[rows_c_o]]), base)
-                if coh > float(det.max_coherence) and contexts is not None:
-                    ctx_coh = contexts.excess(data.cand_text[js[0]], rows_c_b, rows_c_o)
-                    coh = coh if ctx_coh is None else ctx_coh
                 ok = coh <= float(det.max_coherence)
+                if not ok and contexts is not None:
+                    # rows alike: they must be unrelated once the phrase they share is unseen
+                    ctx_coh = contexts.excess(data.cand_text[js[0]], rows_c_b, rows_c_o)
+                    ok = ctx_coh is not None and ctx_coh <= float(det.max_context_coherence)
             if not ok:
                 s = below(s, threshold)
             for j in js:
