@@ -49,8 +49,8 @@ import pyarrow.compute as pc
 
 from shardguard import __version__
 from shardguard.config import Config, config_from_dict
+from shardguard.dedup import NearDuplicateIndex, RootFeatures, StatementFeatures, index_texts
 from shardguard.detectors import REGISTRY, EmbeddingDetector
-from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.outputs import json_digest
 from shardguard.io.readers import Shard
@@ -60,10 +60,7 @@ from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embedding
 from shardguard.stages import (
     ClusterTable,
     DuplicateVerdict,
-    RootFeatures,
-    StatementFeatures,
     duplicate_flags,
-    index_texts,
     text_kwargs,
     verdict_table,
 )

@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 
 from shardguard import __version__
 from shardguard.config import Config
+from shardguard.dedup import NearDuplicateIndex, RootFeatures, index_texts
 from shardguard.detectors import REGISTRY, EmbeddingDetector
-from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.detectors.ngram_stats import (
     TOKENIZER_VERSION,
     CandidateGatherer,
@@ -57,9 +57,7 @@ from shardguard.stages import (
     DuplicateClusters,
     DuplicateVerdict,
     ReservoirSample,
-    RootFeatures,
     duplicate_flags,
-    index_texts,
     text_kwargs,
     verdict_table,
 )
