@@ -135,8 +135,8 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], profile: Mapping[str, Any], 
         a = arrays[key]
         if a.size and (a.min() < -1 or a.max() >= n_labels):
             raise ProfileError(f"{where}: array {key} names a label outside the profile's vocabulary")
-    a = arrays["roots.shards"]
-    if a.size and (a.min() < 0 or a.max() >= len(profile.get("shards") or [])):
+    a = arrays["roots.shards"]  # -1: a root first seen in a filtered stream, no fitted shard's
+    if a.size and (a.min() < -1 or a.max() >= len(profile.get("shards") or [])):
         raise ProfileError(f"{where}: array roots.shards names a shard outside the profile's list")
 
 
