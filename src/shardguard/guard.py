@@ -223,7 +223,7 @@ class Guard:
         table = state.clusters.table()
         names = [o.shard.name for o in state.outcomes if o.status == "ok"]
         labels = LabelCodes()
-        roots = RootTable(names)
+        roots = RootTable(labels, names)
         if state.root_seqs:
             roots.append(np.concatenate(state.root_seqs),
                          pa.concat_arrays([a.cast(pa.large_string()) for a in state.root_ids]),
@@ -555,7 +555,7 @@ class Guard:
                         f"embedder has {key}={current[key]!r}; use the same model or fit again"
                     )
         labels = LabelCodes(profile.get("labels", []))
-        roots = RootTable.from_arrays(arrays, "roots.", profile.get("shards", []))
+        roots = RootTable.from_arrays(arrays, "roots.", labels, profile.get("shards", []))
         root_features = RootFeatures(arrays["rootfeat.seqs"], StatementFeatures.from_arrays(arrays, "rootfeat."),
                                      arrays["rootfeat.labels"], arrays["rootfeat.seen_words"])
         nd = config.near_duplicates

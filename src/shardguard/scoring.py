@@ -122,7 +122,8 @@ class RootTable:
 
     COLUMNS = ("seqs", "id_offsets", "id_data", "rows", "shards", "labels")
 
-    def __init__(self, shard_names: Sequence[str] = ()) -> None:
+    def __init__(self, labels: LabelCodes, shard_names: Sequence[str] = ()) -> None:
+        self.labels = labels  # decodes the label codes (shared with the guard's other tables)
         self.shard_names = list(shard_names)
         self._seqs = _Growable(None, np.int64)
         self._id_offsets = _Growable(None, np.int64)
@@ -166,10 +167,8 @@ class RootTable:
     def label_codes(self, pos: np.ndarray) -> np.ndarray:
         return self._labels.view[pos]
 
-    def lookup(self, seqs: np.ndarray, labels: LabelCodes | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(id, shard, row, label) of the roots ``seqs``, object arrays ``(k,)``, None where
-        unknown (labels as codes without ``labels``)."""
+    def lookup(self, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(id, shard, row, label) of the roots ``seqs``, object arrays ``(k,)``, None where unknown."""
         k = len(seqs)
         out = [np.full(k, None, dtype=object) for _ in range(4)]
         found, pos = self.positions(seqs)
@@ -182,8 +181,7 @@ class RootTable:
             rows = np.full(pos.size, None, dtype=object)
             rows[fitted] = self._rows.view[pos][fitted].tolist()
             out[2][found] = rows
-            codes = self._labels.view[pos]
-            out[3][found] = codes if labels is None else labels.decode(codes)
+            out[3][found] = self.labels.decode(self._labels.view[pos])
         return out[0], out[1], out[2], out[3]
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -192,18 +190,20 @@ class RootTable:
         return {prefix + c: g.view.copy() for c, g in zip(self.COLUMNS, cols)}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str, shard_names: Sequence[str]) -> "RootTable":
-        t = cls(shard_names)
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str, labels: LabelCodes,
+                    shard_names: Sequence[str]) -> "RootTable":
+        t = cls(labels, shard_names)
         ids = arrays_to_strings(arrays[prefix + "id_offsets"], arrays[prefix + "id_data"])
         t.append(arrays[prefix + "seqs"], ids, arrays[prefix + "labels"], arrays[prefix + "rows"],
                  arrays[prefix + "shards"])
         return t
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"shard_names": self.shard_names, "arrays": self.arrays("")}
+        return {"labels": self.labels, "shard_names": self.shard_names, "arrays": self.arrays("")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(RootTable.from_arrays(state["arrays"], "", state["shard_names"]).__dict__)
+        self.__dict__.update(RootTable.from_arrays(state["arrays"], "", state["labels"],
+                                                   state["shard_names"]).__dict__)
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
