@@ -64,7 +64,7 @@ from shardguard.memo import EmbeddingMemo, text_keys
 from shardguard.io.idlist import allowed_ids
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
 from shardguard.scoring import BatchScorer, GrowingClusters, LabelCodes, RootTable
-from shardguard.stages import DuplicateVerdict, RootFeatures, StatementFeatures, index_texts
+from shardguard.stages import DuplicateVerdict, RootFeatures, StatementFeatures, id_hashes, index_texts
 from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ NOT_SHARED_WARNING = (
     "saw first is not caught. Use one process (num_workers=0, num_proc=1) to catch those too."
 )
 #: 4: statements in the near-duplicate index, rootfeat.labels and .seen_words;
-#: 5: the clusters' copies (clusters.copy_*) and clusters.judged, so that a guard keeps growing them.
+#: 5: the clusters' copies (clusters.copy_*, their ids as hashes) and clusters.judged, so that a
+#: guard keeps growing them.
 PROFILE_FORMAT_VERSION = 5
 
 
@@ -95,7 +96,7 @@ _ARRAY_KINDS = {
     "rootfeat.labels": ("u", 1), "rootfeat.seen_words": ("u", 1), "clusters.flood": ("b", 1),
     "clusters.judged": ("i", 1), "clusters.copy_roots": ("i", 1), "clusters.copy_labels": ("i", 1),
     "clusters.copy_length": ("i", 1), "clusters.copy_words": ("i", 1), "clusters.copy_h_full": ("u", 1),
-    "clusters.copy_seqs": ("i", 1),
+    "clusters.copy_seqs": ("i", 1), "clusters.copy_ids": ("u", 1),
 }
 
 
@@ -147,6 +148,24 @@ class ProfileError(ValueError):
 def _kept(verdicts: pa.Table) -> pa.ChunkedArray:
     """True for the rows a filter lets through: clean, or allowed by a review."""
     return pc.is_in(verdicts.column("status"), value_set=pa.array(["clean", "allowed"]))
+
+
+def _copy_ids(pipeline: Any, state: Any) -> np.ndarray:
+    """xxh3 hashes of the ids of the copies the scan recorded (uint64, in
+    ``DuplicateClusters.copies`` order), read from pass 1's work files as the scan reads its
+    roots' ids (``ScanPipeline._root_ids``)."""
+    seqs = state.clusters.copies()[3]
+    if seqs is None or not seqs.size:
+        return np.zeros(0 if seqs is None else seqs.size, np.uint64)
+
+    class _Rows:  # the rows _root_ids reads: here the copies, not the roots
+        @staticmethod
+        def all_roots() -> np.ndarray:
+            return np.unique(seqs)
+
+    ok = [o for o in state.outcomes if o.status == "ok"]
+    found = pipeline._root_ids(_Rows, ok, state.seq_start, state.work_dir)
+    return id_hashes([found[s][0] for s in seqs.tolist()])
 
 
 class Guard:
@@ -210,6 +229,7 @@ class Guard:
         try:
             pipeline = ScanPipeline(config, work_dir)
             state = pipeline.prepare(paths, remember_roots=True)
+            copy_ids = _copy_ids(pipeline, state) if config.input.id_column else None
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -232,7 +252,8 @@ class Guard:
         nd = config.near_duplicates
         c_roots, c_labels, c_feats, c_seqs = state.clusters.copies()
         copies = {"roots": c_roots, "labels": labels.encode(c_labels.tolist()),
-                  "length": c_feats.length, "words": c_feats.words, "h_full": c_feats.h_full, "seqs": c_seqs}
+                  "length": c_feats.length, "words": c_feats.words, "h_full": c_feats.h_full, "seqs": c_seqs,
+                  "ids": np.zeros(c_roots.size, np.uint64) if copy_ids is None else copy_ids}
         clusters = GrowingClusters(nd.flood_size, nd.flood_agreement, labels, state.root_features, table.roots,
                                    table.sizes, labels.encode(table.reference.tolist()),
                                    labels.encode(table.majority.tolist()), table.flood, copies=copies)
@@ -383,8 +404,11 @@ class Guard:
         else:
             is_self = (sim[member] >= 1.0) & (codes[member] == root_code)
         copy = member[~is_self]
+        copy_ids = None  # without ids, a copy is told from a row its cluster holds by text and label
+        if self.config.input.id_column:
+            copy_ids = id_hashes(ids.take(pa.array(copy, pa.int64())).to_pylist())
         self._clusters.grow(root[copy], root_code[~is_self], codes[copy], feats.take(copy), first + copy,
-                            texts.take(pa.array(copy, pa.int64())).to_pylist())
+                            texts.take(pa.array(copy, pa.int64())).to_pylist(), copy_ids)
         # all n rows: the root each copies, its own cluster key, similarity, contradictions, labels
         copy_of = np.full(n, -1, np.int64)
         copy_of[vidx[copy]] = root[copy]

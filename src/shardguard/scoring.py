@@ -209,11 +209,15 @@ class RootTable:
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _held_keys(roots: np.ndarray, h_full: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """64-bit keys of (cluster root, normalised text hash, label code), ``(m,)`` uint64."""
+def _held_keys(roots: np.ndarray, h_full: np.ndarray, codes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """64-bit keys, ``(m,)`` uint64, of (cluster root, id hash) where the row has an id hash
+    (not 0), else of (cluster root, normalised text hash, label code)."""
+    ids = np.asarray(ids, np.uint64)
     with np.errstate(over="ignore"):
-        k = np.asarray(h_full, np.uint64) ^ (np.asarray(roots, np.int64).astype(np.uint64) * _MIX)
-        return k ^ ((np.asarray(codes, np.int64) + 2).astype(np.uint64) * (_MIX >> np.uint64(7)))
+        r = np.asarray(roots, np.int64).astype(np.uint64) * _MIX
+        by_text = np.asarray(h_full, np.uint64) ^ ((np.asarray(codes, np.int64) + 2).astype(np.uint64)
+                                                   * (_MIX >> np.uint64(7)))
+        return r ^ np.where(ids != 0, ids, by_text)
 
 
 class GrowingClusters:
@@ -224,9 +228,9 @@ class GrowingClusters:
     code, length, word count, text hash and sequence number (36 bytes a copy) in
     append-only arrays, linked per cluster, so that adding a copy is amortised O(1).
 
-    A copy joins its cluster unless the cluster already holds a row with its normalised
-    text and label (its root or a copy): the same rows filtered epoch after epoch do not
-    grow their clusters, and the fitted rows are held already. A cluster that is no flood
+    A copy joins its cluster unless the cluster already holds it: with ids, a row of its id;
+    without, a row with its normalised text and label (its root or a copy). So the same rows
+    filtered epoch after epoch do not grow their clusters, and the fitted rows are held already. A cluster that is no flood
     is judged by the scan's rule (:func:`~shardguard.stages.flood_flags`) when it passes
     ``flood_size`` rows and again each time it has grown by a quarter since (geometric, so
     the work stays O(1) a row). The agreement of a cluster under one label or none is
@@ -278,9 +282,10 @@ class GrowingClusters:
         if c and len(c["roots"]):
             self._add_copies(self._slots(c["roots"]), {f: c[f] for f in self.COPY_FIELDS})
 
-    #: Per copy: cluster root, label code, length, words, normalised text hash, sequence number.
+    #: Per copy: cluster root, label code, length, words, normalised text hash, sequence number,
+    #: id hash (:func:`~shardguard.stages.id_hashes`; 0 without an id column).
     COPY_FIELDS = {"roots": np.int64, "labels": np.int32, "length": np.int32, "words": np.int32,
-                   "h_full": np.uint64, "seqs": np.int64}
+                   "h_full": np.uint64, "seqs": np.int64, "ids": np.uint64}
 
     def __len__(self) -> int:
         return self._root.n
@@ -325,7 +330,7 @@ class GrowingClusters:
         for f, g in self._c.items():
             g.append(np.asarray(cols[f], g.data.dtype))
         self._next.append(np.full(m, -1, np.int64))
-        self._held.update(_held_keys(cols["roots"], cols["h_full"], cols["labels"]).tolist())
+        self._held.update(_held_keys(cols["roots"], cols["h_full"], cols["labels"], cols["ids"]).tolist())
         nxt, head, tail = self._next.data, self._head.data, self._tail.data
         for i, s in enumerate(slots.tolist()):
             j = first + i
@@ -354,19 +359,22 @@ class GrowingClusters:
         return counts
 
     def grow(self, roots: np.ndarray, ref_codes: np.ndarray, codes: np.ndarray, feats: StatementFeatures,
-             seqs: np.ndarray, texts: Sequence[str]) -> int:
+             seqs: np.ndarray, texts: Sequence[str], ids: np.ndarray | None = None) -> int:
         """Add copies the guard scored: all ``(m,)`` -- their cluster root, the root's label
-        code, their own label code, :class:`StatementFeatures`, sequence numbers and texts.
+        code, their own label code, :class:`StatementFeatures`, sequence numbers, texts and
+        (with an id column) id hashes.
         Fixes the grown clusters' sizes and majority labels and judges those due (see the
         class docstring). Returns how many copies joined."""
         roots = np.asarray(roots, np.int64)
         codes = np.asarray(codes, np.int32)
         if not roots.size:
             return 0
-        # a row its cluster holds already -- its root's text under its root's label, or a copy's
+        ids = np.zeros(roots.size, np.uint64) if ids is None else np.asarray(ids, np.uint64)
+        # a row its cluster holds already: a copy's id, or without ids, the text and label of its
+        # root or of a copy (a root scored again under its own id is that row, never a copy)
         rf = self.root_features.lookup(roots)
-        keys = _held_keys(roots, feats.h_full, codes).tolist()
-        same_as_root = (rf.h_full == feats.h_full) & (np.asarray(ref_codes) == codes)
+        keys = _held_keys(roots, feats.h_full, codes, ids).tolist()
+        same_as_root = (ids == 0) & (rf.h_full == feats.h_full) & (np.asarray(ref_codes) == codes)
         join = np.zeros(roots.size, bool)
         seen: set[int] = set()
         for i, key in enumerate(keys):
@@ -379,7 +387,7 @@ class GrowingClusters:
         slots = self._slots(roots[idx], np.asarray(ref_codes)[idx])
         self._add_copies(slots, {"roots": roots[idx], "labels": codes[idx], "length": feats.length[idx],
                                  "words": feats.words[idx], "h_full": feats.h_full[idx],
-                                 "seqs": np.asarray(seqs, np.int64)[idx]})
+                                 "seqs": np.asarray(seqs, np.int64)[idx], "ids": ids[idx]})
         touched = np.unique(slots)
         np.add.at(self._size.data, slots, 1)
         flood = self._flood.data
