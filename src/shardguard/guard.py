@@ -407,8 +407,8 @@ class Guard:
         copy_ids = None  # without ids, a copy is told from a row its cluster holds by text and label
         if self.config.input.id_column:
             copy_ids = id_hashes(ids.take(pa.array(copy, pa.int64())).to_pylist())
-        self._clusters.grow(root[copy], root_code[~is_self], codes[copy], feats.take(copy), first + copy,
-                            texts.take(pa.array(copy, pa.int64())).to_pylist(), copy_ids)
+        self._clusters.grow(root[copy], np.maximum(root_code[~is_self], -1), codes[copy], feats.take(copy),
+                            first + copy, texts.take(pa.array(copy, pa.int64())).to_pylist(), copy_ids)
         # all n rows: the root each copies, its own cluster key, similarity, contradictions, labels
         copy_of = np.full(n, -1, np.int64)
         copy_of[vidx[copy]] = root[copy]

@@ -225,19 +225,20 @@ class GrowingClusters:
 
     Each cluster (key: its root's sequence number) keeps its size, reference label (its
     root's), majority label and whether it is a flood; its copies keep their root, label
-    code, length, word count, text hash and sequence number (36 bytes a copy) in
-    append-only arrays, linked per cluster, so that adding a copy is amortised O(1).
+    code, length, word count, text hash, sequence number and id hash in append-only arrays,
+    linked per cluster (52 bytes a copy, plus its key in a Python set of held rows, about 70
+    more), so that adding a copy is amortised O(1).
 
     A copy joins its cluster unless the cluster already holds it: with ids, a row of its id;
     without, a row with its normalised text and label (its root or a copy). So the same rows
-    filtered epoch after epoch do not grow their clusters, and the fitted rows are held already. A cluster that is no flood
-    is judged by the scan's rule (:func:`~shardguard.stages.flood_flags`) when it passes
-    ``flood_size`` rows and again each time it has grown by a quarter since (geometric, so
-    the work stays O(1) a row). The agreement of a cluster under one label or none is
-    measured on the texts of the copies the guard scored (up to ``2 * FLOOD_SAMPLE`` a
-    cluster, cut to ``2 * FLOOD_CHARS`` characters): the fitted rows' texts are not kept,
-    so a cluster is judged only once at least half of the rows the scan would sample are
-    such copies.
+    filtered epoch after epoch do not grow their clusters, and the fitted rows are held
+    already. A cluster that is no flood is judged by the scan's rule
+    (:func:`~shardguard.stages.flood_flags`) when it passes ``flood_size`` rows and again each
+    time it has grown by a quarter since (geometric, so the work stays O(1) a row). The
+    agreement of a cluster under one label or none is measured on the texts of the copies
+    the guard scored (up to ``2 * FLOOD_SAMPLE`` a cluster, cut to ``2 * FLOOD_CHARS``
+    characters): the fitted rows' texts are not kept, so a cluster is judged only once at
+    least half of the rows the scan would sample are such copies.
     """
 
     def __init__(self, flood_size: int, flood_agreement: float, labels: LabelCodes,
