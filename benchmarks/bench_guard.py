@@ -91,6 +91,32 @@ def _stream_rows(data: Path) -> pa.Table:
     return pa.concat_tables(parts).combine_chunks()
 
 
+def _timed_parts(guard) -> dict[str, float]:
+    """Seconds spent, from now on, in the near-duplicate index (``index_texts``) and in the
+    guard's own tables (roots and clusters: appends, growth, lookups), by wrapping them."""
+    import shardguard.guard as guard_module
+
+    spent = {"index": 0.0, "guard tables": 0.0}
+
+    def timed(fn, part):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - t
+        return run
+
+    guard_module.index_texts = timed(guard_module.index_texts, "index")
+    tables = [(getattr(guard, "_roots", None), ("append", "positions", "ids", "lookup")),
+              (getattr(guard, "_clusters", None), ("grow", "lookup"))]
+    for obj, names in tables:
+        for name in names:
+            if callable(getattr(obj, name, None)):
+                setattr(obj, name, timed(getattr(obj, name), "guard tables"))
+    return spent
+
+
 def long_stream(data: Path, n: int, embedder: str, fit_rows: int = 5000, window: int = 50_000,
                 batch: int = 1024) -> list[float]:
     """rows/s of ``guard.filter`` in each window of ``window`` streamed rows (see 3. above)."""
@@ -104,6 +130,7 @@ def long_stream(data: Path, n: int, embedder: str, fit_rows: int = 5000, window:
     pq.write_table(table.slice(0, fit_rows), work)
     guard = Guard.fit(work, load_config(None, {**OPTS, "embed.embedder": embedder}))
     stream = table.slice(fit_rows, n)
+    spent = _timed_parts(guard)
     rates: list[float] = []
     done = kept = start = 0
     t0 = t = time.perf_counter()
@@ -115,10 +142,12 @@ def long_stream(data: Path, n: int, embedder: str, fit_rows: int = 5000, window:
             rates.append((done - start) / (now - t))
             clusters = getattr(guard, "_clusters", None)  # the guard's growing clusters (issue 14 on)
             grown = f", {len(clusters):,} clusters" if hasattr(clusters, "__len__") else ""
+            parts = "; ".join(f"{k} {1e6 * v / (done - start):.1f} us/row" for k, v in spent.items())
             print(f"  stream rows {start:>7,}-{done:>7,}: {rates[-1]:>8,.0f} rows/s (cumulative "
-                  f"{done / (now - t0):,.0f} rows/s; {kept:,} kept; index {guard.dup_index.n_roots:,} roots{grown})",
-                  flush=True)
+                  f"{done / (now - t0):,.0f} rows/s; {kept:,} kept; index {guard.dup_index.n_roots:,} roots{grown}; "
+                  f"{parts})", flush=True)
             t, start = now, done
+            spent.update({k: 0.0 for k in spent})
     return rates
 
 
