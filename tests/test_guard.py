@@ -277,18 +277,21 @@ def test_guard_finds_label_flipped_copies_of_phrases_as_scan_does(tmp_path, shar
     assert expected.column("status").to_pylist().count("quarantined") >= 54
 
 
-def test_a_flood_that_first_appears_in_the_stream_is_dropped_once_it_passes_flood_size(tmp_path, shared_data):
+@pytest.mark.parametrize("id_column", ["id", None])
+def test_a_flood_that_first_appears_in_the_stream_is_dropped_once_it_passes_flood_size(tmp_path, shared_data,
+                                                                                       id_column):
     """Fitted on 2,000 SMS Spam rows, a guard filters the next 1,000 in batches of 50 with 40
     typo'd copies of one new text, all labelled ham (no contradiction), mixed in two a batch.
     Its cluster grows with the stream: the flood's rows are kept until the batch in which the
     cluster passes flood_size (20) rows, and dropped from that batch on; every other row is
-    kept or dropped exactly as without the flood; a save and load keeps the grown cluster."""
+    kept or dropped exactly as without the flood; a save and load keeps the grown cluster.
+    With ids a copy counts once per id, without once per text and label: the same here."""
     from shardguard.bench.attacks import typo
 
     sms = pq.read_table(shared_data / "sms_spam" / "sms_spam.parquet", columns=["id", "text", "label"])
     (tmp_path / "in").mkdir()
     pq.write_table(sms.slice(0, 2000), tmp_path / "in" / "fit.parquet")
-    cfg = load_config(None, {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "none"})
+    cfg = load_config(None, {"input.id_column": id_column, "input.label_column": "label", "embed.embedder": "none"})
     profile = Guard.fit(tmp_path / "in", cfg).save(tmp_path / "profile")
     base = "Reminder: your parcel is waiting at the depot, reply YES to book a delivery slot for tomorrow"
     rng = np.random.default_rng(3)

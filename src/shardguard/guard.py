@@ -317,7 +317,7 @@ class Guard:
 
         The batch carries the configured columns (text or template fields, and id,
         label, embedding columns where configured). Rows not seen before join the
-        near-duplicate index.
+        near-duplicate index, and copies their clusters (sizes, majority labels, floods).
         """
         self._in_this_process()
         if isinstance(batch, pa.Table):
