@@ -128,3 +128,35 @@ def test_floods_need_a_contradiction_or_edited_copies_of_one_text():
     # sub-phrases of different lengths, even under two labels: no core of similar rows, no flood
     t, _ = table(sub_phrases, ["spam"] * 5)
     assert t.flood.tolist() == [False] and t.sizes.tolist() == [6]
+
+
+def test_flood_flags_wait_for_enough_texts_and_majority_labels_count_weights():
+    """The scan's flood rule as the guard applies it to a cluster it grows: edited copies of one
+    text under one label are a flood when their texts can be read, and not judged yet (no flood,
+    agreement NaN) while fewer than half of the rows the scan would sample have texts."""
+    from shardguard.bench.attacks import typo
+    from shardguard.dedup import StatementFeatures
+    from shardguard.stages import flood_flags, majority_labels
+
+    root = "Reminder: your parcel is waiting at the depot, reply YES to book a delivery slot"
+    rng = np.random.default_rng(5)
+    texts = [root] + [typo(root, rng) for _ in range(30)]
+    f = StatementFeatures.of_texts(texts)
+    cl, codes, seq = np.zeros(31, np.int64), np.zeros(31, np.int64), np.arange(31)
+    feats = (f.length, f.words, f.h_full)
+
+    def fetch(seqs):
+        return [texts[s] for s in seqs.tolist()]
+
+    flood, agreement = flood_flags(cl, 1, codes, -1, feats, 20, 0.65, seq, fetch)
+    assert flood.tolist() == [True] and agreement[0] >= 0.65
+    few = np.arange(31) < 10  # 10 texts of 31 rows: fewer than half
+    flood, agreement = flood_flags(cl, 1, codes, -1, feats, 20, 0.65, seq, fetch, sampled=few)
+    assert flood.tolist() == [False] and np.isnan(agreement[0])
+    # two labels in the cluster: a contradiction is a flood without reading texts
+    flood, _ = flood_flags(cl, 1, np.r_[1, codes[1:]], -1, feats, 20, 0.65, seq, fetch, sampled=few)
+    assert flood.tolist() == [True]
+    # majority from label counts: cluster 0 holds a x3, b x5; cluster 1 a tie b x2, c x2, reference c
+    maj = majority_labels(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 2]), np.array([0, 2]), ["a", "b", "c"],
+                          np.array([3, 5, 2, 2]))
+    assert maj.tolist() == [1, 2]

@@ -204,6 +204,18 @@ class DuplicateClusters:
         order = np.argsort(rows, kind="stable")
         return rows[order], root[order], sim[order], None if contradicts is None else contradicts[order]
 
+    def copies(self) -> tuple[np.ndarray, np.ndarray, StatementFeatures | None, np.ndarray | None]:
+        """Every copy recorded so far, in record order: ``(roots, labels, features, seqs)`` --
+        its root (int64), label (object), :class:`StatementFeatures` (``length``, ``words``
+        and ``h_full`` only; None where not recorded) and sequence number (int64; None where
+        not recorded). What a guard needs to keep growing the clusters."""
+        if not self._roots:
+            return np.zeros(0, np.int64), np.zeros(0, dtype=object), StatementFeatures.empty(), np.zeros(0, np.int64)
+        labels = np.array(list(self._code_of) + [None], dtype=object)[:-1]
+        feats = None if any(f is None for f in self._feats) else StatementFeatures.concat(self._feats)
+        seqs = None if any(s is None for s in self._seqs) else np.concatenate(self._seqs)
+        return np.concatenate(self._roots), labels[np.concatenate(self._codes)], feats, seqs
+
     def all_roots(self) -> np.ndarray:
         """Sorted roots of every cluster so far (int64)."""
         return np.unique(np.concatenate(self._roots)) if self._roots else np.zeros(0, np.int64)
@@ -227,90 +239,132 @@ class DuplicateClusters:
         k = roots.size
         ref_codes = self._encode([root_labels.get(r) for r in roots.tolist()])
         labels = list(self._code_of)  # code -> label
-        K = len(labels)
-        # rows per (cluster, label) pair, the root's own row included
-        key = np.concatenate([inv.ravel() * K + np.concatenate(self._codes), np.arange(k) * K + ref_codes])
-        pairs, count = np.unique(key, return_counts=True)
-        cluster, code = pairs // K, pairs % K
-        best = np.zeros(k, np.int64)
-        np.maximum.at(best, cluster, count)
-        tied = count == best[cluster]
-        # among tied labels: the reference's if it is one, else the smallest as a string
-        rank = np.empty(K, np.int64)
-        rank[sorted(range(K), key=lambda c: str(labels[c]))] = np.arange(K)
-        prefer = np.where(code == ref_codes[cluster], -1, rank[code])
-        cand = np.flatnonzero(tied)
-        order = cand[np.lexsort((prefer[cand], cluster[cand]))]
-        first = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
-        majority_codes = np.empty(k, np.int64)
-        majority_codes[cluster[first]] = code[first]
-        label_arr = np.array(labels + [None], dtype=object)[:-1]
         inv = inv.ravel()
-        flood, agreement = self._floods(roots, inv, ref_codes, K, root_features, texts)
-        self._table = ClusterTable(roots, np.bincount(inv, minlength=k) + 1,
-                                   label_arr[ref_codes], label_arr[majority_codes], flood, agreement)
-
-    def _floods(self, roots: np.ndarray, inv: np.ndarray, ref_codes: np.ndarray, K: int,
-                root_features: "RootFeatures | None",
-                texts: Callable[[np.ndarray], Sequence[str]] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Which clusters are floods (see the class docstring), bool ``(k,)``, and the agreement
-        of the clusters it was measured on (float64 ``(k,)``, NaN elsewhere)."""
-        k = roots.size
-        cl = np.concatenate([inv, np.arange(k)])  # every row's cluster: copies, then roots
+        # every row's cluster and label code: copies, then roots (the root's own row included)
+        cl = np.concatenate([inv, np.arange(k)])
         codes = np.concatenate([np.concatenate(self._codes), ref_codes])
+        majority_codes = majority_labels(cl, codes, ref_codes, labels)
+        label_arr = np.array(labels + [None], dtype=object)[:-1]
         have = root_features is not None and all(f is not None for f in self._feats)
+        feats = None
         if have:
             rf = root_features.lookup(roots)
-            length = np.concatenate([f.length for f in self._feats] + [rf.length]).astype(np.int64)
-            words = np.concatenate([f.words for f in self._feats] + [rf.words]).astype(np.int64)
-            text = np.concatenate([f.h_full for f in self._feats] + [rf.h_full])
-            order = np.lexsort((length, cl))
-            starts = np.searchsorted(cl[order], np.arange(k))
-            counts = np.bincount(cl, minlength=k)
-            med_len = length[order][starts + counts // 2]
-            order_w = np.lexsort((words, cl))
-            med_words = words[order_w][starts + counts // 2]
-            ml, mw = med_len[cl], med_words[cl]
-            core = ((np.minimum(length, ml) / np.maximum(np.maximum(length, ml), 1) >= MIN_LENGTH_RATIO)
-                    & (np.abs(words - mw) <= MAX_WORD_DIFF))
-            n_core = np.bincount(cl, weights=core, minlength=k).astype(np.int64)
-            distinct_pairs = np.unique(np.stack([cl[core].astype(np.uint64), text[core]]), axis=1)
-            n_distinct = np.bincount(distinct_pairs[0].astype(np.int64), minlength=k)
-        else:
-            core = np.ones(cl.size, bool)
-            n_core = n_distinct = np.bincount(cl, minlength=k)
-        none_code = self._code_of.get(None, -1)
-        pairs = np.unique(cl * K + codes)
-        p_cluster, p_code = pairs // K, pairs % K
-        labelled = p_code != none_code
-        contradiction = np.bincount(p_cluster[labelled], minlength=k) >= 2
-        flood = (n_core > self.flood_size) & (contradiction | (2 * n_distinct >= n_core))
-        agreement = np.full(k, np.nan)
-        # one label or none: edited variants are a flood only when they are copies of one text
-        judge = flood & ~contradiction
-        if texts is not None and self.flood_agreement > 0 and judge.any():
-            if any(s is None for s in self._seqs):
-                raise ValueError("DuplicateClusters.resolve(texts=...) needs the copies' seqs in record()")
-            seq = np.concatenate([*self._seqs, roots])  # every row's sequence number: copies, then roots
-            rows = np.flatnonzero(core & judge[cl])
-            rows = rows[np.lexsort((seq[rows], cl[rows]))]  # by cluster, then scan order
-            first = np.searchsorted(cl[rows], cl[rows], side="left")
-            rows = rows[np.arange(rows.size) - first < FLOOD_SAMPLE]
-            want = np.unique(seq[rows])
-            fetched = np.empty(want.size, dtype=object)
-            fetched[:] = list(texts(want))
-            where = np.searchsorted(want, seq[rows])
-            bounds = np.flatnonzero(np.r_[True, cl[rows][1:] != cl[rows][:-1], True])
-            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-                agreement[cl[rows[a]]] = consensus_agreement(fetched[where[a:b]].tolist())
-            flood[judge] &= agreement[judge] >= self.flood_agreement
-        return flood, agreement
+            feats = (np.concatenate([f.length for f in self._feats] + [rf.length]),
+                     np.concatenate([f.words for f in self._feats] + [rf.words]),
+                     np.concatenate([f.h_full for f in self._feats] + [rf.h_full]))
+        seq = None if any(s is None for s in self._seqs) else np.concatenate([*self._seqs, roots])
+        flood, agreement = flood_flags(cl, k, codes, self._code_of.get(None, -1), feats, self.flood_size,
+                                       self.flood_agreement, seq, texts)
+        self._table = ClusterTable(roots, np.bincount(inv, minlength=k) + 1,
+                                   label_arr[ref_codes], label_arr[majority_codes], flood, agreement)
 
     def table(self) -> "ClusterTable":
         """The clusters as sorted arrays, for vectorised lookups (after :meth:`resolve`)."""
         if self._table is None:
             raise RuntimeError("DuplicateClusters.table() before resolve()")
         return self._table
+
+
+def majority_labels(cl: np.ndarray, codes: np.ndarray, ref_codes: np.ndarray, labels: Sequence[Any],
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """The majority label code of each of ``k`` clusters, int64 ``(k,)``.
+
+    ``cl`` and ``codes`` (``(m,)``): every row's cluster (0..k-1) and label code (0..K-1), the
+    root's own row included; ``ref_codes`` (``(k,)``): the root's code; ``labels``: code ->
+    label (a label None is a code like any other); ``weights`` (int ``(m,)``, default 1): how
+    many rows each entry stands for. The label most rows carry; among tied
+    labels the reference's if it is one, else the smallest as a string. Shared by scan
+    (:meth:`DuplicateClusters.resolve`) and the guard's growing clusters.
+    """
+    k = ref_codes.size
+    K = max(len(labels), 1)
+    pairs, inv = np.unique(np.asarray(cl, np.int64) * K + codes, return_inverse=True)
+    count = np.bincount(inv.ravel(), weights, minlength=pairs.size).astype(np.int64)
+    cluster, code = pairs // K, pairs % K
+    best = np.zeros(k, np.int64)
+    np.maximum.at(best, cluster, count)
+    tied = count == best[cluster]
+    rank = np.empty(K, np.int64)
+    rank[sorted(range(len(labels)), key=lambda c: str(labels[c]))] = np.arange(len(labels))
+    prefer = np.where(code == ref_codes[cluster], -1, rank[code])
+    cand = np.flatnonzero(tied)
+    order = cand[np.lexsort((prefer[cand], cluster[cand]))]
+    first = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
+    majority = np.full(k, -1, np.int64)
+    majority[cluster[first]] = code[first]
+    return majority
+
+
+def flood_flags(cl: np.ndarray, k: int, codes: np.ndarray, none_code: int,
+                feats: tuple[np.ndarray, np.ndarray, np.ndarray] | None, flood_size: int,
+                flood_agreement: float, seq: np.ndarray | None = None,
+                texts: Callable[[np.ndarray], Sequence[str]] | None = None,
+                sampled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``k`` clusters are floods (see :class:`DuplicateClusters`), bool ``(k,)``, and
+    the agreement of the clusters it was measured on (float64 ``(k,)``, NaN elsewhere).
+
+    Rows, all ``(m,)``: ``cl`` their cluster (0..k-1), ``codes`` their label codes
+    (``none_code``: unlabelled; codes from -1 up); ``feats``: their ``(length, words,
+    h_full)`` (:class:`StatementFeatures`; None: every row is core and distinct); ``seq``:
+    their sequence numbers, by which ``texts`` returns the texts of the rows asked for
+    (sorted int64), once, for at most :data:`FLOOD_SAMPLE` core rows of each cluster in
+    ``seq`` order. ``sampled`` (bool ``(m,)``, default all): the rows ``texts`` can return; a
+    cluster with fewer than half of the rows the scan would sample among them is not judged
+    yet (no flood, agreement NaN). Shared by scan and the guard's growing clusters.
+    """
+    cl = np.asarray(cl, np.int64)
+    codes = np.asarray(codes, np.int64)
+    if feats is not None:
+        length, words, text = np.asarray(feats[0], np.int64), np.asarray(feats[1], np.int64), feats[2]
+        order = np.lexsort((length, cl))
+        starts = np.searchsorted(cl[order], np.arange(k))
+        counts = np.bincount(cl, minlength=k)
+        med_len = length[order][starts + counts // 2]
+        order_w = np.lexsort((words, cl))
+        med_words = words[order_w][starts + counts // 2]
+        ml, mw = med_len[cl], med_words[cl]
+        core = ((np.minimum(length, ml) / np.maximum(np.maximum(length, ml), 1) >= MIN_LENGTH_RATIO)
+                & (np.abs(words - mw) <= MAX_WORD_DIFF))
+        n_core = np.bincount(cl, weights=core, minlength=k).astype(np.int64)
+        distinct_pairs = np.unique(np.stack([cl[core].astype(np.uint64), np.asarray(text)[core]]), axis=1)
+        n_distinct = np.bincount(distinct_pairs[0].astype(np.int64), minlength=k)
+    else:
+        core = np.ones(cl.size, bool)
+        n_core = n_distinct = np.bincount(cl, minlength=k)
+    K = int(max(codes.max(initial=0), none_code, 0)) + 2  # room for codes -1 .. max
+    pairs = np.unique(cl * K + (codes + 1))
+    p_cluster, p_code = pairs // K, pairs % K - 1
+    labelled = p_code != none_code
+    contradiction = np.bincount(p_cluster[labelled], minlength=k) >= 2
+    flood = (n_core > flood_size) & (contradiction | (2 * n_distinct >= n_core))
+    agreement = np.full(k, np.nan)
+    # one label or none: edited variants are a flood only when they are copies of one text
+    judge = flood & ~contradiction
+    if texts is not None and flood_agreement > 0 and judge.any():
+        if seq is None:
+            raise ValueError("DuplicateClusters.resolve(texts=...) needs the copies' seqs in record()")
+        seq = np.asarray(seq, np.int64)
+        pick = core & judge[cl]
+        if sampled is not None:
+            pick &= np.asarray(sampled, bool)
+        rows = np.flatnonzero(pick)
+        rows = rows[np.lexsort((seq[rows], cl[rows]))]  # by cluster, then scan order
+        first = np.searchsorted(cl[rows], cl[rows], side="left")
+        rows = rows[np.arange(rows.size) - first < FLOOD_SAMPLE]
+        held = np.bincount(cl[rows], minlength=k)
+        rows = rows[(2 * held >= np.minimum(n_core, FLOOD_SAMPLE))[cl[rows]]]
+        want = np.unique(seq[rows])
+        fetched = np.empty(want.size, dtype=object)
+        if want.size:
+            fetched[:] = list(texts(want))
+        where = np.searchsorted(want, seq[rows])
+        if rows.size:
+            bounds = np.flatnonzero(np.r_[True, cl[rows][1:] != cl[rows][:-1], True])
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                agreement[cl[rows[a]]] = consensus_agreement(fetched[where[a:b]].tolist())
+        with np.errstate(invalid="ignore"):
+            flood[judge] &= agreement[judge] >= flood_agreement  # NaN (not judged yet): no flood
+    return flood, agreement
 
 
 @dataclass
