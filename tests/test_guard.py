@@ -185,7 +185,6 @@ def test_tampered_profile_is_refused(fitted, tmp_path):
 
 
 def test_pickled_profile_is_refused_even_with_a_matching_digest(fitted, tmp_path):
-
     guard, _, profile = fitted
     p = guard.save(tmp_path / "pk")
     with np.load(p / "arrays.npz") as z:
