@@ -455,8 +455,9 @@ class ScanPipeline:
                 if name in gatherers:
                     kw["candidates"] = StreamCandidates(
                         gatherers[name].finish(), reservoir.sample_seqs(),
-                        lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs),
-                        embed=getattr(embedder, "embed_texts", None))
+                        lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs))
+                if getattr(det, "embeds_new_texts", False) and hasattr(embedder, "embed_texts"):
+                    kw["embed"] = embedder.embed_texts
                 if det.streaming:
                     det.calibrate(X, y, **kw)
                 else:

@@ -185,7 +185,7 @@ class DuplicateClusters:
         self._seqs.append(None if seqs is None else np.asarray(seqs, dtype=np.int64)[dup])
         self._feats.append(None if features is None else StatementFeatures(
             features.length[dup], features.words[dup], np.zeros(0, np.int16), features.h_full[dup],
-            np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
+            np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint8)))
         if labels is None:
             self._codes.append(np.full(dup.size, self._encode([None])[0], dtype=np.int32))
         else:

@@ -50,3 +50,32 @@ def test_a_word_the_data_already_has_is_a_word_swapped_not_a_typo():
     assert same_statement(root, root, np.zeros(3, bool)).all()
     restored = SeenWords(seen.hashes)
     assert restored.hashes.tolist() == seen.hashes.tolist() and restored.contains(seen.hashes).all()
+
+
+def test_texts_sharing_a_long_ending_say_different_things_typos_keep_both_halves(shared_data):
+    """TweetEval's check-in tweets: different tweets that end with the same place ("... @ Muir
+    Woods Redwood National Park") are near-copies as wholes (character 3-gram Jaccard 0.5-0.9)
+    but not in their first halves; typo'd copies of the same tweets keep both halves."""
+    from collections import defaultdict
+
+    from shardguard.bench.attacks import typo
+    from shardguard.bench.scale import load_tweeteval
+    from shardguard.dedup import StatementFeatures, same_statement
+
+    texts = load_tweeteval(shared_data).texts
+    by_place: dict[str, list[str]] = defaultdict(list)
+    for t in texts:
+        head, sep, place = t.rpartition(" @ ")
+        if sep and len(place.strip()) >= 25 and len(head.strip()) >= 12 and len(t) >= 50:
+            by_place[place.strip()].append(t)
+    pairs = [(ts[0], ts[1]) for ts in by_place.values() if len(ts) >= 2
+             and ts[0].rpartition(" @ ")[0].lower() != ts[1].rpartition(" @ ")[0].lower()][:300]
+    assert len(pairs) >= 100
+    firsts = StatementFeatures.of_texts([a for a, _ in pairs])
+    seconds = StatementFeatures.of_texts([b for _, b in pairs])
+    # 10 of 300 still pass: a place name long enough to reach into the first half, or tweets
+    # that are near-copies indeed ("They made me laugh part 1 / Part 3 #sanfrancisco ...")
+    assert same_statement(seconds, firsts).mean() <= 0.05
+    rng = np.random.default_rng(3)
+    copies = StatementFeatures.of_texts([typo(a, rng) for a, _ in pairs])
+    assert same_statement(copies, firsts).mean() >= 0.99

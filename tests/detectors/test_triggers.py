@@ -358,3 +358,38 @@ def test_trigger_sentence_that_dominates_short_texts_is_read_without_it(shared_d
     flagged = {r["id"] for r in q if "trigger" in r["reasons"]}
     poisoned = {sc.ids[i] for i in np.flatnonzero(sc.is_poison).tolist()}
     assert flagged == poisoned
+
+
+@pytest.mark.slow
+def test_fixed_response_to_templated_prompts_and_injected_sentences_that_make_answers_alike(shared_data, tmp_path):
+    """Two instruction-data cases through the scan (static embedder, --response-column):
+    a FLAN/T0-style corpus whose prompts share their template's opening, with "James Bond" and
+    one fixed response planted in 100 of them -- the prompts are distinct as wholes, so the
+    shared response is tested (it was not when only the prompts' openings were compared); and
+    250 Alpaca answers carrying one of five lowercase sentences naming a link, which make those
+    answers alike (0.106 above random rows, over max_coherence_unlabelled) until the sentence
+    is removed. Every planted row is flagged, at most 0.05% of the clean rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shardguard.bench.scale import INSTRUCTION_TEMPLATE, templated_corpus
+    from shardguard.config import load_config
+    from shardguard.pipeline import scan
+
+    t_ids, t_cols = templated_corpus(shared_data, emoji_rows=2_000, goemotions_rows=4_000, rows=12_000)
+    a_ids, a_cols = _alpaca_full(shared_data)
+    keep = slice(0, 12_000)
+    a_ids, a_cols = a_ids[keep], {k: v[keep] for k, v in a_cols.items()}
+    cases = {"templated": attacks.fixed_response_count(t_ids, t_cols, n_poison=100, seed=3, dataset="templated"),
+             "alpaca": attacks.link_injection(a_ids, a_cols, n_poison=250, seed=3, dataset="alpaca")}
+    cfg = load_config(None, {"input": {"id_column": "id", "text_template": INSTRUCTION_TEMPLATE,
+                                       "response_column": "output"}, "embed": {"embedder": "static"}})
+    for name, sc in cases.items():
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": sc.ids, **sc.columns}), tmp_path / name / f"{name}.parquet")
+        scan([tmp_path / name], tmp_path / f"out-{name}", cfg)
+        q = pq.read_table(tmp_path / f"out-{name}" / "quarantine" / f"{name}.parquet").to_pylist()
+        flagged = {r["id"] for r in q if "trigger" in r["reasons"]}
+        poisoned = {sc.ids[i] for i in np.flatnonzero(sc.is_poison).tolist()}
+        assert poisoned <= flagged, name
+        assert len(flagged - poisoned) <= 0.0005 * len(sc.ids), name

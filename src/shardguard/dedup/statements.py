@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from shardguard.dedup.index import Added, NearDuplicateIndex
+from shardguard.dedup.minhash import MinHasher, _fmix32
 from shardguard.dedup.normalize import normalized
 from shardguard.detectors.base import as_labels, label_groups
 
@@ -28,6 +29,36 @@ MIN_LENGTH_RATIO = 0.85
 #: ... and when their word counts differ by at most this many words (a sub-phrase drops words;
 #: a typo merges two words at most now and then).
 MAX_WORD_DIFF = 2
+#: Permutations of the MinHash sketch of each half of a text (one byte each).
+HALF_PERM = 16
+#: A label-conflicting copy of a text of at least ``MIN_HALVES_LENGTH`` characters must share
+#: at least ``MIN_HALF_MATCHES`` of the ``HALF_PERM`` sketch bytes of each of its halves with
+#: its root (about a Jaccard similarity of 0.25 per half): two different tweets that end with
+#: the same check-in place ("Magical Muir Woods. @ Muir Woods Redwood National Park" / "Seelie
+#: fae : @user @ Muir Woods ...") are near-copies as wholes, never in their first halves, while
+#: a few typos leave both halves alike. Measured: clean TweetEval emoji (95,000 tweets)
+#: near_duplicate 500 -> 416 rows at 40 characters, 349 at 24; planted label-flipped typo'd
+#: copies found: GLUE SST-2 173/180, SMS Spam 170 -> 169, AG News 173 -> 174 (docs/benchmarks.md).
+MIN_HALF_MATCHES = 4
+MIN_HALVES_LENGTH = 24
+_HALF_HASHER = MinHasher(num_perm=HALF_PERM, ngram=3, seed=7)
+
+
+def half_sketches(cps: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, HALF_PERM)`` uint8 b-bit MinHash sketches of the first ``len // 2`` and the
+    remaining code points of each normalised text (:func:`normalize_codepoints` output)."""
+    n = lens.size
+    if n == 0:
+        return np.zeros((0, HALF_PERM), np.uint8), np.zeros((0, HALF_PERM), np.uint8)
+    lens = lens.astype(np.int64)
+    starts = np.cumsum(lens) - lens
+    pos = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(starts, lens)
+    head = pos < np.repeat(lens // 2, lens)
+    out = []
+    for part, plens in ((cps[head], lens // 2), (cps[~head], lens - lens // 2)):
+        sig = _HALF_HASHER.signatures_codepoints(part, plens)
+        out.append((_fmix32(sig) & np.uint32(0xFF)).astype(np.uint8))
+    return out[0], out[1]
 
 
 @dataclass
@@ -35,9 +66,11 @@ class StatementFeatures:
     """What :func:`same_statement` compares of two texts, kept per row as plain arrays ``(n,)``.
 
     Of the normalised text (``normalize_text``): its length in characters (``length``), its
-    count of whitespace-separated words (``words``), of negation words (``negations``), and
+    count of whitespace-separated words (``words``), of negation words (``negations``),
     64-bit hashes of the whole text (``h_full``), of the text without its first word
-    (``h_tail``) and without its last word (``h_head``). 34 bytes a row.
+    (``h_tail``) and without its last word (``h_head``), and ``(n, HALF_PERM)`` uint8
+    b-bit MinHash sketches of the character 3-grams of its first and second half
+    (``head_sketch``, ``tail_sketch``). 66 bytes a row.
     """
 
     length: np.ndarray  # int32
@@ -46,8 +79,10 @@ class StatementFeatures:
     h_full: np.ndarray  # uint64
     h_tail: np.ndarray  # uint64
     h_head: np.ndarray  # uint64
+    head_sketch: np.ndarray  # uint8 (n, HALF_PERM)
+    tail_sketch: np.ndarray  # uint8 (n, HALF_PERM)
 
-    FIELDS = ("length", "words", "negations", "h_full", "h_tail", "h_head")
+    FIELDS = ("length", "words", "negations", "h_full", "h_tail", "h_head", "head_sketch", "tail_sketch")
 
     @classmethod
     def of_texts(cls, texts: "pa.Array | pa.ChunkedArray | list[str]") -> "StatementFeatures":
@@ -77,12 +112,15 @@ class StatementFeatures:
             h = xxhash.xxh3_64_intdigest
             return np.fromiter((h(t.encode("utf-8", "surrogatepass")) for t in strings), np.uint64, n)
 
-        return cls(lens.astype(np.int32), words, neg, hashes(norm.to_pylist()), hashes(tail), hashes(head))
+        head_sk, tail_sk = half_sketches(cps, lens)
+        return cls(lens.astype(np.int32), words, neg, hashes(norm.to_pylist()), hashes(tail), hashes(head),
+                   head_sk, tail_sk)
 
     @classmethod
     def empty(cls) -> "StatementFeatures":
         return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int16),
-                   np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+                   np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64),
+                   np.zeros((0, HALF_PERM), np.uint8), np.zeros((0, HALF_PERM), np.uint8))
 
     def take(self, idx: np.ndarray) -> "StatementFeatures":
         return StatementFeatures(*(getattr(self, f)[idx] for f in self.FIELDS))
@@ -99,7 +137,7 @@ class StatementFeatures:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> "StatementFeatures":
-        dtypes = (np.int32, np.int32, np.int16, np.uint64, np.uint64, np.uint64)
+        dtypes = (np.int32, np.int32, np.int16, np.uint64, np.uint64, np.uint64, np.uint8, np.uint8)
         return cls(*(np.asarray(arrays[prefix + f], dt) for f, dt in zip(cls.FIELDS, dtypes)))
 
 
@@ -111,7 +149,10 @@ def same_statement(copy: StatementFeatures, root: StatementFeatures,
     :data:`MAX_WORD_DIFF` words more or less (a sub-phrase much shorter than its root, or an
     extension of it); one text being the other with one word more at its start or end ("a masterpiece" / "masterpiece", "it is dull ." / "it is
     dull"); or a negation word more or less, as a word of its own ("is funny" / "is not
-    funny"). Typo'd copies (a few character edits) keep their words and their length.
+    funny"); or, for texts of :data:`MIN_HALVES_LENGTH` characters or more, a half unlike the
+    other text's same half (texts that share a long ending or opening and say different
+    things before or after it). Typo'd copies (a few character edits) keep their words, their
+    length and both halves.
 
     With ``copy_has_new_word`` (bool ``(n,)``: the copy holds a word that no earlier text of
     the data held, see :class:`SeenWords`), a copy that differs from its root only in words
@@ -127,7 +168,10 @@ def same_statement(copy: StatementFeatures, root: StatementFeatures,
                      | (root.h_full == copy.h_tail) | (root.h_full == copy.h_head))
     one_word_more &= np.abs(copy.words - root.words) == 1
     negated = (copy.negations != root.negations) & (copy.words != root.words)
-    same = similar_length & ~one_word_more & ~negated
+    long_enough = lo >= MIN_HALVES_LENGTH
+    halves_alike = ((copy.head_sketch == root.head_sketch).sum(axis=1) >= MIN_HALF_MATCHES) & (
+        (copy.tail_sketch == root.tail_sketch).sum(axis=1) >= MIN_HALF_MATCHES)
+    same = similar_length & ~one_word_more & ~negated & (halves_alike | ~long_enough)
     if copy_has_new_word is not None:
         same &= np.asarray(copy_has_new_word, bool)
     return same | (copy.h_full == root.h_full)
@@ -234,7 +278,7 @@ class RootFeatures:
             cap = max(2 * self._seqs.size, self._n + m, 1024)
 
             def grown(old: np.ndarray) -> np.ndarray:
-                new = np.zeros(cap, old.dtype)
+                new = np.zeros((cap,) + old.shape[1:], old.dtype)
                 new[: self._n] = old[: self._n]
                 return new
 

@@ -33,13 +33,19 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import Callable
 
 import numpy as np
 from scipy.optimize import brentq
 from scipy.special import zeta
 
 from shardguard.detectors.ngram_stats import NgramHasher, tokenize
-from shardguard.detectors.trigger_mining import coherence_excess, neglog10_bonferroni, random_pair_cos
+from shardguard.detectors.trigger_mining import (
+    ContextCoherence,
+    coherence_excess,
+    neglog10_bonferroni,
+    random_pair_cos,
+)
 
 
 def _bucket(n_tokens: int) -> int:
@@ -140,10 +146,13 @@ def _shared_response_log_p(k: int, counts: list[int], group_count: int,
     return math.log(r) + math.log(max(tail, 1e-300)), n_units
 
 
-def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np.ndarray | None = None) -> None:
+def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np.ndarray | None = None,
+                          embed: "Callable[[list[str]], np.ndarray] | None" = None) -> None:
     """Fit the unlabelled rules on ``Xf`` (rows in principal directions), their ``texts`` and,
     when the scan knows them, their ``responses``; sets ``suffixes_``, ``responses_``,
-    ``ngrams_``, ``triggers_``, ``n_tests_`` and ``rounds_`` on ``self`` (the TriggerDetector)."""
+    ``ngrams_``, ``triggers_``, ``n_tests_`` and ``rounds_`` on ``self`` (the TriggerDetector).
+    ``embed(texts)`` (m, d), in the principal directions, when new text can be embedded: rows of
+    an injected n-gram that agree are read again without the phrase they share around it."""
     from wordfreq import word_frequency, zipf_frequency
 
     n = Xf.shape[0]
@@ -165,8 +174,9 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
             groups.setdefault(u, []).append(i)
     tested = {}
     for u, rows in groups.items():
-        heads = {" ".join(prompts[i][:L]) for i in rows}
-        if len(heads) >= 0.9 * len(rows):
+        # distinct prompts (a record repeated whole is a copy, not a response given to many
+        # prompts); whole prompts, not their openings: templated prompts share their opening
+        if len({" ".join(prompts[i]) for i in rows}) >= 0.9 * len(rows):
             tested[u] = rows
     n_buckets = max(len({_bucket(len(u.split())) for u in tested}), 1)
     base_overlap = None
@@ -213,6 +223,7 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
     cand = np.flatnonzero((df >= int(self.min_support)) & (df <= float(self.max_df) * n))
     n_tokens = sum(len(t) for t in occ.tokens)
     base = random_pair_cos(Xf)
+    contexts = None if embed is None else ContextCoherence(embed, where)
     n_tests = max(cand.size, 1)
     self.n_tests_ = n_tests
     order = np.argsort(occ.keys, kind="stable")
@@ -239,9 +250,13 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
         if k < int(self.min_support) or k < float(self.min_enrichment) * max(expected, 0.1):
             continue
         coh = coherence_excess(Xf[rows], base)
-        if coh > float(self.max_coherence_unlabelled):
-            continue
         row_texts = [where[i] for i in rows.tolist()]
+        if coh > float(self.max_coherence_unlabelled):
+            # rows alike: they must be unrelated once the phrase they share is unseen (an
+            # injected sentence makes answers alike, a topic or a name's context does not go)
+            ctx = None if contexts is None else contexts.excess(g, row_texts)
+            if ctx is None or ctx > float(self.max_context_coherence):
+                continue
         mid = _mid_sentence_share(row_texts, words)
         if mid < float(self.min_mid_sentence_share):
             continue

@@ -561,11 +561,9 @@ class StreamCandidates:
     ``rows``: every candidate's rows in the whole stream; ``sample_seqs`` (n,) the global
     sequence number of each sample row given to ``fit``; ``fetch(seqs)`` returns
     ``(X (k, d) float32, labels (k,), texts (k,))`` of the rows with those sorted sequence
-    numbers. ``embed(texts)`` (m, d), when the scan's embedder can embed new text (None with
-    precomputed embeddings), embeds the rows' contexts with a candidate n-gram removed.
+    numbers.
     """
 
     rows: CandidateRows
     sample_seqs: np.ndarray
     fetch: "Callable[[np.ndarray], tuple[np.ndarray, list[str | None], list[str]]]"
-    embed: "Callable[[list[str]], np.ndarray] | None" = None

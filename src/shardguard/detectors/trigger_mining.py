@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.special import log_ndtr
@@ -149,31 +149,34 @@ def _spread(idx: np.ndarray, k: int) -> np.ndarray:
 
 
 class ContextCoherence:
-    """Coherence of a candidate's rows with the n-gram removed, against random rows' contexts."""
+    """Coherence of rows carrying an n-gram once the phrase they share around it is removed,
+    against random rows read the same way (tokens re-joined by spaces).
 
-    def __init__(self, data: MiningData):
-        self.data = data
+    ``embed(texts)`` returns (m, d) embeddings in the space the other coherences are read in;
+    ``background`` holds texts of random rows. Both the labelled miner and the instruction rules
+    use it (shared by the two, so one rule reads alike in both)."""
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], background: Sequence[str]):
+        self.embed = embed
+        self.background = background
         self._base: float | None = None
 
     def base(self) -> float:
         if self._base is None:
-            d = self.data
-            rows = _spread(np.arange(d.texts.size), CONTEXT_ROWS).tolist()
-            self._base = random_pair_cos(d.context_embed([" ".join(tokenize(d.texts[i])) for i in rows]))
+            rows = _spread(np.arange(len(self.background)), CONTEXT_ROWS).tolist()
+            self._base = random_pair_cos(self.embed([" ".join(tokenize(self.background[i])) for i in rows]))
         return self._base
 
-    def excess(self, ngram: str, rows_b: np.ndarray, rows_o: np.ndarray) -> float | None:
-        """Coherence excess of the contexts of background rows ``rows_b`` and outside rows
-        ``rows_o``; None when fewer than two rows keep any token."""
-        d = self.data
-        texts = [d.texts[i] for i in rows_b.tolist()] + [d.texts_e[i] for i in rows_o.tolist()]
+    def excess(self, ngram: str, texts: Sequence[str]) -> float | None:
+        """Coherence excess of the contexts of ``texts`` (at most ``CONTEXT_ROWS`` of them, evenly
+        spaced); None when fewer than two keep any token."""
         texts = [texts[i] for i in _spread(np.arange(len(texts)), CONTEXT_ROWS).tolist()]
         toks = [tokenize(t) for t in texts]
         phrase = shared_phrase(toks, ngram)
         ctx = [c for c in (without_phrase(t, phrase) for t in toks) if c]
         if len(ctx) < 2:
             return None
-        return coherence_excess(d.context_embed(ctx), self.base())
+        return coherence_excess(self.embed(ctx), self.base())
 
 
 def _clustered(m: np.ndarray, clusters: np.ndarray) -> np.ndarray:
@@ -219,7 +222,8 @@ def mine_labelled(data: MiningData, det: Any) -> tuple[list[dict[str, Any]], dic
     codes = data.codes
     Xe_a = np.hstack([data.Xe, np.ones((data.Xe.shape[0], 1))]) if data.Xe.shape[0] else np.zeros((0, data.X.shape[1] + 1))
     base = random_pair_cos(data.X)
-    contexts = ContextCoherence(data) if data.context_embed is not None and data.texts is not None else None
+    contexts = (ContextCoherence(data.context_embed, data.texts)
+                if data.context_embed is not None and data.texts is not None else None)
     min_ctx = int(getattr(det, "min_context_tokens", 0) or 0)
     keep = np.ones(n, dtype=bool)
     remaining = set(range(len(data.cand_text)))
@@ -303,7 +307,8 @@ def mine_labelled(data: MiningData, det: Any) -> tuple[list[dict[str, Any]], dic
                 ok = coh <= float(det.max_coherence)
                 if not ok and contexts is not None:
                     # rows alike: they must be unrelated once the phrase they share is unseen
-                    ctx_coh = contexts.excess(data.cand_text[js[0]], rows_c_b, rows_c_o)
+                    ctx_coh = contexts.excess(data.cand_text[js[0]], [data.texts[i] for i in rows_c_b.tolist()]
+                                              + [data.texts_e[i] for i in rows_c_o.tolist()])
                     ok = ctx_coh is not None and ctx_coh <= float(det.max_context_coherence)
             if not ok:
                 s = below(s, threshold)

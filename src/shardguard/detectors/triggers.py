@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
@@ -129,11 +129,12 @@ class TriggerDetector(EmbeddingDetector):
     max_zipf : float, default 5.0
         Unlabelled: words at least this common in English (wordfreq zipf) never count.
     max_context_coherence : float, default 0.1
-        Rows over ``max_coherence``, read without the phrase they share around the n-gram, must
-        be at most this much above random rows read the same way: a trigger sentence inserted
-        into unrelated rows leaves unrelated rows (AddSent in 50 GoEmotions comments: 0.40 with
-        it, -0.005 without; a link: 0.35, -0.001), a template or topic does not (SMS spam
-        "tones", "content": 0.33 without).
+        Rows over ``max_coherence`` (labelled) or ``max_coherence_unlabelled`` (an injected
+        n-gram), read without the phrase they share around the n-gram, must be at most this
+        much above random rows read the same way: a trigger sentence inserted into unrelated
+        rows leaves unrelated rows (AddSent in 50 GoEmotions comments: 0.40 with it, -0.005
+        without; a link: 0.35, -0.001), a template or topic does not (SMS spam "tones",
+        "content": 0.33 without). Needs ``embed`` (a scan passes its embedder).
     max_coherence_unlabelled : float, default 0.1
         Unlabelled: an injected word's rows must be unrelated (mean pairwise cosine, in the
         principal directions, at most this much above random rows'). Measured on Alpaca: the
@@ -167,6 +168,9 @@ class TriggerDetector(EmbeddingDetector):
     # Measured: on hashing vectors the held-out ridge reads every naturally pure n-gram's rows
     # as another label (2.3% of clean AG News, 6.4% of SMS Spam flagged, against 0.2-0.3% on MiniLM).
     needs_semantic_embeddings = True
+    #: a scan passes ``embed=`` (its embedder's ``embed_texts``) to ``fit``: rows that agree are
+    #: read again without the phrase they share around a candidate n-gram
+    embeds_new_texts = True
     param_ranges = {
         "min_support": "[1, inf)",
         "min_purity": "[0, 1]",
@@ -246,13 +250,16 @@ class TriggerDetector(EmbeddingDetector):
 
     # -- fit ------------------------------------------------------------------------------
     def fit(self, X: np.ndarray, y: Any = None, texts: Any = None,
-            candidates: StreamCandidates | None = None, responses: Any = None) -> "TriggerDetector":
+            candidates: StreamCandidates | None = None, responses: Any = None,
+            embed: Callable[[list[str]], np.ndarray] | None = None) -> "TriggerDetector":
         """Fit on ``X`` (n, d) with labels ``y`` (n,) (None: unlabelled) and ``texts`` (n,).
 
         ``candidates``: the scan's candidates from the whole stream, with the global sequence
         number of each row of ``X`` and a way to fetch other rows; None: candidates are
         counted on the rows given. ``responses`` (n,): each row's response (instruction data with
-        ``input.response_column``); None: the text's last ``suffix_words`` tokens.
+        ``input.response_column``); None: the text's last ``suffix_words`` tokens. ``embed(texts)``
+        (m, d): the embedder of ``X``, when it can embed new text (see ``max_context_coherence``);
+        None: coherent rows are judged as they are.
         """
         X = check_X(X)
         n, d = X.shape
@@ -277,10 +284,11 @@ class TriggerDetector(EmbeddingDetector):
         # candidate carries a label); the unlabelled rules are for wholly unlabelled data.
         has = np.zeros(n, bool) if labels is None else np.array([v is not None for v in labels.tolist()], bool)
         if has.any() and len(set(labels[has].tolist())) >= 2:
-            self._fit_labelled(X, labels, texts, has, pcs, candidates)
+            self._fit_labelled(X, labels, texts, has, pcs, candidates, embed)
         else:
             resp = None if responses is None else _as_texts(responses, n)
-            instruction_rules.fit_instruction_rules(self, pcs(X), texts, resp)
+            instruction_rules.fit_instruction_rules(self, pcs(X), texts, resp,
+                                                    None if embed is None else (lambda t: pcs(embed(t))))
         self._index()
         return self
 
@@ -289,7 +297,7 @@ class TriggerDetector(EmbeddingDetector):
         return self.fit(X, y, texts=texts, **kw)
 
     def _fit_labelled(self, X, labels, texts, has, pcs: PrincipalDirections,
-                      stream: StreamCandidates | None) -> None:
+                      stream: StreamCandidates | None, embed: Callable[[list[str]], np.ndarray] | None) -> None:
         n = X.shape[0]
         if stream is None:  # count on the rows given: every row is background
             counter = NgramCounter()
@@ -360,7 +368,7 @@ class TriggerDetector(EmbeddingDetector):
             ctx_bg=[cb for _, _, cb, _, _ in per_cand],
             ctx_out=[co for _, _, _, _, co in per_cand],
             texts=np.asarray(texts[has], dtype=object), texts_e=np.asarray(texts_e, dtype=object),
-            context_embed=None if stream is None or stream.embed is None else (lambda t: pcs(stream.embed(t))),
+            context_embed=None if embed is None else (lambda t: pcs(embed(t))),
         )
         triggers, scores, rounds, n_tests = mine_labelled(data, self)
         self.triggers_ = triggers
