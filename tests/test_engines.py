@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,12 +55,18 @@ def assert_same_scan(a: Path, b: Path) -> dict:
 
 @pytest.mark.slow  # ~40 s on two busy cores: a local Ray cluster starts in the subprocess
 def test_ray_engine_on_the_samples_through_the_cli_equals_the_local_engine(tmp_path, samples_dir, planted):
+    """The samples and a shard that cannot be read (line 2 is not JSON): both engines fail that
+    shard alone (exit 1, one status line), and write the same lists for the others."""
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    (data / "broken.jsonl").write_text('{"id": "x1", "text": "fine", "label": "ham"}\n{oops\n')
     cols = ("--id-column", "id", "--label-column", "label", "--no-progress")
-    local = _cli("scan", str(samples_dir), "--out", str(tmp_path / "local"), *cols)
-    ray = _cli("scan", str(samples_dir), "--out", str(tmp_path / "ray"), *cols, "--engine", "ray", "--ray-cpus", "2")
-    assert local.returncode == 0, local.stderr[-2000:]
-    assert ray.returncode == 0, ray.stderr[-2000:]
+    local = _cli("scan", str(data), "--out", str(tmp_path / "local"), *cols)
+    ray = _cli("scan", str(data), "--out", str(tmp_path / "ray"), *cols, "--engine", "ray", "--ray-cpus", "2")
+    assert local.returncode == 1, local.stderr[-2000:]
+    assert ray.returncode == 1, ray.stderr[-2000:]
     report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert [f["name"] for f in report["failed"]] == ["broken.jsonl"] and "line 2" in report["failed"][0]["error"]
     assert report["totals"]["quarantined"] > 0 and report["reasons"].get("duplicate_flood", 0) > 0
     assert report["totals"]["invalid"] == sum(len(s["invalid"]) for s in planted["shards"].values())
 

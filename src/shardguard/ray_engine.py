@@ -159,9 +159,18 @@ class RayEngine:
                 self._kill(actors)
 
     def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterator[Any]:
+        # An argument every job shares (the statistics' spec with its candidates) goes into the
+        # object store once, not once per job; Ray hands the workers the object, not the ref.
+        counts = Counter(id(a) for job in jobs for a in job)
+        shared: dict[int, Any] = {}
+        for job in jobs:
+            for a in job:
+                if counts[id(a)] > 1 and id(a) not in shared and not isinstance(a, (str, int, float, Path)):
+                    shared[id(a)] = self.ray.put(a)
+        jobs = [tuple(shared.get(id(a), a) for a in job) for job in jobs]
         # ActorPool.map yields in the jobs' order and keeps one job per actor in flight
         pool = self.ray.util.ActorPool(self._pool())
-        yield from pool.map(lambda a, job: a.call.remote(fn, *job), list(jobs))
+        yield from pool.map(lambda a, job: a.call.remote(fn, *job), jobs)
 
     def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
                     clusters: "ClusterTable", root_ids: dict[int, tuple[str, str, int, Any]],
