@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RAY_PIP = "pip install 'shardguard[ray]'"
+#: environment variables shardguard reads, passed on to the workers of a running cluster
+_WORKER_ENV = ("SHARDGUARD_CACHE_DIR", "XDG_CACHE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
 
 
 class RayMissing(ImportError):
@@ -97,6 +99,9 @@ class RayEngine:
                                   "configure_logging": False}
             if address is None:
                 kw["num_cpus"] = num_cpus or os.cpu_count() or 1
+            else:  # a running cluster's workers do not inherit this environment: pass what shardguard reads
+                env = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+                kw["runtime_env"] = {"env_vars": env} if env else None
             self.ray.init(**kw)
             self._started = True
         res = self.ray.cluster_resources()
