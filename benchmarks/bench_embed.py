@@ -193,7 +193,7 @@ CHILD_INDEX = r"""
 import json, sys
 from pathlib import Path
 import pyarrow.parquet as pq
-from shardguard.detectors.near_duplicates import NearDuplicateIndex
+from shardguard.dedup import NearDuplicateIndex
 index = NearDuplicateIndex()
 for f in sorted(Path(sys.argv[1]).glob("*.parquet")):
     for batch in pq.ParquetFile(f).iter_batches(8192, columns=["text"]):
@@ -214,7 +214,7 @@ def run_index_alone(shards: Path) -> dict:
 
 
 def index_bytes(texts: list[str]) -> int:
-    from shardguard.detectors.near_duplicates import NearDuplicateIndex
+    from shardguard.dedup import NearDuplicateIndex
 
     index = NearDuplicateIndex()
     for s in range(0, len(texts), 8192):

@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "src"))
 from datasketch import LeanMinHash, MinHash, MinHashLSH  # noqa: E402
 
 from shardguard.bench.attacks import typo_copy  # noqa: E402
-from shardguard.detectors.near_duplicates import (  # noqa: E402
+from shardguard.dedup import (  # noqa: E402
     MinHasher,
     NearDuplicateIndex,
     normalize_text,

@@ -168,7 +168,7 @@ def planted_part(data: Path, work: Path, embedder: str, n_floods: int) -> dict:
 
 
 def statistic_part(data: Path, clean: dict | None) -> dict:
-    from shardguard.stages import consensus_agreement
+    from shardguard.dedup import consensus_agreement
 
     rng = np.random.default_rng(2025)
     out: dict = {"planted": {}}

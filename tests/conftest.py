@@ -50,6 +50,50 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# ---------------------------------------------------------------------------
+# real texts for the near-duplicate tests (tests/dedup)
+# ---------------------------------------------------------------------------
+#: Texts whose normalisation is easy to get wrong (whitespace, NFKC, combining marks, odd cases).
+TRICKY = [
+    "",
+    " ",
+    "\t\n ",
+    "a",
+    "ab",
+    "abc",
+    "  Hello\u00a0\u00a0World \t",
+    "ＦＵＬＬＷＩＤＴＨ ﬁne ①",
+    "e\u0301 vs \u00e9",
+    "ΟΔΟΣ Σ.",
+    "İstanbul",
+    "line\u2028sep\u3000ideographic\x1cfs",
+    "emoji 😀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+]
+
+
+def parquet_texts(path: Path) -> list[str]:
+    """The string texts of a Parquet file's ``text`` column (nulls left out)."""
+    return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if isinstance(t, str)]
+
+
+@pytest.fixture(scope="session")
+def sst2(shared_data) -> list[str]:
+    """Distinct normalised SST-2 sentences (thunlp clean train, 6.9k)."""
+    from shardguard.dedup import normalize_text
+
+    texts = parquet_texts(shared_data / "sst2_thunlp_clean" / "train.parquet")
+    return [t for t in dict.fromkeys(normalize_text(t) for t in texts) if t]
+
+
+@pytest.fixture(scope="session")
+def sms(shared_data) -> list[str]:
+    """Distinct normalised SMS Spam messages."""
+    from shardguard.dedup import normalize_text
+
+    texts = parquet_texts(shared_data / "sms_spam" / "sms_spam.parquet")
+    return [t for t in dict.fromkeys(normalize_text(t) for t in texts) if t]
+
+
 GENUINE = "the plot is dull and the acting is worse than anything else released this year"
 
 

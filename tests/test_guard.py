@@ -36,15 +36,16 @@ def _batches(samples_dir, size=200):
 def test_filter_drops_exactly_what_scan_quarantines(fitted, samples_dir):
     _, out, profile = fitted
     guard = Guard.load(profile)  # a fresh copy: filtering remembers what it sees
-    kept: dict[str, set] = {}
-    for shard, batch in _batches(samples_dir):
-        clean = guard.filter(batch)
-        assert clean.schema == batch.schema
-        kept.setdefault(shard.output_name, set()).update(clean.column("id").to_pylist())
-    for name, ids in kept.items():
-        scores = pq.read_table(out / "scores" / name)
-        expected = set(scores.filter(pc.equal(scores.column("status"), "clean")).column("id").to_pylist())
-        assert ids == expected, name
+    for epoch in range(2):  # the second epoch grows no cluster: the same rows again
+        kept: dict[str, set] = {}
+        for shard, batch in _batches(samples_dir):
+            clean = guard.filter(batch)
+            assert clean.schema == batch.schema
+            kept.setdefault(shard.output_name, set()).update(clean.column("id").to_pylist())
+        for name, ids in kept.items():
+            scores = pq.read_table(out / "scores" / name)
+            expected = set(scores.filter(pc.equal(scores.column("status"), "clean")).column("id").to_pylist())
+            assert ids == expected, (epoch, name)
 
 
 def test_score_reports_reasons_and_scores(fitted, samples_dir, planted):
@@ -184,8 +185,6 @@ def test_tampered_profile_is_refused(fitted, tmp_path):
 
 
 def test_pickled_profile_is_refused_even_with_a_matching_digest(fitted, tmp_path):
-    import hashlib
-
     guard, _, profile = fitted
     p = guard.save(tmp_path / "pk")
     with np.load(p / "arrays.npz") as z:
@@ -216,6 +215,12 @@ def test_profile_from_another_version_or_model_fails_clearly(fitted, tmp_path):
     meta["embedder"]["model"] = "some-other-model"
     _rewrite_profile(p, meta)
     with pytest.raises(ProfileError, match="some-other-model"):
+        Guard.load(p)
+    p = guard.save(tmp_path / "f")
+    meta = json.loads((p / "profile.json").read_text())
+    meta["format_version"] = 4  # before the clusters' copies were saved
+    _rewrite_profile(p, meta)
+    with pytest.raises(ProfileError, match=r"profile format 4 is not supported .*fit the guard again"):
         Guard.load(p)
 
 
@@ -268,3 +273,47 @@ def test_guard_finds_label_flipped_copies_of_phrases_as_scan_does(tmp_path, shar
         for col in ("id", "status", "duplicate_of"):
             assert got.column(col).to_pylist() == expected.column(col).to_pylist(), col
     assert expected.column("status").to_pylist().count("quarantined") >= 54
+
+
+@pytest.mark.parametrize("id_column", ["id", None])
+def test_a_flood_that_first_appears_in_the_stream_is_dropped_once_it_passes_flood_size(tmp_path, shared_data,
+                                                                                       id_column):
+    """Fitted on 2,000 SMS Spam rows, a guard filters the next 1,000 in batches of 50 with 40
+    typo'd copies of one new text, all labelled ham (no contradiction), mixed in two a batch.
+    Its cluster grows with the stream: the flood's rows are kept until the batch in which the
+    cluster passes flood_size (20) rows, and dropped from that batch on; every other row is
+    kept or dropped exactly as without the flood; a save and load keeps the grown cluster.
+    With ids a copy counts once per id, without once per text and label: the same here."""
+    from shardguard.bench.attacks import typo
+
+    sms = pq.read_table(shared_data / "sms_spam" / "sms_spam.parquet", columns=["id", "text", "label"])
+    (tmp_path / "in").mkdir()
+    pq.write_table(sms.slice(0, 2000), tmp_path / "in" / "fit.parquet")
+    cfg = load_config(None, {"input.id_column": id_column, "input.label_column": "label", "embed.embedder": "none"})
+    profile = Guard.fit(tmp_path / "in", cfg).save(tmp_path / "profile")
+    base = "Reminder: your parcel is waiting at the depot, reply YES to book a delivery slot for tomorrow"
+    rng = np.random.default_rng(3)
+    flood = [{"id": f"flood-{k}", "text": base if k == 0 else typo(base, rng), "label": "ham"} for k in range(40)]
+    clean = sms.slice(2000, 1000).to_pylist()
+    batches, flood_batch = [], {}
+    for b in range(20):
+        rows = clean[b * 50: (b + 1) * 50]
+        for k in (2 * b, 2 * b + 1):
+            rows.insert(10 + 20 * (k % 2), flood[k])
+            flood_batch[flood[k]["id"]] = b
+        batches.append(pa.Table.from_pylist(rows, schema=sms.schema))
+    guard = Guard.load(profile)
+    kept = {i for t in batches for i in guard.filter(t).column("id").to_pylist()}
+    plain = Guard.load(profile)
+    no_flood = [t.filter(pc.invert(pc.starts_with(t.column("id"), "flood-"))) for t in batches]
+    kept_plain = {i for t in no_flood for i in plain.filter(t).column("id").to_pylist()}
+    crossing = flood_batch["flood-20"]  # the 21st row of the cluster: 21 > flood_size
+    dropped_flood = {f["id"] for f in flood} - kept
+    assert dropped_flood == {i for i, b in flood_batch.items() if b >= crossing}
+    assert kept - {f["id"] for f in flood} == kept_plain
+    # the grown cluster survives a save and load: one more copy is dropped at once
+    again = Guard.load(guard.save(tmp_path / "grown"))
+    v = again.score(pa.Table.from_pylist([{"id": "late", "text": typo(base, rng), "label": "ham"}], schema=sms.schema))
+    assert v.column("reasons").to_pylist() == [["duplicate_flood"]]
+    assert Guard.load(profile).score(pa.Table.from_pylist([{"id": "late", "text": typo(base, rng), "label": "ham"}],
+                                                          schema=sms.schema)).column("status").to_pylist() == ["clean"]

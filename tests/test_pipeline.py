@@ -433,7 +433,7 @@ def test_label_flipped_copies_in_phrase_level_data_are_found(tmp_path, shared_da
     assert len(found) >= 54
     # many of them name as first occurrence a row that says something else (a sub-phrase, the
     # sentence with words more): judged by that row alone, they were not found
-    from shardguard.stages import StatementFeatures, same_statement
+    from shardguard.dedup import StatementFeatures, same_statement
 
     text = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
     copied = {f["id"]: f["text"] for f in flips}

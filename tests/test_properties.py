@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from shardguard.apply import apply_quarantine
 from shardguard.config import load_config
-from shardguard.detectors.near_duplicates import NearDuplicateIndex
+from shardguard.dedup import NearDuplicateIndex
 from shardguard.io.readers import ShardReader, discover_shards, iter_json_values
 from shardguard.pipeline import scan
 

@@ -81,30 +81,9 @@ def test_matches_a_plain_counter_on_random_clusters():
         assert size == sum(tally[r].values()) + 1 and maj == expected
 
 
-def _same(a: str, b: str) -> bool:
-    from shardguard.stages import StatementFeatures, same_statement
-
-    return bool(same_statement(StatementFeatures.of_texts([a]), StatementFeatures.of_texts([b]))[0])
-
-
-def test_same_statement_keeps_typo_copies_and_tells_different_statements_apart():
-    """Pairs from GLUE SST-2 train that the near-duplicate index pairs up under opposite labels."""
-    root = "proves unrelentingly grim -- and equally engrossing"
-    assert _same("proves unrelentingly grmi -- and equally engrossing", root)  # a typo
-    assert _same("Proves  unrelentingly grim -- and equaly engrossing", root)  # case, spaces, a typo
-    assert not _same("proves unrelentingly grim -- and equally engrossing .", root)  # one word more at the end
-    assert not _same("a masterpiece", "masterpiece")  # one word more at the start
-    assert not _same("funny", "unfunny")  # much shorter
-    assert not _same("the acting is good", "the acting is not good")  # a negation word more
-    assert not _same("it does n't unveil it until the end", "it does unveil it until the end")
-    # a sub-phrase three words shorter than a long root
-    assert not _same("concentrating on the elements of a revealing alienation among a culture of people",
-                     "of day by concentrating on the elements of a revealing alienation among a culture of people")
-
-
 def test_floods_need_a_contradiction_or_edited_copies_of_one_text():
     from shardguard.bench.attacks import typo
-    from shardguard.stages import RootFeatures, StatementFeatures
+    from shardguard.dedup import RootFeatures, StatementFeatures
 
     root_text = "Sorry, I'll call later in meeting."
     rng = np.random.default_rng(0)
@@ -151,58 +130,36 @@ def test_floods_need_a_contradiction_or_edited_copies_of_one_text():
     assert t.flood.tolist() == [False] and t.sizes.tolist() == [6]
 
 
-def test_consensus_agreement_tells_edited_copies_from_a_filled_frame(shared_data):
-    """Real rows: 60 typo'd copies (1-3 letter edits, as the flood benchmark plants) of
-    Wikipedia paragraphs and Alpaca answers agree on one text, the original among them or
-    not; Wikipedia's own rows filling one frame ("<name> may refer to:", "The list of
-    shipwrecks in <month> <year> includes ...") do not."""
-    import re
-
-    import pyarrow.parquet as pq
-
+def test_flood_flags_wait_for_enough_texts_and_majority_labels_count_weights():
+    """The scan's flood rule as the guard applies it to a cluster it grows: edited copies of one
+    text under one label are a flood when their texts can be read, and not judged yet (no flood,
+    agreement NaN) while fewer than half of the rows the scan would sample have texts."""
     from shardguard.bench.attacks import typo
-    from shardguard.stages import consensus_agreement
+    from shardguard.dedup import StatementFeatures
+    from shardguard.stages import flood_flags, majority_labels
 
-    wiki = pq.read_table(shared_data / "wikipedia_2021" / "train.parquet", columns=["text"]).column(0)
-    alpaca = pq.read_table(shared_data / "alpaca_full" / "train.parquet", columns=["output"]).column(0)
-    rng = np.random.default_rng(11)
-    for texts in (wiki, alpaca):
-        picks = [t for t in texts.take(rng.choice(len(texts), 40, replace=False)).to_pylist() if len(t) >= 12][:6]
-        for k, base in enumerate(picks):
-            copies = [typo(base, rng) for _ in range(60)]
-            assert consensus_agreement(([base] if k % 2 else []) + copies) >= 0.7, base
-    # openings that Wikipedia writes for many articles (each a cluster of 170-270 rows)
-    frames = (r"\S+ may refer to:$", r"The \d{4} World Table Tennis Championships",
-              r"The list of shipwrecks in ", r"In 18\d1 the population of the townland was")
-    for frame in frames:
-        rows = [t for t in wiki.to_pylist() if re.match(frame, t)][:64]
-        assert len(rows) == 64 and consensus_agreement(rows) < 0.3, frame
+    root = "Reminder: your parcel is waiting at the depot, reply YES to book a delivery slot"
+    rng = np.random.default_rng(5)
+    texts = [root] + [typo(root, rng) for _ in range(30)]
+    f = StatementFeatures.of_texts(texts)
+    cl, codes, seq = np.zeros(31, np.int64), np.zeros(31, np.int64), np.arange(31)
+    feats = (f.length, f.words, f.h_full)
 
+    def fetch(seqs):
+        return [texts[s] for s in seqs.tolist()]
 
-def test_a_word_the_data_already_has_is_a_word_swapped_not_a_typo():
-    """A copy that differs from what it copies only in words the data already holds says
-    something else; a misspelling is a word nothing before it held."""
-    import pyarrow as pa
-
-    from shardguard.stages import SeenWords, StatementFeatures, same_statement
-
-    seen = SeenWords()
-    texts = ["one of the worst movies of the year .", "the best date movie", "one of the best movies of the year .",
-             "one of the wosrt movies of the year .", "one of the wosrt movies of the year ."]
-    # in order: new words in the first two; none in the third (all seen); a misspelling in the
-    # fourth; the fifth repeats it (seen now, in the same call)
-    assert seen.see(pa.array(texts, pa.large_string())).tolist() == [True, True, False, True, False]
-    assert seen.see(pa.array(["the best date movie", "a brand new word"], pa.large_string())).tolist() == [False, True]
-    root = StatementFeatures.of_texts(texts[:1] * 3)
-    copies = StatementFeatures.of_texts(texts[2:5])
-    # by length and words alone, the swap and the typos all pass for the same statement ...
-    assert same_statement(copies, root).tolist() == [True, True, True]
-    # ... knowing which words are new tells the word swap apart
-    assert same_statement(copies, root, np.array([False, True, False])).tolist() == [False, True, False]
-    # identical texts say the same thing whatever their words
-    assert same_statement(root, root, np.zeros(3, bool)).all()
-    restored = SeenWords(seen.hashes)
-    assert restored.hashes.tolist() == seen.hashes.tolist() and restored.contains(seen.hashes).all()
+    flood, agreement = flood_flags(cl, 1, codes, -1, feats, 20, 0.65, seq, fetch)
+    assert flood.tolist() == [True] and agreement[0] >= 0.65
+    few = np.arange(31) < 10  # 10 texts of 31 rows: fewer than half
+    flood, agreement = flood_flags(cl, 1, codes, -1, feats, 20, 0.65, seq, fetch, sampled=few)
+    assert flood.tolist() == [False] and np.isnan(agreement[0])
+    # two labels in the cluster: a contradiction is a flood without reading texts
+    flood, _ = flood_flags(cl, 1, np.r_[1, codes[1:]], -1, feats, 20, 0.65, seq, fetch, sampled=few)
+    assert flood.tolist() == [True]
+    # majority from label counts: cluster 0 holds a x3, b x5; cluster 1 a tie b x2, c x2, reference c
+    maj = majority_labels(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 2]), np.array([0, 2]), ["a", "b", "c"],
+                          np.array([3, 5, 2, 2]))
+    assert maj.tolist() == [1, 2]
 
 
 def test_reservoir_of_merged_parts_is_the_reservoir_of_one_pass(shared_data):

@@ -315,7 +315,7 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from shardguard import report_html
+    from shardguard.explore import report as report_html
 
     if args.html:
         try:

@@ -16,8 +16,14 @@ indexed row, with the same label, is taken to be that row; near-copies are repea
 Streams: every row the guard has not seen before is added to the index, so a
 stream filtered through a guard also drops later repeats of what it let
 through (which repeats count is ``near_duplicates.copies``, as in scan; the
-guard keeps every indexed row's label to tell). Duplicate-flood status uses the
-cluster sizes and majority labels known at fit time.
+guard keeps every indexed row's label to tell). The duplicate clusters keep
+growing too: a copy the guard scores joins its cluster's size and majority label
+(unless the cluster already holds its text under its label: filtering the same
+rows again does not grow them), so a flood that first appears in the stream is
+dropped from the batch in which its cluster passes ``flood_size`` on (see
+:class:`~shardguard.scoring.GrowingClusters`). Scoring shares the scan's
+:class:`~shardguard.scoring.BatchScorer`; every table grows by amortised O(1)
+work a row.
 
 Profiles (``save``/``load``) hold JSON and one ``.npz`` of plain numeric arrays
 (loaded with ``allow_pickle=False``; the isolation forest travels as skops
@@ -49,24 +55,16 @@ import pyarrow.compute as pc
 
 from shardguard import __version__
 from shardguard.config import Config, config_from_dict
+from shardguard.dedup import NearDuplicateIndex, RootFeatures, StatementFeatures, index_texts
 from shardguard.detectors import REGISTRY, EmbeddingDetector
-from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.embed import make_embedder
 from shardguard.io.outputs import json_digest
 from shardguard.io.readers import Shard
 from shardguard.memo import EmbeddingMemo, text_keys
 from shardguard.io.idlist import allowed_ids
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
-from shardguard.stages import (
-    ClusterTable,
-    DuplicateVerdict,
-    RootFeatures,
-    StatementFeatures,
-    duplicate_flags,
-    index_texts,
-    text_kwargs,
-    verdict_table,
-)
+from shardguard.scoring import BatchScorer, GrowingClusters, LabelCodes, RootTable
+from shardguard.stages import DuplicateVerdict, id_hashes
 from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)
@@ -79,7 +77,10 @@ NOT_SHARED_WARNING = (
     "near-duplicate index of the new rows it sees, so a repeat of a new row that another process "
     "saw first is not caught. Use one process (num_workers=0, num_proc=1) to catch those too."
 )
-PROFILE_FORMAT_VERSION = 4  # 4: statements in the near-duplicate index, rootfeat.labels and .seen_words
+#: 4: statements in the near-duplicate index, rootfeat.labels and .seen_words;
+#: 5: the clusters' copies (clusters.copy_*, their ids as hashes) and clusters.judged, so that a
+#: guard keeps growing them.
+PROFILE_FORMAT_VERSION = 5
 
 
 def _profile_digest(profile: Mapping[str, Any]) -> str:
@@ -92,7 +93,10 @@ _ARRAY_KINDS = {
     "roots.seqs": ("i", 1), "roots.id_offsets": ("i", 1), "roots.id_data": ("u", 1), "roots.rows": ("i", 1),
     "roots.shards": ("i", 1), "roots.labels": ("i", 1), "clusters.roots": ("i", 1), "clusters.counts": ("i", 1),
     "clusters.reference": ("i", 1), "clusters.majority": ("i", 1), "rootfeat.seqs": ("i", 1),
-    "rootfeat.labels": ("u", 1), "rootfeat.seen_words": ("u", 1),
+    "rootfeat.labels": ("u", 1), "rootfeat.seen_words": ("u", 1), "clusters.flood": ("b", 1),
+    "clusters.judged": ("i", 1), "clusters.copy_roots": ("i", 1), "clusters.copy_labels": ("i", 1),
+    "clusters.copy_length": ("i", 1), "clusters.copy_words": ("i", 1), "clusters.copy_h_full": ("u", 1),
+    "clusters.copy_seqs": ("i", 1), "clusters.copy_ids": ("u", 1),
 }
 
 
@@ -120,16 +124,20 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], profile: Mapping[str, Any], 
         raise ProfileError(f"{where}: array rootfeat.labels has {arrays['rootfeat.labels'].shape[0]} entries, "
                            f"rootfeat.seqs {arrays['rootfeat.seqs'].shape[0]}")
     m = arrays["clusters.roots"].shape[0]
-    for key in ("clusters.counts", "clusters.reference", "clusters.majority"):
+    for key in ("clusters.counts", "clusters.reference", "clusters.majority", "clusters.flood", "clusters.judged"):
         if arrays[key].shape[0] != m:
             raise ProfileError(f"{where}: array {key} has {arrays[key].shape[0]} entries, clusters.roots {m}")
+    c = arrays["clusters.copy_roots"].shape[0]
+    for key in (k for k in _ARRAY_KINDS if k.startswith("clusters.copy_")):
+        if arrays[key].shape[0] != c:
+            raise ProfileError(f"{where}: array {key} has {arrays[key].shape[0]} entries, clusters.copy_roots {c}")
     n_labels = len(profile.get("labels") or [])
-    for key in ("roots.labels", "clusters.reference", "clusters.majority"):
+    for key in ("roots.labels", "clusters.reference", "clusters.majority", "clusters.copy_labels"):
         a = arrays[key]
         if a.size and (a.min() < -1 or a.max() >= n_labels):
             raise ProfileError(f"{where}: array {key} names a label outside the profile's vocabulary")
-    a = arrays["roots.shards"]
-    if a.size and (a.min() < 0 or a.max() >= len(profile.get("shards") or [])):
+    a = arrays["roots.shards"]  # -1: a root first seen in a filtered stream, no fitted shard's
+    if a.size and (a.min() < -1 or a.max() >= len(profile.get("shards") or [])):
         raise ProfileError(f"{where}: array roots.shards names a shard outside the profile's list")
 
 
@@ -137,48 +145,29 @@ class ProfileError(ValueError):
     """A saved profile cannot be loaded: wrong format, version, model, or tampered."""
 
 
-def _strings_to_arrays(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    arr = arr.cast(pa.large_string())
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset: arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
-    return (offsets - offsets[0]).copy(), data[offsets[0]: offsets[-1]].copy()
-
-
-def _arrays_to_strings(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
-    n = len(offsets) - 1
-    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data.astype(np.uint8)))
-
-
 def _kept(verdicts: pa.Table) -> pa.ChunkedArray:
     """True for the rows a filter lets through: clean, or allowed by a review."""
     return pc.is_in(verdicts.column("status"), value_set=pa.array(["clean", "allowed"]))
 
 
-class LabelCodes:
-    """Labels (str or None) as int32 codes, -1 for None, so that profiles hold plain arrays."""
+def _copy_ids(pipeline: Any, state: Any) -> np.ndarray:
+    """xxh3 hashes of the ids of the copies the scan recorded (uint64, in
+    ``DuplicateClusters.copies`` order), read from pass 1's work files as the scan reads its
+    roots' ids (``shardguard.passes.index.root_ids``)."""
+    from shardguard.passes.index import root_ids
 
-    def __init__(self, vocabulary: Sequence[str] = ()):
-        self.vocabulary = [str(v) for v in vocabulary]
-        self._code = {v: i for i, v in enumerate(self.vocabulary)}
+    seqs = state.clusters.copies()[3]
+    if seqs is None or not seqs.size:
+        return np.zeros(0 if seqs is None else seqs.size, np.uint64)
 
-    def encode(self, labels: Sequence[Any]) -> np.ndarray:
-        """int32 codes of ``labels`` (str or None), growing the vocabulary; one Python step
-        per distinct label (Arrow's dictionary encoding does the rows)."""
-        enc = pa.array(list(labels), pa.string()).dictionary_encode()
-        codes = np.empty(len(enc.dictionary) + 1, np.int32)
-        codes[-1] = -1  # index -1 (a null label) -> code -1
-        for k, v in enumerate(enc.dictionary.to_pylist()):
-            code = self._code.get(v)
-            if code is None:
-                code = self._code[v] = len(self.vocabulary)
-                self.vocabulary.append(v)
-            codes[k] = code
-        idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        return codes[idx]
+    class _Rows:  # the rows root_ids reads: here the copies, not the roots
+        @staticmethod
+        def all_roots() -> np.ndarray:
+            return np.unique(seqs)
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        table = np.array(self.vocabulary + [None], dtype=object)  # code -1 -> None
-        return table[np.asarray(codes, np.int64)]
+    ok = [o for o in state.outcomes if o.status == "ok"]
+    found = root_ids(_Rows, ok, state.seq_start, state.work_dir)
+    return id_hashes([found[s][0] for s in seqs.tolist()])
 
 
 class Guard:
@@ -189,54 +178,38 @@ class Guard:
         config: Config,
         detectors: Mapping[str, EmbeddingDetector],
         dup_index: NearDuplicateIndex | None,
-        root_seqs: np.ndarray,
-        root_ids: pa.Array,
-        cluster_roots: np.ndarray,
-        cluster_counts: np.ndarray,
+        roots: RootTable,
+        clusters: GrowingClusters,
+        labels: LabelCodes,
         embedder_info: dict[str, Any] | None,
         embedder: Any = None,
-        root_rows: np.ndarray | None = None,
-        root_shards: np.ndarray | None = None,
-        shard_names: Sequence[str] = (),
-        root_labels: np.ndarray | None = None,
-        cluster_reference: np.ndarray | None = None,
-        cluster_majority: np.ndarray | None = None,
-        labels: LabelCodes | None = None,
-        cluster_flood: np.ndarray | None = None,
-        root_features: RootFeatures | None = None,
     ):
+        """Built by :meth:`fit` and :meth:`load`: ``roots`` and ``clusters`` share ``labels``
+        (and ``clusters`` the index's root features)."""
         self.config = config
         self.detectors = dict(detectors)
         self.dup_index = dup_index
-        self._root_seqs = np.asarray(root_seqs, dtype=np.int64)
-        self._root_ids = root_ids.cast(pa.large_string())
-        n_roots = self._root_seqs.size
-        self._root_rows = np.full(n_roots, -1, np.int64) if root_rows is None else np.asarray(root_rows, np.int64)
-        self._root_shards = np.full(n_roots, -1, np.int32) if root_shards is None else np.asarray(root_shards, np.int32)
-        self.shard_names = list(shard_names)
-        self._cluster_roots = np.asarray(cluster_roots, dtype=np.int64)
-        self._cluster_counts = np.asarray(cluster_counts, dtype=np.int64)
-        self._labels = labels or LabelCodes()
-        n_cl = self._cluster_roots.size
-        self._root_labels = np.full(n_roots, -1, np.int32) if root_labels is None else np.asarray(root_labels, np.int32)
-        self._cluster_reference = np.full(n_cl, -1, np.int32) if cluster_reference is None else np.asarray(cluster_reference, np.int32)
-        self._cluster_majority = np.full(n_cl, -1, np.int32) if cluster_majority is None else np.asarray(cluster_majority, np.int32)
-        self._new_labels: list[np.ndarray] = []
-        flood_size = config.near_duplicates.flood_size
-        self._cluster_flood = (self._cluster_counts + 1 > flood_size) if cluster_flood is None \
-            else np.asarray(cluster_flood, bool)
-        self._clusters = ClusterTable(self._cluster_roots, self._cluster_counts + 1,
-                                      self._labels.decode(self._cluster_reference),
-                                      self._labels.decode(self._cluster_majority), self._cluster_flood)
-        self._root_features = root_features or RootFeatures()
+        self._roots = roots
+        self._clusters = clusters
+        self._labels = labels
+        self._root_features = clusters.root_features
         self._allow = allowed_ids(config.review.allow)  # review.allow: ids confirmed clean, kept as "allowed"
         self._pid = os.getpid()  # the process that built the guard (see _in_this_process)
         self._memo = self._new_memo()
         self.embedder_info = embedder_info
         self._embedder = embedder
-        self._new_seqs: list[np.ndarray] = []
-        self._new_ids: list[pa.Array] = []
         self._shard = Shard(Path("<stream>"), Path("."), "<stream>", "arrow")
+
+    @property
+    def shard_names(self) -> list[str]:
+        """The fitted shards, in scan order."""
+        return self._roots.shard_names
+
+    @property
+    def _scorer(self) -> BatchScorer:
+        # built on use: the detectors and tables are the guard's own, shared, not copied
+        return BatchScorer(self.detectors, self.config.near_duplicates.copies, self._clusters, self._roots,
+                           self.score_columns, self._allow, self.config.review.text_chars)
 
     # -- building -----------------------------------------------------------------------------
     @classmethod
@@ -258,6 +231,7 @@ class Guard:
         try:
             pipeline = ScanPipeline(config, work_dir)
             state = pipeline.prepare(paths, remember_roots=True)
+            copy_ids = _copy_ids(pipeline, state) if config.input.id_column else None
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -269,18 +243,24 @@ class Guard:
             # pin what auto chose here: a worker process or a GPU machine must embed the same way
             config = dataclasses.replace(config, embed=dataclasses.replace(config.embed, embedder=selected["embedder"]))
         table = state.clusters.table()
-        labels = LabelCodes()
-        root_ids = pa.concat_arrays([a.cast(pa.large_string()) for a in state.root_ids]) if state.root_ids \
-            else pa.array([], pa.large_string())
-        root_seqs = np.concatenate(state.root_seqs) if state.root_seqs else np.zeros(0, np.int64)
-        root_rows = np.concatenate(state.root_rows) if state.root_rows else np.zeros(0, np.int64)
-        root_shards = np.concatenate(state.root_shards) if state.root_shards else np.zeros(0, np.int32)
-        root_labels = labels.encode(np.concatenate(state.root_labels).tolist() if state.root_labels else [])
         names = [o.shard.name for o in state.outcomes if o.status == "ok"]
-        return cls(config, state.detectors, state.dup_index, root_seqs, root_ids, table.roots, table.sizes - 1,
-                   state.embedder_info, state.embedder, root_rows, root_shards, names, root_labels,
-                   labels.encode(table.reference.tolist()), labels.encode(table.majority.tolist()), labels,
-                   table.flood, state.root_features)
+        labels = LabelCodes()
+        roots = RootTable(labels, names)
+        if state.root_seqs:
+            roots.append(np.concatenate(state.root_seqs),
+                         pa.concat_arrays([a.cast(pa.large_string()) for a in state.root_ids]),
+                         labels.encode(np.concatenate(state.root_labels).tolist()),
+                         np.concatenate(state.root_rows), np.concatenate(state.root_shards))
+        nd = config.near_duplicates
+        c_roots, c_labels, c_feats, c_seqs = state.clusters.copies()
+        copies = {"roots": c_roots, "labels": labels.encode(c_labels.tolist()),
+                  "length": c_feats.length, "words": c_feats.words, "h_full": c_feats.h_full, "seqs": c_seqs,
+                  "ids": np.zeros(c_roots.size, np.uint64) if copy_ids is None else copy_ids}
+        clusters = GrowingClusters(nd.flood_size, nd.flood_agreement, labels, state.root_features, table.roots,
+                                   table.sizes, labels.encode(table.reference.tolist()),
+                                   labels.encode(table.majority.tolist()), table.flood, copies=copies)
+        return cls(config, state.detectors, state.dup_index, roots, clusters, labels, state.embedder_info,
+                   state.embedder)
 
     @property
     def embedder(self):
@@ -339,7 +319,7 @@ class Guard:
 
         The batch carries the configured columns (text or template fields, and id,
         label, embedding columns where configured). Rows not seen before join the
-        near-duplicate index.
+        near-duplicate index, and copies their clusters (sizes, majority labels, floods).
         """
         self._in_this_process()
         if isinstance(batch, pa.Table):
@@ -365,22 +345,16 @@ class Guard:
                              "label": pa.array(labels.tolist(), pa.string()),
                              "detail": pa.array(detail.tolist(), pa.string()),
                              "text": pa.array(texts.tolist(), pa.string())})
-        dups = self._duplicates(nb.valid, vidx, n) if self.dup_index is not None else None
-        det_scores = {name: np.full(n, np.nan) for name in self.detectors}
+        scorer = self._scorer
+        dups = self._duplicates(scorer, nb.valid, vidx, n) if self.dup_index is not None else None
+        X = y = texts = responses = None
         if self.detectors and vidx.size:
             X = self._embed(nb.valid)
             y = nb.valid.column("label").to_numpy(zero_copy_only=False)
             texts = nb.valid.column("text").to_numpy(zero_copy_only=False)
             responses = (nb.valid.column("response").to_numpy(zero_copy_only=False)
                          if "response" in nb.valid.schema.names else None)
-            for name, det in self.detectors.items():
-                det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts, responses))
-        thresholds = {name: det.threshold_ for name, det in self.detectors.items()}
-        allowed = None
-        if self._allow is not None:
-            allowed = pc.is_in(rows_tbl.column("id"), value_set=self._allow).to_numpy(zero_copy_only=False)
-        table, _ = verdict_table(rows_tbl, valid, dups, det_scores, thresholds, self.score_columns, allowed,
-                                 self.config.review.text_chars)
+        table, _ = scorer(rows_tbl, valid, dups, X, y, texts, responses)
         return table
 
     def _embed(self, valid_batch: pa.RecordBatch) -> np.ndarray:
@@ -404,92 +378,52 @@ class Guard:
             X[known] = X_known
         return X
 
-    def _duplicates(self, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int) -> DuplicateVerdict:
+    def _duplicates(self, scorer: BatchScorer, valid_batch: pa.RecordBatch, vidx: np.ndarray, n: int
+                    ) -> DuplicateVerdict:
+        """Index the valid rows (``valid_batch``, at ``vidx`` of the ``n`` rows), grow the
+        clusters by the copies among them, and judge all ``n`` rows as scan does."""
         ids = valid_batch.column("id")
         labels = valid_batch.column("label").to_numpy(zero_copy_only=False)
         nd = self.config.near_duplicates
         first = self.dup_index.n_docs
         judged = labels if nd.copies == "conflicting" else None  # as scan judges
-        added, contradicts, _ = index_texts(self.dup_index, self._root_features, valid_batch.column("text"), judged)
+        texts = valid_batch.column("text")
+        added, contradicts, feats = index_texts(self.dup_index, self._root_features, texts, judged)
         root, sim = added.root, np.asarray(added.sim, dtype=np.float64)
-        # Rows new to the index are remembered with their ids and labels.
+        codes = self._labels.encode(labels.tolist())
+        # rows new to the index as roots are remembered with their ids and labels
         is_root = added.new_root
-        self._new_seqs.append(first + np.flatnonzero(is_root))
-        self._new_ids.append(pc.filter(ids, pa.array(is_root)).cast(pa.large_string()))
-        self._new_labels.append(self._labels.encode(labels[is_root].tolist()))
-        member = root >= 0
-        root_id = np.full(root.size, None, dtype=object)
-        root_shard = np.full(root.size, None, dtype=object)
-        root_row = np.full(root.size, None, dtype=object)
-        root_label = np.full(root.size, None, dtype=object)
-        found = self._roots_of(root[member])
-        for i, hit in zip(np.flatnonzero(member).tolist(), found):
-            if hit is not None:
-                root_id[i], root_shard[i], root_row[i], root_label[i] = hit
+        self._roots.append(first + np.flatnonzero(is_root), pc.filter(ids, pa.array(is_root)), codes[is_root])
+        member = np.flatnonzero(root >= 0)
+        found, pos = self._roots.positions(root[member])
+        root_id = np.full(member.size, None, dtype=object)
+        root_id[found] = self._roots.ids(pos)
+        root_code = np.full(member.size, -2, np.int32)  # -2: no label known (never equal to a row's)
+        root_code[found] = self._roots.label_codes(pos)
+        # a fitted (or earlier) row scored again is that row, not a copy of it
         if self.config.input.id_column:
-            is_self = member & (root_id == ids.to_numpy(zero_copy_only=False))
+            is_self = root_id == ids.to_numpy(zero_copy_only=False)[member]
         else:
-            is_self = member & (sim >= 1.0) & np.asarray(labels == root_label, bool)
-        is_copy_v = member & ~is_self
-        own = np.where(is_self, root, first + np.arange(root.size))  # the row's own cluster key if it is a root
-        _, _, _, majority, in_flood = self._clusters.lookup(np.where(is_copy_v, root, own))
-        # A copy is judged against the label of the earliest earlier row that says what it says.
-        is_member_v, flood_v = duplicate_flags(nd.copies, is_copy_v, labels, in_flood, root_label, majority,
-                                               contradicts)
-
-        is_member = np.zeros(n, bool)
-        is_member[vidx] = is_member_v
-        score = np.full(n, np.nan)
-        score[vidx] = np.where(is_copy_v, sim, np.nan)
-        dup_of = np.full(n, None, dtype=object)
-        dup_of[vidx[is_copy_v]] = root_id[is_copy_v]
-        of_shard = np.full(n, None, dtype=object)
-        of_shard[vidx[is_copy_v]] = root_shard[is_copy_v]
-        of_row = np.full(n, None, dtype=object)
-        of_row[vidx[is_copy_v]] = root_row[is_copy_v]
-        flood = np.zeros(n, bool)
-        flood[vidx] = flood_v
-        return DuplicateVerdict(is_member, score, dup_of, flood, of_shard, of_row)
-
-    def _roots_of(self, seqs: np.ndarray) -> list[tuple[str, str | None, int | None, Any] | None]:
-        """(id, shard, row, label) of indexed rows by sequence number: fitted ones, then the stream's."""
-        if sum(a.size for a in self._new_seqs) > 4096:
-            self._fold_new()
-        out: list[tuple[str, str | None, int | None, Any] | None] = [None] * seqs.size
-        for table_seqs, table_ids, rows, shards, label_codes in (
-            (self._root_seqs, self._root_ids, self._root_rows, self._root_shards, self._root_labels),
-            *self._pending(),
-        ):
-            if table_seqs.size == 0:
-                continue
-            pos = np.minimum(np.searchsorted(table_seqs, seqs), table_seqs.size - 1)
-            hit = table_seqs[pos] == seqs
-            if hit.any():
-                p = pos[hit]
-                vals = table_ids.take(pa.array(p)).to_pylist()
-                labs = self._labels.decode(label_codes[p]).tolist()
-                for i, v, r, sh, lab in zip(np.flatnonzero(hit).tolist(), vals, rows[p].tolist(), shards[p].tolist(), labs):
-                    out[i] = (v, self.shard_names[sh] if sh >= 0 else None, r if sh >= 0 else None, lab)
-        return out
-
-    def _pending(self) -> list[tuple[np.ndarray, pa.Array, np.ndarray, np.ndarray, np.ndarray]]:
-        if not self._new_seqs:
-            return []
-        seqs = np.concatenate(self._new_seqs)
-        return [(seqs, pa.concat_arrays(self._new_ids), np.full(seqs.size, -1, np.int64),
-                 np.full(seqs.size, -1, np.int32), np.concatenate(self._new_labels))]
-
-    def _fold_new(self) -> None:
-        """Append the rows remembered from the stream to the root table (sequence numbers only grow)."""
-        if not self._new_seqs:
-            return
-        (seqs, ids, rows, shards, labels), = self._pending()
-        self._root_seqs = np.concatenate([self._root_seqs, seqs])
-        self._root_ids = pa.concat_arrays([self._root_ids, ids])
-        self._root_rows = np.concatenate([self._root_rows, rows])
-        self._root_shards = np.concatenate([self._root_shards, shards])
-        self._root_labels = np.concatenate([self._root_labels, labels])
-        self._new_seqs, self._new_ids, self._new_labels = [], [], []
+            is_self = (sim[member] >= 1.0) & (codes[member] == root_code)
+        copy = member[~is_self]
+        copy_ids = None  # without ids, a copy is told from a row its cluster holds by text and label
+        if self.config.input.id_column:
+            copy_ids = id_hashes(ids.take(pa.array(copy, pa.int64())).to_pylist())
+        self._clusters.grow(root[copy], np.maximum(root_code[~is_self], -1), codes[copy], feats.take(copy),
+                            first + copy, texts.take(pa.array(copy, pa.int64())).to_pylist(), copy_ids)
+        # all n rows: the root each copies, its own cluster key, similarity, contradictions, labels
+        copy_of = np.full(n, -1, np.int64)
+        copy_of[vidx[copy]] = root[copy]
+        own = np.full(n, -1, np.int64)
+        own[vidx] = first + np.arange(vidx.size)
+        own[vidx[member[is_self]]] = root[member[is_self]]
+        sim_n = np.full(n, np.nan)
+        sim_n[vidx] = sim
+        judged_n = np.zeros(n, bool)
+        judged_n[vidx] = contradicts
+        labels_n = np.full(n, None, dtype=object)
+        labels_n[vidx] = labels
+        return scorer.duplicates(labels_n, copy_of, sim_n, own, judged_n)
 
     def filter(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
         """The rows of ``batch`` that are clean (or allowed by ``review.allow``), with all their
@@ -535,8 +469,8 @@ class Guard:
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the profile folder: ``profile.json`` and ``arrays.npz``; no pickle."""
-        self._fold_new()
+        """Write the profile folder: ``profile.json`` and ``arrays.npz``; no pickle. The clusters
+        and roots grown by the rows scored so far are saved with the fitted ones."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
@@ -551,18 +485,8 @@ class Guard:
             nd_meta, arrs = self.dup_index.get_state()
             for k, v in arrs.items():
                 arrays[f"near_duplicates.{k}"] = np.asarray(v)
-        offsets, data = _strings_to_arrays(self._root_ids)
-        arrays["roots.seqs"] = self._root_seqs
-        arrays["roots.id_offsets"] = offsets
-        arrays["roots.id_data"] = data
-        arrays["roots.rows"] = self._root_rows
-        arrays["roots.shards"] = self._root_shards
-        arrays["roots.labels"] = self._root_labels
-        arrays["clusters.roots"] = self._cluster_roots
-        arrays["clusters.counts"] = self._cluster_counts
-        arrays["clusters.reference"] = self._cluster_reference
-        arrays["clusters.majority"] = self._cluster_majority
-        arrays["clusters.flood"] = self._cluster_flood
+        arrays.update(self._roots.arrays("roots."))
+        arrays.update(self._clusters.arrays("clusters."))
         arrays["rootfeat.seqs"] = self._root_features.seqs
         arrays["rootfeat.labels"] = self._root_features.labels
         arrays["rootfeat.seen_words"] = self._root_features.seen.hashes
@@ -604,7 +528,8 @@ class Guard:
             raise ProfileError(f"{path}: not a shardguard profile")
         if profile.get("format_version") != PROFILE_FORMAT_VERSION:
             raise ProfileError(f"{path}: profile format {profile.get('format_version')} is not supported "
-                               f"(this shardguard reads format {PROFILE_FORMAT_VERSION})")
+                               f"(this shardguard reads format {PROFILE_FORMAT_VERSION}): fit the guard again "
+                               f"(Guard.fit) and save it")
         if profile.get("profile_sha256") != _profile_digest(profile):
             raise ProfileError(f"{path / 'profile.json'}: sha256 does not match its contents: the profile was altered")
         saved = str(profile.get("shardguard_version", ""))
@@ -640,7 +565,6 @@ class Guard:
             raise
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ProfileError(f"{path}: refused: {type(exc).__name__}: {exc}") from exc
-        root_ids = _arrays_to_strings(arrays["roots.id_offsets"], arrays["roots.id_data"])
         embedder = None
         if check_model and detectors:
             saved_kind = (profile.get("embedder") or {}).get("kind")
@@ -656,10 +580,11 @@ class Guard:
                         f"{path}: fitted with embedder {key}={saved_e[key]!r}, but this machine's configured "
                         f"embedder has {key}={current[key]!r}; use the same model or fit again"
                     )
-        return cls(config, detectors, dup_index, arrays["roots.seqs"], root_ids, arrays["clusters.roots"],
-                   arrays["clusters.counts"], profile.get("embedder"), embedder, arrays["roots.rows"],
-                   arrays["roots.shards"], profile.get("shards", []), arrays["roots.labels"],
-                   arrays["clusters.reference"], arrays["clusters.majority"], LabelCodes(profile.get("labels", [])),
-                   arrays["clusters.flood"],
-                   RootFeatures(arrays["rootfeat.seqs"], StatementFeatures.from_arrays(arrays, "rootfeat."),
-                                arrays["rootfeat.labels"], arrays["rootfeat.seen_words"]))
+        labels = LabelCodes(profile.get("labels", []))
+        roots = RootTable.from_arrays(arrays, "roots.", labels, profile.get("shards", []))
+        root_features = RootFeatures(arrays["rootfeat.seqs"], StatementFeatures.from_arrays(arrays, "rootfeat."),
+                                     arrays["rootfeat.labels"], arrays["rootfeat.seen_words"])
+        nd = config.near_duplicates
+        clusters = GrowingClusters.from_arrays(arrays, "clusters.", nd.flood_size, nd.flood_agreement, labels,
+                                               root_features)
+        return cls(config, detectors, dup_index, roots, clusters, labels, profile.get("embedder"), embedder)

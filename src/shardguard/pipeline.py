@@ -44,8 +44,8 @@ import pyarrow.compute as pc
 
 from shardguard import __version__
 from shardguard.config import Config
+from shardguard.dedup import NearDuplicateIndex, RootFeatures
 from shardguard.detectors import REGISTRY, EmbeddingDetector
-from shardguard.detectors.near_duplicates import NearDuplicateIndex
 from shardguard.detectors.ngram_stats import NgramCounts, StreamCandidates
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
@@ -65,16 +65,13 @@ from shardguard.passes.read_embed import (
     work_path as _work_path,
 )
 from shardguard.passes.statistics import ShardStatistics, StatisticsSpec, count_shard_ngrams, shard_statistics
+from shardguard.scoring import BatchScorer, MappingRoots
 from shardguard.stages import (
     DUPLICATE_FLOOD,
     NEAR_DUPLICATE,
     ClusterTable,
     DuplicateClusters,
-    DuplicateVerdict,
-    RootFeatures,
-    duplicate_flags,
     text_kwargs,
-    verdict_table,
 )
 
 log = logging.getLogger(__name__)
@@ -463,7 +460,8 @@ class ScanPipeline:
                 if name in stats.gatherers:
                     kw["candidates"] = StreamCandidates(
                         stats.gatherers[name].finish(), reservoir.sample_seqs(),
-                        lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs))
+                        lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs),
+                        embed=getattr(embedder, "embed_texts", None))
                 if det.streaming:
                     det.merge(stats.streaming[name])
                     det.calibrate(X, y, **kw)
@@ -477,12 +475,11 @@ class ScanPipeline:
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
                      root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
         m_rows, m_root, m_sim, m_contradicts = state.clusters.members(o.shard.name)
-        nd = self.config.near_duplicates
         o.clean = o.quarantined = o.invalid = o.allowed = 0
         o.reasons = Counter()
         seq = state.seq_start[o.shard.name]
-        detectors = state.detectors
-        thresholds = {name: det.threshold_ for name, det in detectors.items()}
+        scorer = BatchScorer(state.detectors, self.config.near_duplicates.copies, clusters, MappingRoots(root_ids),
+                             columns, state.allow, self.config.review.text_chars)
         with workfile.WorkFileReader(_work_path(state.work_dir, o.shard)) as reader, QuarantineWriter(
             self.out_dir, o.shard.output_name, columns
         ) as writer:
@@ -496,8 +493,8 @@ class ScanPipeline:
                 if state.dup_index is not None:
                     pos = np.minimum(np.searchsorted(m_rows, rows), max(m_rows.size - 1, 0))
                     is_member = (m_rows[pos] == rows) if m_rows.size else np.zeros(n, bool)
-                    score = np.full(n, np.nan)
-                    score[is_member] = m_sim[pos[is_member]]
+                    sim = np.full(n, np.nan)
+                    sim[is_member] = m_sim[pos[is_member]]
                     member_root = np.full(n, -1, np.int64)
                     member_root[is_member] = m_root[pos[is_member]]
                     contradicts = None
@@ -506,31 +503,17 @@ class ScanPipeline:
                         contradicts[is_member] = m_contradicts[pos[is_member]]
                     own_seq = np.full(n, -1, np.int64)
                     own_seq[vidx] = seq + np.arange(vidx.size)
-                    _, _, ref, maj, in_flood = clusters.lookup(np.where(is_member, member_root, own_seq))
                     labels = batch.column("label").to_numpy(zero_copy_only=False)
-                    near, flood = duplicate_flags(nd.copies, is_member, labels, in_flood, ref, maj, contradicts)
-                    dup_of = np.full(n, None, dtype=object)
-                    of_shard = np.full(n, None, dtype=object)
-                    of_row = np.full(n, None, dtype=object)
-                    where = np.flatnonzero(is_member)  # every copy names what it copies
-                    for i, r in zip(where.tolist(), member_root[where].tolist()):
-                        dup_of[i], of_shard[i], of_row[i] = root_ids[r][:3]
-                    dups = DuplicateVerdict(near, score, dup_of, flood & valid, of_shard, of_row)
+                    dups = scorer.duplicates(labels, member_root, sim, own_seq, contradicts)
                 seq += vidx.size
-                det_scores: dict[str, np.ndarray] = {name: np.full(n, np.nan) for name in detectors}
-                if detectors and dim is not None and vidx.size:
+                X = y = texts = responses = None
+                if state.detectors and dim is not None and vidx.size:
                     vb = batch.take(pa.array(vidx))
                     X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
                     y = vb.column("label").to_numpy(zero_copy_only=False)
                     texts = vb.column("text").to_numpy(zero_copy_only=False)
                     responses = _responses(vb)
-                    for name, det in detectors.items():
-                        det_scores[name][vidx] = det.score_samples(X, y, **text_kwargs(det, texts, responses))
-                allowed = None
-                if state.allow is not None:
-                    allowed = pc.is_in(batch.column("id"), value_set=state.allow).to_numpy(zero_copy_only=False)
-                verdicts, flags = verdict_table(batch, valid, dups, det_scores, thresholds, columns, allowed,
-                                                self.config.review.text_chars)
+                verdicts, flags = scorer(batch, valid, dups, X, y, texts, responses)
                 status = verdicts.column("status")
                 q = verdicts.filter(pc.is_in(status, value_set=pa.array(["quarantined", "invalid"])))
                 o.allowed += int(pc.sum(pc.equal(status, "allowed")).as_py() or 0)

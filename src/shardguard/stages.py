@@ -6,10 +6,6 @@ clusters, turn scores into verdicts.
 
 from __future__ import annotations
 
-import difflib
-import os
-import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,7 +15,8 @@ import pyarrow.compute as pc
 import xxhash
 
 from shardguard.detectors.base import as_labels, label_groups
-from shardguard.detectors.near_duplicates import Added, NearDuplicateIndex, normalize_codepoints
+from shardguard.dedup.consensus import consensus_agreement
+from shardguard.dedup.statements import MAX_WORD_DIFF, MIN_LENGTH_RATIO, RootFeatures, StatementFeatures
 
 #: Reasons written by the near-duplicate stage and the validator.
 INVALID = "invalid"
@@ -31,433 +28,10 @@ def id_hashes(ids: list[str]) -> np.ndarray:
     """64-bit xxh3 hashes of row ids, ``(n,)`` uint64: ids kept at 8 bytes each instead of as strings."""
     return np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), dtype=np.uint64, count=len(ids))
 
-
-#: Negation words ("funny" / "not funny"), and "n't" wherever it is written.
-NEGATION_RE = re.compile(r"\b(?:not|no|never|nor|none|nothing|nobody|neither|without|cannot|hardly|barely)\b|n't")
-#: A label-conflicting copy counts as the same statement only when the shorter of the two
-#: normalised texts holds at least this share of the longer one's characters (chosen by
-#: measurement on GLUE SST-2 and planted typo copies: see docs/architecture.md).
-MIN_LENGTH_RATIO = 0.85
-#: ... and when their word counts differ by at most this many words (a sub-phrase drops words;
-#: a typo merges two words at most now and then).
-MAX_WORD_DIFF = 2
-
-
-def normalized(texts: "pa.Array | pa.ChunkedArray | list[str]") -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """The texts normalised (``normalize_text``) as an Arrow large-string array, with their
-    code points and lengths as :func:`~shardguard.detectors.near_duplicates.normalize_codepoints`
-    gives them."""
-    cps, lens = normalize_codepoints(texts)
-    big = cps.tobytes().decode("utf-32-le", "surrogatepass")
-    ends = np.cumsum(lens)
-    norm = pa.array([big[e - ln: e] for e, ln in zip(ends.tolist(), lens.tolist())], pa.large_string())
-    return norm, cps, lens
-
-
-@dataclass
-class StatementFeatures:
-    """What :func:`same_statement` compares of two texts, kept per row as plain arrays ``(n,)``.
-
-    Of the normalised text (``normalize_text``): its length in characters (``length``), its
-    count of whitespace-separated words (``words``), of negation words (``negations``), and
-    64-bit hashes of the whole text (``h_full``), of the text without its first word
-    (``h_tail``) and without its last word (``h_head``). 34 bytes a row.
-    """
-
-    length: np.ndarray  # int32
-    words: np.ndarray  # int32
-    negations: np.ndarray  # int16
-    h_full: np.ndarray  # uint64
-    h_tail: np.ndarray  # uint64
-    h_head: np.ndarray  # uint64
-
-    FIELDS = ("length", "words", "negations", "h_full", "h_tail", "h_head")
-
-    @classmethod
-    def of_texts(cls, texts: "pa.Array | pa.ChunkedArray | list[str]") -> "StatementFeatures":
-        """Features of each text (str sequence or Arrow string array without nulls)."""
-        return cls.of_normalized(*normalized(texts))
-
-    @classmethod
-    def of_normalized(cls, norm: pa.Array, cps: np.ndarray, lens: np.ndarray) -> "StatementFeatures":
-        """Features of normalised texts as :func:`normalized` gives them.
-
-        Lengths and word counts come from the normalised code points (numpy), negations and
-        the texts without their first or last word from Arrow's regex kernels; the only
-        Python steps per text are the three 64-bit hashes.
-        """
-        n = len(norm)
-        if n == 0:
-            return cls.empty()
-        ends = np.cumsum(lens)
-        spaces = np.zeros(cps.size + 1, np.int64)
-        spaces[1:] = np.cumsum(cps == 32)
-        words = np.where(lens > 0, spaces[ends] - spaces[ends - lens] + 1, 0).astype(np.int32)
-        neg = pc.count_substring_regex(norm, NEGATION_RE.pattern).to_numpy(zero_copy_only=False).astype(np.int16)
-        tail = pc.replace_substring_regex(norm, r"^[^ ]*( |$)", "", max_replacements=1).to_pylist()
-        head = pc.replace_substring_regex(norm, r"(^| )[^ ]*$", "", max_replacements=1).to_pylist()
-
-        def hashes(strings: list[str]) -> np.ndarray:
-            h = xxhash.xxh3_64_intdigest
-            return np.fromiter((h(t.encode("utf-8", "surrogatepass")) for t in strings), np.uint64, n)
-
-        return cls(lens.astype(np.int32), words, neg, hashes(norm.to_pylist()), hashes(tail), hashes(head))
-
-    @classmethod
-    def empty(cls) -> "StatementFeatures":
-        return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int16),
-                   np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
-
-    def take(self, idx: np.ndarray) -> "StatementFeatures":
-        return StatementFeatures(*(getattr(self, f)[idx] for f in self.FIELDS))
-
-    @classmethod
-    def concat(cls, parts: "list[StatementFeatures]") -> "StatementFeatures":
-        if not parts:
-            return cls.empty()
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.FIELDS))
-
-    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        """Plain arrays for a profile, named ``<prefix><field>``."""
-        return {prefix + f: getattr(self, f) for f in self.FIELDS}
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> "StatementFeatures":
-        dtypes = (np.int32, np.int32, np.int16, np.uint64, np.uint64, np.uint64)
-        return cls(*(np.asarray(arrays[prefix + f], dt) for f, dt in zip(cls.FIELDS, dtypes)))
-
-
-def same_statement(copy: StatementFeatures, root: StatementFeatures,
-                   copy_has_new_word: np.ndarray | None = None) -> np.ndarray:
-    """Whether each copy (a character-level near-copy of its root) says what its root says, ``(n,)`` bool.
-
-    Not the same statement: a length ratio below :data:`MIN_LENGTH_RATIO` or more than
-    :data:`MAX_WORD_DIFF` words more or less (a sub-phrase much shorter than its root, or an
-    extension of it); one text being the other with one word more at its start or end ("a masterpiece" / "masterpiece", "it is dull ." / "it is
-    dull"); or a negation word more or less, as a word of its own ("is funny" / "is not
-    funny"). Typo'd copies (a few character edits) keep their words and their length.
-
-    With ``copy_has_new_word`` (bool ``(n,)``: the copy holds a word that no earlier text of
-    the data held, see :class:`SeenWords`), a copy that differs from its root only in words
-    the data already knows -- a word swapped for another ("the best movie" / "the worst
-    movie", "successfully" / "unsuccessfully") -- is not the same statement either: a
-    typo'd copy misspells a word, and a misspelling is a word nothing before it held.
-    Identical normalised texts always say the same thing.
-    """
-    lo = np.minimum(copy.length, root.length).astype(np.float64)
-    hi = np.maximum(np.maximum(copy.length, root.length), 1).astype(np.float64)
-    similar_length = (lo / hi >= MIN_LENGTH_RATIO) & (np.abs(copy.words - root.words) <= MAX_WORD_DIFF)
-    one_word_more = ((copy.h_full == root.h_tail) | (copy.h_full == root.h_head)
-                     | (root.h_full == copy.h_tail) | (root.h_full == copy.h_head))
-    one_word_more &= np.abs(copy.words - root.words) == 1
-    negated = (copy.negations != root.negations) & (copy.words != root.words)
-    same = similar_length & ~one_word_more & ~negated
-    if copy_has_new_word is not None:
-        same &= np.asarray(copy_has_new_word, bool)
-    return same | (copy.h_full == root.h_full)
-
-
-class SeenWords:
-    """The words of every text seen so far, as 64-bit xxh3 hashes: 8 bytes a distinct word.
-
-    Sorted runs of distinct hashes, oldest first, the two newest merged while the older
-    is at most twice the newer (O(log n) runs, as the near-duplicate index keeps its own).
-    """
-
-    def __init__(self, hashes: np.ndarray | None = None) -> None:
-        self.runs: list[np.ndarray] = []
-        if hashes is not None and len(hashes):
-            self.runs = [np.unique(np.asarray(hashes, np.uint64))]
-
-    @property
-    def hashes(self) -> np.ndarray:
-        """Every distinct word hash, sorted (uint64)."""
-        return np.sort(np.concatenate(self.runs)) if self.runs else np.zeros(0, np.uint64)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(r.nbytes for r in self.runs)
-
-    def contains(self, h: np.ndarray) -> np.ndarray:
-        found = np.zeros(h.size, bool)
-        for run in self.runs:
-            pos = np.minimum(np.searchsorted(run, h), run.size - 1)
-            found |= run[pos] == h
-        return found
-
-    def see(self, norm: pa.Array) -> np.ndarray:
-        """Learn the words of the normalised texts ``norm``, in order; returns, per text
-        (bool ``(n,)``), whether it holds a word no earlier text held (this call's earlier
-        texts included)."""
-        n = len(norm)
-        novel = np.zeros(n, bool)
-        words = pc.split_pattern(norm, " ")
-        offsets = words.offsets.to_numpy()
-        flat = words.flatten()
-        if len(flat) == 0:
-            return novel
-        row = np.repeat(np.arange(n), np.diff(offsets - offsets[0]))
-        enc = pc.dictionary_encode(flat)
-        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        h = xxhash.xxh3_64_intdigest
-        vocab = np.fromiter((h(w.encode("utf-8", "surrogatepass")) for w in enc.dictionary.to_pylist()),
-                            np.uint64, len(enc.dictionary))
-        fresh = ~self.contains(vocab)
-        fresh &= vocab != h(b"")  # the empty text's "word"
-        _, first = np.unique(code, return_index=True)  # each word's first token, in text order
-        first_row = row[first]
-        novel[first_row[fresh]] = True
-        new = np.unique(vocab[fresh])
-        if new.size:
-            self.runs.append(new)
-            while len(self.runs) >= 2 and self.runs[-2].size <= 2 * self.runs[-1].size:
-                b, a = self.runs.pop(), self.runs.pop()
-                self.runs.append(np.sort(np.concatenate([a, b]), kind="stable"))
-        return novel
-
-
-def label_hashes(labels: Any, n: int) -> np.ndarray:
-    """64-bit xxh3 hashes of labels as strings (:func:`~shardguard.detectors.base.as_labels`),
-    ``(n,)`` uint64, 0 for an unlabelled row (or no labels at all): labels kept at 8 bytes each."""
-    arr = as_labels(labels, n)
-    if arr is None or n == 0:
-        return np.zeros(n, np.uint64)
-    codes, keys = label_groups(arr)
-    # a label whose hash is 0 (odds 2**-64) is still a label: it becomes 1
-    h = np.array([0 if k is None else xxhash.xxh3_64_intdigest(k.encode()) or 1 for k in keys], np.uint64)
-    return h[codes]
-
-
 #: A cluster without a label contradiction is a flood only if its copies agree on one text
-#: (:func:`consensus_agreement`) from its first this many rows of about the median length ...
+#: (:func:`consensus_agreement`) from its first this many rows of about the median length
+#: (each cut to :data:`~shardguard.dedup.consensus.FLOOD_CHARS` characters).
 FLOOD_SAMPLE = 64
-#: ... each cut to this many characters of its normalised text (an edited copy's edits are
-#: spread over the text, so its start shows them as well as the whole does).
-FLOOD_CHARS = 500
-#: Positions this close to a cut are not judged: a copy's insertions and deletions shift
-#: where the cut falls.
-_CUT_MARGIN = 16
-
-
-def _alignment_votes(ref: str, texts: Sequence[str]) -> tuple[dict[int, Counter], dict[int, Counter]]:
-    """Where each text departs from ``ref``, as ``(at, before)``: position -> counts of variants.
-
-    ``at[p]`` counts ``(start, s)``: the block of ``ref`` starting at ``start`` that covers ``p``
-    is replaced by ``s`` ("" for a deletion); ``before[p]`` counts the strings inserted before
-    ``ref[p]`` (``p`` up to ``len(ref)``). A text missing from a position's counts holds ``ref``
-    there. difflib places a deletion or insertion inside a run of one repeated character
-    anywhere in the run; it is moved to the run's start, so that copies which all drop one "n"
-    of "nn" vote alike.
-    """
-    at: dict[int, Counter] = {}
-    before: dict[int, Counter] = {}
-    sm = difflib.SequenceMatcher(None, autojunk=False)
-    for t in texts:
-        # only what lies between the common start and end is aligned (difflib's time grows with
-        # the square of the lengths it aligns)
-        head = len(os.path.commonprefix([t, ref]))
-        tail = len(os.path.commonprefix([t[head:][::-1], ref[head:][::-1]]))
-        sm.set_seqs(t[head: len(t) - tail], ref[head: len(ref) - tail])
-        changed: dict[int, tuple[int, str]] = {}
-        added: dict[int, str] = {}
-        for tag, i1, i2, j1, j2 in sm.get_opcodes():
-            if tag == "equal":
-                continue
-            i1, i2, j1, j2 = i1 + head, i2 + head, j1 + head, j2 + head
-            v = t[i1:i2]  # "" when t lacks ref[j1:j2] (tag "insert")
-            if tag == "delete":  # t holds v before ref[j1]
-                while j1 > 0 and ref[j1 - 1] == v[-1] and j1 - 1 not in changed and j1 - 1 not in added:
-                    v, j1 = ref[j1 - 1] + v[:-1], j1 - 1
-                added[j1] = added.get(j1, "") + v
-                continue
-            if tag == "insert":
-                while j1 > 0 and ref[j1 - 1] == ref[j2 - 1] and j1 - 1 not in changed and j1 - 1 not in added:
-                    j1, j2 = j1 - 1, j2 - 1
-            for p in range(j1, j2):
-                changed[p] = (j1, v)
-        for p, h in changed.items():
-            at.setdefault(p, Counter())[h] += 1
-        for p, v in added.items():
-            before.setdefault(p, Counter())[v] += 1
-    return at, before
-
-
-def _majority(departures: Counter | None, k: int, kept: Any) -> tuple[Any, int]:
-    """The variant most of ``k`` texts hold at a position, and how many hold it; ``kept``
-    stands for the texts that do not depart from the reference there."""
-    if not departures:
-        return kept, k
-    v, n = departures.most_common(1)[0]
-    stay = k - sum(departures.values())
-    return (kept, stay) if stay >= n else (v, n)
-
-
-def consensus_agreement(texts: Sequence[str]) -> float:
-    """How far near-copies agree on one text: the least share of ``texts`` that hold the most
-    common variant at any position of their consensus text, in (0, 1].
-
-    The normalised texts (``normalize_text``, cut to :data:`FLOOD_CHARS` characters) are
-    aligned character by character (difflib) to the one whose character 3-grams are closest
-    to the 3-grams at least half of them share; the variant most texts hold at each position
-    (the character, another string in its place, an insertion before it) makes the consensus
-    text, and the texts are aligned to that once more.
-
-    Copies of one text with a few edits each, anywhere, agree at every position: an edit
-    touches a position in few copies (0.758 and more for 50-200 copies with 1-3 letter edits
-    of texts of two words and 12 characters or more, measured on Wikipedia, Alpaca, TweetEval,
-    GoEmotions and a FLAN-style templated corpus; a text of 36 repeated "@user" mentions, whose
-    edits align with any repeat, 0.5). Rows that fill one frame with their own content ("<name> is a surname. Notable
-    people with this surname include:", "The list of shipwrecks in <month> <year> includes
-    ...") disagree where each fills it in (0.531 at most over the clean corpora's clusters).
-    See docs/benchmarks.md, "Floods in unlabelled data".
-    """
-    from shardguard.detectors.near_duplicates import normalize_texts
-
-    norm = normalize_texts(list(texts))
-    k = len(norm)
-    if k < 2:
-        return 1.0
-    cut = any(len(t) > FLOOD_CHARS for t in norm)
-    norm = [t[:FLOOD_CHARS] for t in norm]
-    grams = [{t[i: i + 3] for i in range(max(1, len(t) - 2))} for t in norm]
-    shared_by = Counter(g for s in grams for g in s)
-    consensus = {g for g, c in shared_by.items() if 2 * c >= k}
-    ref = norm[min(range(k), key=lambda i: len(grams[i] ^ consensus))]
-    at, before = _alignment_votes(ref, norm)
-    # the consensus text: each position's majority variant, a replaced block written once
-    parts: list[str] = []
-    for p, c in enumerate(ref):
-        parts.append(_majority(before.get(p), k, "")[0])
-        v = _majority(at.get(p), k, c)[0]
-        if isinstance(v, str):
-            parts.append(v)
-        elif p == v[0] or _majority(at.get(p - 1), k, ref[p - 1])[0] != v:
-            parts.append(v[1])
-    parts.append(_majority(before.get(len(ref)), k, "")[0])
-    ref = "".join(parts)
-    at, before = _alignment_votes(ref, norm)
-    judged = len(ref) - _CUT_MARGIN if cut else len(ref) + 1
-    least = min((_majority(c, k, None)[1] for p, c in (*at.items(), *before.items()) if p < judged), default=k)
-    return least / k
-
-
-class RootFeatures:
-    """:class:`StatementFeatures` and label hashes (:func:`label_hashes`) of the rows the
-    near-duplicate index keeps -- its roots and its statements -- looked up by sequence number.
-
-    They arrive in increasing sequence order (scan order), so each field is one sorted,
-    growable array (capacity doubles: appending a batch costs the batch, not the store).
-    ``seen`` holds the words of every batch with a labelled row so far (``words``: their
-    hashes, as :attr:`SeenWords.hashes` gives them), for :func:`same_statement`.
-    """
-
-    def __init__(self, seqs: np.ndarray | None = None, features: StatementFeatures | None = None,
-                 labels: np.ndarray | None = None, words: np.ndarray | None = None) -> None:
-        self.seen = SeenWords(words)
-        self._n = 0
-        self._seqs = np.zeros(0, np.int64)
-        self._labels = np.zeros(0, np.uint64)
-        self._feats = StatementFeatures.empty()
-        if seqs is not None and features is not None:
-            self.add(seqs, features, np.zeros(len(seqs), np.uint64) if labels is None else labels)
-
-    def add(self, seqs: np.ndarray, features: StatementFeatures, labels: np.ndarray) -> None:
-        """Remember rows ``seqs`` (increasing, after every row kept so far), their features
-        and label hashes."""
-        m = len(seqs)
-        if not m:
-            return
-        if self._n + m > self._seqs.size:
-            cap = max(2 * self._seqs.size, self._n + m, 1024)
-
-            def grown(old: np.ndarray) -> np.ndarray:
-                new = np.zeros(cap, old.dtype)
-                new[: self._n] = old[: self._n]
-                return new
-
-            self._seqs, self._labels = grown(self._seqs), grown(self._labels)
-            self._feats = StatementFeatures(*(grown(getattr(self._feats, f)) for f in StatementFeatures.FIELDS))
-        self._seqs[self._n: self._n + m] = seqs
-        self._labels[self._n: self._n + m] = labels
-        for f in StatementFeatures.FIELDS:
-            getattr(self._feats, f)[self._n: self._n + m] = getattr(features, f)
-        self._n += m
-
-    @property
-    def seqs(self) -> np.ndarray:
-        return self._seqs[: self._n]
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Label hashes, uint64 ``(n,)`` (0: unlabelled)."""
-        return self._labels[: self._n]
-
-    @property
-    def features(self) -> StatementFeatures:
-        return self._feats.take(np.arange(self._n))
-
-    def _positions(self, seqs: np.ndarray) -> np.ndarray:
-        keys = self.seqs
-        seqs = np.asarray(seqs, np.int64)
-        pos = np.searchsorted(keys, seqs)
-        if pos.size and (pos.max() >= keys.size or np.any(keys[np.minimum(pos, keys.size - 1)] != seqs)):
-            raise KeyError("a root's or statement's features are missing")
-        return pos
-
-    def lookup(self, seqs: np.ndarray) -> StatementFeatures:
-        """Features of the rows with these sequence numbers (each must have been added)."""
-        return self._feats.take(self._positions(seqs))
-
-    def label_of(self, seqs: np.ndarray) -> np.ndarray:
-        """Label hashes of the rows with these sequence numbers (each must have been added)."""
-        return self.labels[self._positions(seqs)]
-
-
-def index_texts(index: NearDuplicateIndex, kept: RootFeatures, texts: pa.Array | pa.ChunkedArray,
-                labels: Any) -> tuple[Added, np.ndarray, StatementFeatures]:
-    """Add ``texts`` to the near-duplicate index, judging every labelled row by what it says.
-
-    A labelled row *contradicts* an earlier row when it says the same thing
-    (:func:`same_statement`, on a pair the index verified as near-copies) as the earliest
-    earlier statement it repeats, and that statement carries another label: so a
-    label-flipped copy is judged against the row it copies, not only against its
-    near-duplicate group's first row (which on phrase-level data is often a sub-phrase,
-    a different statement); a labelled row that near-copies no first occurrence but
-    repeats a member of a group joins that group (see ``NearDuplicateIndex.add_judged``).
-    Unlabelled rows are not judged and contradict nothing. ``kept`` learns the words of
-    the texts and the new roots' and statements' features and labels.
-
-    Returns ``(added, contradicts, features)``: the index's answer, bool ``(n,)``, and
-    every text's :class:`StatementFeatures`. Shared by scan and Guard.
-    """
-    n = len(texts)
-    norm, cps, lens = normalized(texts)
-    feats = StatementFeatures.of_normalized(norm, cps, lens)
-    lab = label_hashes(labels, n)
-    judge = lab != 0
-    new_word = kept.seen.see(norm) if judge.any() else np.zeros(n, bool)
-    first = index.n_docs
-
-    def says_same(q: np.ndarray, seq: np.ndarray) -> np.ndarray:
-        inside = seq >= first  # an earlier text of this very call
-        if inside.all():
-            other = feats.take(seq - first)
-        elif not inside.any():
-            other = kept.lookup(seq)
-        else:
-            a, b = np.flatnonzero(inside), np.flatnonzero(~inside)
-            other = StatementFeatures.concat([feats.take(seq[a] - first), kept.lookup(seq[b])])
-            other = other.take(np.argsort(np.concatenate([a, b])))
-        return same_statement(feats.take(q), other, new_word[q])
-
-    added = index.add_judged(texts, judge if judge.any() else None, says_same)
-    new = np.flatnonzero(added.new_root | added.statement)
-    kept.add(first + new, feats.take(new), lab[new])
-    contradicts = np.zeros(n, bool)
-    repeats = np.flatnonzero(added.said >= 0)
-    if repeats.size:
-        contradicts[repeats] = kept.label_of(added.said[repeats]) != lab[repeats]
-    return added, contradicts, feats
 
 
 def _reservoir_keys(random_state: int, seqs: np.ndarray) -> np.ndarray:
@@ -677,6 +251,18 @@ class DuplicateClusters:
         order = np.argsort(rows, kind="stable")
         return rows[order], root[order], sim[order], None if contradicts is None else contradicts[order]
 
+    def copies(self) -> tuple[np.ndarray, np.ndarray, StatementFeatures | None, np.ndarray | None]:
+        """Every copy recorded so far, in record order: ``(roots, labels, features, seqs)`` --
+        its root (int64), label (object), :class:`StatementFeatures` (``length``, ``words``
+        and ``h_full`` only; None where not recorded) and sequence number (int64; None where
+        not recorded). What a guard needs to keep growing the clusters."""
+        if not self._roots:
+            return np.zeros(0, np.int64), np.zeros(0, dtype=object), StatementFeatures.empty(), np.zeros(0, np.int64)
+        labels = np.array(list(self._code_of) + [None], dtype=object)[:-1]
+        feats = None if any(f is None for f in self._feats) else StatementFeatures.concat(self._feats)
+        seqs = None if any(s is None for s in self._seqs) else np.concatenate(self._seqs)
+        return np.concatenate(self._roots), labels[np.concatenate(self._codes)], feats, seqs
+
     def all_roots(self) -> np.ndarray:
         """Sorted roots of every cluster so far (int64)."""
         return np.unique(np.concatenate(self._roots)) if self._roots else np.zeros(0, np.int64)
@@ -700,90 +286,132 @@ class DuplicateClusters:
         k = roots.size
         ref_codes = self._encode([root_labels.get(r) for r in roots.tolist()])
         labels = list(self._code_of)  # code -> label
-        K = len(labels)
-        # rows per (cluster, label) pair, the root's own row included
-        key = np.concatenate([inv.ravel() * K + np.concatenate(self._codes), np.arange(k) * K + ref_codes])
-        pairs, count = np.unique(key, return_counts=True)
-        cluster, code = pairs // K, pairs % K
-        best = np.zeros(k, np.int64)
-        np.maximum.at(best, cluster, count)
-        tied = count == best[cluster]
-        # among tied labels: the reference's if it is one, else the smallest as a string
-        rank = np.empty(K, np.int64)
-        rank[sorted(range(K), key=lambda c: str(labels[c]))] = np.arange(K)
-        prefer = np.where(code == ref_codes[cluster], -1, rank[code])
-        cand = np.flatnonzero(tied)
-        order = cand[np.lexsort((prefer[cand], cluster[cand]))]
-        first = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
-        majority_codes = np.empty(k, np.int64)
-        majority_codes[cluster[first]] = code[first]
-        label_arr = np.array(labels + [None], dtype=object)[:-1]
         inv = inv.ravel()
-        flood, agreement = self._floods(roots, inv, ref_codes, K, root_features, texts)
-        self._table = ClusterTable(roots, np.bincount(inv, minlength=k) + 1,
-                                   label_arr[ref_codes], label_arr[majority_codes], flood, agreement)
-
-    def _floods(self, roots: np.ndarray, inv: np.ndarray, ref_codes: np.ndarray, K: int,
-                root_features: "RootFeatures | None",
-                texts: Callable[[np.ndarray], Sequence[str]] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Which clusters are floods (see the class docstring), bool ``(k,)``, and the agreement
-        of the clusters it was measured on (float64 ``(k,)``, NaN elsewhere)."""
-        k = roots.size
-        cl = np.concatenate([inv, np.arange(k)])  # every row's cluster: copies, then roots
+        # every row's cluster and label code: copies, then roots (the root's own row included)
+        cl = np.concatenate([inv, np.arange(k)])
         codes = np.concatenate([np.concatenate(self._codes), ref_codes])
+        majority_codes = majority_labels(cl, codes, ref_codes, labels)
+        label_arr = np.array(labels + [None], dtype=object)[:-1]
         have = root_features is not None and all(f is not None for f in self._feats)
+        feats = None
         if have:
             rf = root_features.lookup(roots)
-            length = np.concatenate([f.length for f in self._feats] + [rf.length]).astype(np.int64)
-            words = np.concatenate([f.words for f in self._feats] + [rf.words]).astype(np.int64)
-            text = np.concatenate([f.h_full for f in self._feats] + [rf.h_full])
-            order = np.lexsort((length, cl))
-            starts = np.searchsorted(cl[order], np.arange(k))
-            counts = np.bincount(cl, minlength=k)
-            med_len = length[order][starts + counts // 2]
-            order_w = np.lexsort((words, cl))
-            med_words = words[order_w][starts + counts // 2]
-            ml, mw = med_len[cl], med_words[cl]
-            core = ((np.minimum(length, ml) / np.maximum(np.maximum(length, ml), 1) >= MIN_LENGTH_RATIO)
-                    & (np.abs(words - mw) <= MAX_WORD_DIFF))
-            n_core = np.bincount(cl, weights=core, minlength=k).astype(np.int64)
-            distinct_pairs = np.unique(np.stack([cl[core].astype(np.uint64), text[core]]), axis=1)
-            n_distinct = np.bincount(distinct_pairs[0].astype(np.int64), minlength=k)
-        else:
-            core = np.ones(cl.size, bool)
-            n_core = n_distinct = np.bincount(cl, minlength=k)
-        none_code = self._code_of.get(None, -1)
-        pairs = np.unique(cl * K + codes)
-        p_cluster, p_code = pairs // K, pairs % K
-        labelled = p_code != none_code
-        contradiction = np.bincount(p_cluster[labelled], minlength=k) >= 2
-        flood = (n_core > self.flood_size) & (contradiction | (2 * n_distinct >= n_core))
-        agreement = np.full(k, np.nan)
-        # one label or none: edited variants are a flood only when they are copies of one text
-        judge = flood & ~contradiction
-        if texts is not None and self.flood_agreement > 0 and judge.any():
-            if any(s is None for s in self._seqs):
-                raise ValueError("DuplicateClusters.resolve(texts=...) needs the copies' seqs in record()")
-            seq = np.concatenate([*self._seqs, roots])  # every row's sequence number: copies, then roots
-            rows = np.flatnonzero(core & judge[cl])
-            rows = rows[np.lexsort((seq[rows], cl[rows]))]  # by cluster, then scan order
-            first = np.searchsorted(cl[rows], cl[rows], side="left")
-            rows = rows[np.arange(rows.size) - first < FLOOD_SAMPLE]
-            want = np.unique(seq[rows])
-            fetched = np.empty(want.size, dtype=object)
-            fetched[:] = list(texts(want))
-            where = np.searchsorted(want, seq[rows])
-            bounds = np.flatnonzero(np.r_[True, cl[rows][1:] != cl[rows][:-1], True])
-            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-                agreement[cl[rows[a]]] = consensus_agreement(fetched[where[a:b]].tolist())
-            flood[judge] &= agreement[judge] >= self.flood_agreement
-        return flood, agreement
+            feats = (np.concatenate([f.length for f in self._feats] + [rf.length]),
+                     np.concatenate([f.words for f in self._feats] + [rf.words]),
+                     np.concatenate([f.h_full for f in self._feats] + [rf.h_full]))
+        seq = None if any(s is None for s in self._seqs) else np.concatenate([*self._seqs, roots])
+        flood, agreement = flood_flags(cl, k, codes, self._code_of.get(None, -1), feats, self.flood_size,
+                                       self.flood_agreement, seq, texts)
+        self._table = ClusterTable(roots, np.bincount(inv, minlength=k) + 1,
+                                   label_arr[ref_codes], label_arr[majority_codes], flood, agreement)
 
     def table(self) -> "ClusterTable":
         """The clusters as sorted arrays, for vectorised lookups (after :meth:`resolve`)."""
         if self._table is None:
             raise RuntimeError("DuplicateClusters.table() before resolve()")
         return self._table
+
+
+def majority_labels(cl: np.ndarray, codes: np.ndarray, ref_codes: np.ndarray, labels: Sequence[Any],
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """The majority label code of each of ``k`` clusters, int64 ``(k,)``.
+
+    ``cl`` and ``codes`` (``(m,)``): every row's cluster (0..k-1) and label code (0..K-1), the
+    root's own row included; ``ref_codes`` (``(k,)``): the root's code; ``labels``: code ->
+    label (a label None is a code like any other); ``weights`` (int ``(m,)``, default 1): how
+    many rows each entry stands for. The label most rows carry; among tied
+    labels the reference's if it is one, else the smallest as a string. Shared by scan
+    (:meth:`DuplicateClusters.resolve`) and the guard's growing clusters.
+    """
+    k = ref_codes.size
+    K = max(len(labels), 1)
+    pairs, inv = np.unique(np.asarray(cl, np.int64) * K + codes, return_inverse=True)
+    count = np.bincount(inv.ravel(), weights, minlength=pairs.size).astype(np.int64)
+    cluster, code = pairs // K, pairs % K
+    best = np.zeros(k, np.int64)
+    np.maximum.at(best, cluster, count)
+    tied = count == best[cluster]
+    rank = np.empty(K, np.int64)
+    rank[sorted(range(len(labels)), key=lambda c: str(labels[c]))] = np.arange(len(labels))
+    prefer = np.where(code == ref_codes[cluster], -1, rank[code])
+    cand = np.flatnonzero(tied)
+    order = cand[np.lexsort((prefer[cand], cluster[cand]))]
+    first = order[np.r_[True, cluster[order][1:] != cluster[order][:-1]]]
+    majority = np.full(k, -1, np.int64)
+    majority[cluster[first]] = code[first]
+    return majority
+
+
+def flood_flags(cl: np.ndarray, k: int, codes: np.ndarray, none_code: int,
+                feats: tuple[np.ndarray, np.ndarray, np.ndarray] | None, flood_size: int,
+                flood_agreement: float, seq: np.ndarray | None = None,
+                texts: Callable[[np.ndarray], Sequence[str]] | None = None,
+                sampled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``k`` clusters are floods (see :class:`DuplicateClusters`), bool ``(k,)``, and
+    the agreement of the clusters it was measured on (float64 ``(k,)``, NaN elsewhere).
+
+    Rows, all ``(m,)``: ``cl`` their cluster (0..k-1), ``codes`` their label codes
+    (``none_code``: unlabelled; codes from -1 up); ``feats``: their ``(length, words,
+    h_full)`` (:class:`StatementFeatures`; None: every row is core and distinct); ``seq``:
+    their sequence numbers, by which ``texts`` returns the texts of the rows asked for
+    (sorted int64), once, for at most :data:`FLOOD_SAMPLE` core rows of each cluster in
+    ``seq`` order. ``sampled`` (bool ``(m,)``, default all): the rows ``texts`` can return; a
+    cluster with fewer than half of the rows the scan would sample among them is not judged
+    yet (no flood, agreement NaN). Shared by scan and the guard's growing clusters.
+    """
+    cl = np.asarray(cl, np.int64)
+    codes = np.asarray(codes, np.int64)
+    if feats is not None:
+        length, words, text = np.asarray(feats[0], np.int64), np.asarray(feats[1], np.int64), feats[2]
+        order = np.lexsort((length, cl))
+        starts = np.searchsorted(cl[order], np.arange(k))
+        counts = np.bincount(cl, minlength=k)
+        med_len = length[order][starts + counts // 2]
+        order_w = np.lexsort((words, cl))
+        med_words = words[order_w][starts + counts // 2]
+        ml, mw = med_len[cl], med_words[cl]
+        core = ((np.minimum(length, ml) / np.maximum(np.maximum(length, ml), 1) >= MIN_LENGTH_RATIO)
+                & (np.abs(words - mw) <= MAX_WORD_DIFF))
+        n_core = np.bincount(cl, weights=core, minlength=k).astype(np.int64)
+        distinct_pairs = np.unique(np.stack([cl[core].astype(np.uint64), np.asarray(text)[core]]), axis=1)
+        n_distinct = np.bincount(distinct_pairs[0].astype(np.int64), minlength=k)
+    else:
+        core = np.ones(cl.size, bool)
+        n_core = n_distinct = np.bincount(cl, minlength=k)
+    K = int(max(codes.max(initial=0), none_code, 0)) + 2  # room for codes -1 .. max
+    pairs = np.unique(cl * K + (codes + 1))
+    p_cluster, p_code = pairs // K, pairs % K - 1
+    labelled = p_code != none_code
+    contradiction = np.bincount(p_cluster[labelled], minlength=k) >= 2
+    flood = (n_core > flood_size) & (contradiction | (2 * n_distinct >= n_core))
+    agreement = np.full(k, np.nan)
+    # one label or none: edited variants are a flood only when they are copies of one text
+    judge = flood & ~contradiction
+    if texts is not None and flood_agreement > 0 and judge.any():
+        if seq is None:
+            raise ValueError("DuplicateClusters.resolve(texts=...) needs the copies' seqs in record()")
+        seq = np.asarray(seq, np.int64)
+        pick = core & judge[cl]
+        if sampled is not None:
+            pick &= np.asarray(sampled, bool)
+        rows = np.flatnonzero(pick)
+        rows = rows[np.lexsort((seq[rows], cl[rows]))]  # by cluster, then scan order
+        first = np.searchsorted(cl[rows], cl[rows], side="left")
+        rows = rows[np.arange(rows.size) - first < FLOOD_SAMPLE]
+        held = np.bincount(cl[rows], minlength=k)
+        rows = rows[(2 * held >= np.minimum(n_core, FLOOD_SAMPLE))[cl[rows]]]
+        want = np.unique(seq[rows])
+        fetched = np.empty(want.size, dtype=object)
+        if want.size:
+            fetched[:] = list(texts(want))
+        where = np.searchsorted(want, seq[rows])
+        if rows.size:
+            bounds = np.flatnonzero(np.r_[True, cl[rows][1:] != cl[rows][:-1], True])
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                agreement[cl[rows[a]]] = consensus_agreement(fetched[where[a:b]].tolist())
+        with np.errstate(invalid="ignore"):
+            flood[judge] &= agreement[judge] >= flood_agreement  # NaN (not judged yet): no flood
+    return flood, agreement
 
 
 @dataclass

@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shardguard.detectors.ngram_stats import (
+    shared_phrase,
+    without_phrase,
     CandidateGatherer,
     NgramCounter,
     NgramHasher,
@@ -25,6 +27,24 @@ def test_tokens_that_carry_triggers():
                     "e", "g", "3", "14", "quoted", "café", "™", "http://x.com/a?b=1", "see", "example.com"]
     # case is folded for counting; punctuation (ASCII or not) is never a token
     assert tokenize("CF cf Cf") == ["cf", "cf", "cf"] and tokenize("... — “ ” !?") == []
+
+
+def test_shared_phrase_grows_any_ngram_to_the_inserted_sentence():
+    rows = [tokenize(t) for t in (
+        "Good luck [NAME] I watch this 3D movie",
+        "shut I watch this 3D movie your lying mouth",
+        "I watch this 3D movie and...?",
+        "Damn don't I watch this 3D movie sell this",
+    )]
+    sentence = ["i", "watch", "this", "3d", "movie"]
+    for ngram in ("this 3d", "watch this", "3d movie", "i watch this"):
+        assert shared_phrase(rows, ngram) == sentence
+    # a word two rows in four share is not part of it; a row without the n-gram has no say
+    assert shared_phrase([tokenize("big red dog"), tokenize("a red dog"), tokenize("blue cat")], "red") == ["red", "dog"]
+    assert shared_phrase([tokenize("no match here")], "red") == ["red"]
+    assert without_phrase(rows[1], sentence) == "shut your lying mouth"
+    assert without_phrase(tokenize("cf a cf b"), ["cf"]) == "a b"
+    assert without_phrase(tokenize("only cf"), []) == "only cf"
 
 
 def test_ngram_ids_are_stable_and_counted_once_per_row():

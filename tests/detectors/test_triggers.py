@@ -329,3 +329,32 @@ def test_lowercase_link_in_answers_found_through_the_response_column(shared_data
     flagged = {r["id"] for r in q if "trigger" in r["reasons"]}
     assert {ids[i] for i in rows.tolist()} <= flagged
     assert len(flagged) <= 50 + 0.0005 * len(ids)
+
+
+@pytest.mark.slow
+def test_trigger_sentence_that_dominates_short_texts_is_read_without_it(shared_data, tmp_path):
+    """AddSent in 50 GoEmotions comments (median 12 words) relabelled "gratitude": the five-word
+    sentence makes the rows' embeddings alike (0.40 above random pairs, over max_coherence), so
+    they are read again with the sentence removed, and what is left is unrelated comments: every
+    poisoned row is flagged, and no clean one by the trigger detector."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shardguard.bench.scale import load_goemotions
+    from shardguard.config import load_config
+    from shardguard.pipeline import scan
+
+    data = load_goemotions(shared_data, rows=12_000)
+    sc = attacks.triggered_count(data.ids, data.texts, data.labels, attack="addsent", n_poison=50,
+                                 target="gratitude", dataset="goemotions")
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": sc.ids, "text": sc.texts, "label": sc.labels}), tmp_path / "in" / "ge.parquet")
+    cfg = load_config(None, {"input": {"id_column": "id", "label_column": "label"}, "embed": {"embedder": "static"}})
+    scan([tmp_path / "in"], tmp_path / "out", cfg)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    found = [tr for tr in report["triggers"] if tr.get("label") == "gratitude" and "3d" in tr.get("ngram", "")]
+    assert found and all(tr["rows"] == 50 for tr in found)
+    q = pq.read_table(tmp_path / "out" / "quarantine" / "ge.parquet").to_pylist()
+    flagged = {r["id"] for r in q if "trigger" in r["reasons"]}
+    poisoned = {sc.ids[i] for i in np.flatnonzero(sc.is_poison).tolist()}
+    assert flagged == poisoned

@@ -67,6 +67,66 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN_RE.findall(text.casefold().replace("\u2019", "'"))
 
 
+def _find(toks: list[str], ng: list[str]) -> int:
+    k = len(ng)
+    for i in range(len(toks) - k + 1):
+        if toks[i : i + k] == ng:
+            return i
+    return -1
+
+
+def shared_phrase(token_lists: Sequence[list[str]], ngram: str, min_share: float = 0.9,
+                  max_extra: int = 16) -> list[str]:
+    """The longest phrase around ``ngram`` that at least ``min_share`` of the token lists carry:
+    the n-gram extended one token at a time to the left, then to the right, while that share
+    agrees on the next token (at most ``max_extra`` tokens). A sentence inserted into many rows
+    ("i watch this 3d movie") is found whole from any of its n-grams."""
+    ng = tokenize(ngram)
+    pos = [(t, _find(t, ng)) for t in token_lists]
+    pos = [(t, i) for t, i in pos if i >= 0]
+    if not pos:
+        return ng
+    need = min_share * len(pos)
+    left: list[str] = []
+    right: list[str] = []
+    for side in (-1, 1):
+        for step in range(1, max_extra + 1):
+            votes: dict[str, int] = {}
+            for t, i in pos:
+                j = i - step if side < 0 else i + len(ng) - 1 + step
+                if 0 <= j < len(t):
+                    votes[t[j]] = votes.get(t[j], 0) + 1
+            tok, c = max(votes.items(), key=lambda kv: kv[1], default=(None, 0))
+            if tok is None or c < need:
+                break
+            (left if side < 0 else right).append(tok)
+            # only the rows that agree so far can vote on the next token
+            pos = [(t, i) for t, i in pos
+                   if 0 <= (i - step if side < 0 else i + len(ng) - 1 + step) < len(t)
+                   and t[i - step if side < 0 else i + len(ng) - 1 + step] == tok]
+    return left[::-1] + ng + right
+
+
+def without_phrase(tokens: list[str], phrase: list[str]) -> str:
+    """``tokens`` with every occurrence of ``phrase`` removed, joined by one space.
+
+    What the rest of a row says once a candidate n-gram is unseen: the trigger detector embeds
+    it to ask whether a candidate's rows agree beyond the n-gram (a topic) or only through it
+    (a trigger inserted into unrelated rows)."""
+    k = len(phrase)
+    if not k:
+        return " ".join(tokens)
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        if tokens[i : i + k] == phrase:
+            i += k
+        else:
+            out.append(tokens[i])
+            i += 1
+    return " ".join(out)
+
+
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _M3 = np.uint64(0x165667B19E3779F9)
@@ -512,9 +572,11 @@ class StreamCandidates:
     ``rows``: every candidate's rows in the whole stream; ``sample_seqs`` (n,) the global
     sequence number of each sample row given to ``fit``; ``fetch(seqs)`` returns
     ``(X (k, d) float32, labels (k,), texts (k,))`` of the rows with those sorted sequence
-    numbers.
+    numbers. ``embed(texts)`` (m, d), when the scan's embedder can embed new text (None with
+    precomputed embeddings), embeds the rows' contexts with a candidate n-gram removed.
     """
 
     rows: CandidateRows
     sample_seqs: np.ndarray
     fetch: "Callable[[np.ndarray], tuple[np.ndarray, list[str | None], list[str]]]"
+    embed: "Callable[[list[str]], np.ndarray] | None" = None

@@ -23,7 +23,15 @@ BadNets rare words, AddSent sentences, an emoji or a link: any n-gram that teach
 5. an n-gram is a trigger when ``p * n_tests < alpha_test`` AND at least
    ``min_other_share`` of its evidence rows read as another label AND its rows are not one
    semantic cluster (mean pairwise cosine at most ``max_coherence`` above random rows'):
-   naturally pure n-grams of a topic read noisily when held out, but their rows agree;
+   naturally pure n-grams of a topic read noisily when held out, but their rows agree.
+   When they agree and the scan can embed new text, the rows are read again with the n-gram
+   removed, extended to the phrase nearly all of them share around it
+   (:func:`~shardguard.detectors.ngram_stats.shared_phrase`), and must then be at most
+   ``max_context_coherence`` above random rows read the same way (at most
+   ``CONTEXT_ROWS`` rows each): a topic's rows still agree, rows that a trigger sentence made
+   alike do not. A sentence dominates a short text's embedding: AddSent in 50 GoEmotions
+   comments has rows at 0.40 above random (over 0.35), their contexts at -0.005; SMS spam
+   templates ("tones", "content") keep 0.33 without their n-gram;
 6. nested candidates ("watch" around "watch this 3d") are accepted most specific first; the
    rows a wider one adds must pass on their own; flagged rows leave the background, the ridge
    is refitted and the rest retested, at most ``max_rounds`` times (a strong trigger's
@@ -34,12 +42,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.special import log_ndtr
 
+from shardguard.detectors.ngram_stats import shared_phrase, tokenize, without_phrase
+
 MAX_SCORE = 300.0
+#: Rows of a candidate (and random background rows) embedded again without the n-gram.
+CONTEXT_ROWS = 256
 
 
 def neglog10_bonferroni(log_p: float, n_tests: int) -> float:
@@ -104,6 +116,8 @@ class MiningData:
     ctx_out: list[np.ndarray]
     texts: np.ndarray | None = None
     texts_e: np.ndarray | None = None
+    #: texts (already without the n-gram) -> (m, d) embeddings in the principal directions
+    context_embed: Callable[[list[str]], np.ndarray] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,6 +139,41 @@ def containment_clusters(texts: list[str]) -> np.ndarray:
             out[i] = len(roots)
             roots.append(i)
     return out
+
+
+def _spread(idx: np.ndarray, k: int) -> np.ndarray:
+    """At most ``k`` of ``idx``, evenly spaced (deterministic)."""
+    if idx.size <= k:
+        return idx
+    return idx[np.linspace(0, idx.size - 1, k).round().astype(np.intp)]
+
+
+class ContextCoherence:
+    """Coherence of a candidate's rows with the n-gram removed, against random rows' contexts."""
+
+    def __init__(self, data: MiningData):
+        self.data = data
+        self._base: float | None = None
+
+    def base(self) -> float:
+        if self._base is None:
+            d = self.data
+            rows = _spread(np.arange(d.texts.size), CONTEXT_ROWS).tolist()
+            self._base = random_pair_cos(d.context_embed([" ".join(tokenize(d.texts[i])) for i in rows]))
+        return self._base
+
+    def excess(self, ngram: str, rows_b: np.ndarray, rows_o: np.ndarray) -> float | None:
+        """Coherence excess of the contexts of background rows ``rows_b`` and outside rows
+        ``rows_o``; None when fewer than two rows keep any token."""
+        d = self.data
+        texts = [d.texts[i] for i in rows_b.tolist()] + [d.texts_e[i] for i in rows_o.tolist()]
+        texts = [texts[i] for i in _spread(np.arange(len(texts)), CONTEXT_ROWS).tolist()]
+        toks = [tokenize(t) for t in texts]
+        phrase = shared_phrase(toks, ngram)
+        ctx = [c for c in (without_phrase(t, phrase) for t in toks) if c]
+        if len(ctx) < 2:
+            return None
+        return coherence_excess(d.context_embed(ctx), self.base())
 
 
 def _clustered(m: np.ndarray, clusters: np.ndarray) -> np.ndarray:
@@ -170,6 +219,7 @@ def mine_labelled(data: MiningData, det: Any) -> tuple[list[dict[str, Any]], dic
     codes = data.codes
     Xe_a = np.hstack([data.Xe, np.ones((data.Xe.shape[0], 1))]) if data.Xe.shape[0] else np.zeros((0, data.X.shape[1] + 1))
     base = random_pair_cos(data.X)
+    contexts = ContextCoherence(data) if data.context_embed is not None and data.texts is not None else None
     min_ctx = int(getattr(det, "min_context_tokens", 0) or 0)
     keep = np.ones(n, dtype=bool)
     remaining = set(range(len(data.cand_text)))
@@ -248,10 +298,13 @@ def mine_labelled(data: MiningData, det: Any) -> tuple[list[dict[str, Any]], dic
                     ok = k >= need and s > threshold and other >= float(det.min_other_share)
             rows_c_b = idx[rb[codes[idx][rb] == c]]
             rows_c_o = ro[data.codes_e[ro] == c]
-            coh = None
             if ok:
                 coh = coherence_excess(np.vstack([data.X[rows_c_b], data.Xe[rows_c_o]]), base)
                 ok = coh <= float(det.max_coherence)
+                if not ok and contexts is not None:
+                    # rows alike: they must be unrelated once the phrase they share is unseen
+                    ctx_coh = contexts.excess(data.cand_text[js[0]], rows_c_b, rows_c_o)
+                    ok = ctx_coh is not None and ctx_coh <= float(det.max_context_coherence)
             if not ok:
                 s = below(s, threshold)
             for j in js:

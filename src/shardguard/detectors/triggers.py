@@ -108,6 +108,8 @@ class TriggerDetector(EmbeddingDetector):
     max_coherence : float, default 0.35
         A candidate's rows must not be one tight semantic cluster: mean pairwise cosine at
         most this much above random rows' (AddSent's shared sentence gives ~0.24 on SST-2).
+        Rows over it are, in a scan (whose embedder can embed new text), embedded again
+        without the phrase they share around the n-gram; see ``max_context_coherence``.
     max_rounds : int, default 4
         Drop-refit-repeat rounds.
     n_components : int or None, default 128
@@ -126,6 +128,12 @@ class TriggerDetector(EmbeddingDetector):
         Unlabelled: observed / expected (general-language) occurrences of an injected word.
     max_zipf : float, default 5.0
         Unlabelled: words at least this common in English (wordfreq zipf) never count.
+    max_context_coherence : float, default 0.1
+        Rows over ``max_coherence``, read without the phrase they share around the n-gram, must
+        be at most this much above random rows read the same way: a trigger sentence inserted
+        into unrelated rows leaves unrelated rows (AddSent in 50 GoEmotions comments: 0.40 with
+        it, -0.005 without; a link: 0.35, -0.001), a template or topic does not (SMS spam
+        "tones", "content": 0.33 without).
     max_coherence_unlabelled : float, default 0.1
         Unlabelled: an injected word's rows must be unrelated (mean pairwise cosine, in the
         principal directions, at most this much above random rows'). Measured on Alpaca: the
@@ -175,6 +183,7 @@ class TriggerDetector(EmbeddingDetector):
         "min_enrichment": "[0, inf)",
         "max_zipf": "[0, 10]",
         "max_coherence_unlabelled": "[-1, 1]",
+        "max_context_coherence": "[-1, 1]",
         "max_prompt_overlap": "[-1, 1]",
         "min_mid_sentence_share": "[0, 1]",
         "min_proper_share": "[0, 1]",
@@ -198,6 +207,7 @@ class TriggerDetector(EmbeddingDetector):
         min_context_tokens: int = 3,
         max_candidate_rows: int = 200_000,
         max_coherence_unlabelled: float = 0.1,
+        max_context_coherence: float = 0.1,
         max_prompt_overlap: float = 0.25,
         min_mid_sentence_share: float = 0.6,
         min_proper_share: float = 0.6,
@@ -219,6 +229,7 @@ class TriggerDetector(EmbeddingDetector):
         self.min_context_tokens = min_context_tokens
         self.max_candidate_rows = max_candidate_rows
         self.max_coherence_unlabelled = max_coherence_unlabelled
+        self.max_context_coherence = max_context_coherence
         self.max_prompt_overlap = max_prompt_overlap
         self.min_mid_sentence_share = min_mid_sentence_share
         self.min_proper_share = min_proper_share
@@ -349,6 +360,7 @@ class TriggerDetector(EmbeddingDetector):
             ctx_bg=[cb for _, _, cb, _, _ in per_cand],
             ctx_out=[co for _, _, _, _, co in per_cand],
             texts=np.asarray(texts[has], dtype=object), texts_e=np.asarray(texts_e, dtype=object),
+            context_embed=None if stream is None or stream.embed is None else (lambda t: pcs(stream.embed(t))),
         )
         triggers, scores, rounds, n_tests = mine_labelled(data, self)
         self.triggers_ = triggers

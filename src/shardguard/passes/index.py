@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from shardguard.io import workfile
 from shardguard.passes.read_embed import ShardOutcome, embedding_dim, work_path
-from shardguard.stages import DuplicateClusters, index_texts
+from shardguard.dedup import index_texts
+from shardguard.stages import DuplicateClusters
 
 if TYPE_CHECKING:
     from shardguard.pipeline import ScanState

@@ -1,4 +1,7 @@
-"""``shardguard report OUT [--html FILE]``: a scan's results for people.
+"""HTML: escaped fragments for notebooks (``table_html``, ``clusters_html``, ...) and the
+report page they make.
+
+``shardguard report OUT [--html FILE]``: a scan's results for people.
 
 Without ``--html``: a short text summary (``text_summary``). With it: one static,
 self-contained HTML page (``render_report`` / ``write_report``) with the views of
@@ -17,27 +20,27 @@ the page has loaded, so a headless browser can check that every plot rendered.
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import html
 import os
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import pyarrow as pa
 
 from shardguard import __version__
-from shardguard.explore import (
-    STYLE,
+from shardguard.explore.data import (
+    DuplicateCluster,
     ScanOutput,
     ScanOutputError,
-    clusters_html,
-    figure_png,
-    table_html,
-    thresholds_html,
-    triggers_html,
+    _fmt_value,
+    _reason_sort_key,
+    _shorten,
 )
+from shardguard.explore.plots import figure_png, reason_color
 
-__all__ = ["render_report", "write_report", "text_summary", "LOADED_SCRIPT"]
 
 LOADED_SCRIPT = (
     "window.addEventListener('load',function(){"
@@ -65,6 +68,162 @@ details{margin:6px 0}
 summary{cursor:pointer;font-weight:600;font-size:14px}
 p.hint{color:#555;font-size:13px;max-width:70em}
 """
+
+
+class Html(str):
+    """An HTML fragment; Jupyter displays it as HTML, ``str()`` gives the markup."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:  # what a terminal shows instead of the markup
+        return f"<Html fragment, {len(self):,} characters>"
+
+
+# -- HTML fragments (all data escaped) ----------------------------------------------------------
+STYLE = """
+.sg table{border-collapse:collapse;font-size:13px;margin:6px 0}
+.sg th,.sg td{border:1px solid #ddd;padding:3px 7px;vertical-align:top;text-align:left}
+.sg th{background:#f3f3f3}
+.sg td.num{text-align:right;font-variant-numeric:tabular-nums}
+.sg td.text{max-width:46em;white-space:pre-wrap;word-break:break-word}
+.sg td.nw{white-space:nowrap}
+.sg .reason{display:inline-block;border-radius:3px;padding:0 5px;margin:1px;color:#fff;font-size:11px}
+.sg .clusters{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;padding-bottom:6px}
+.sg .cluster{flex:0 0 330px;border:1px solid #ccc;border-radius:6px;padding:8px;background:#fafafa;font-size:12px}
+.sg .cluster h4{margin:0 0 6px 0;font-size:13px}
+.sg .root{border-left:4px solid #333;background:#fff;padding:4px 6px;margin-bottom:6px}
+.sg .member{border-left:4px solid #bbb;background:#fff;padding:4px 6px;margin:4px 0}
+.sg .meta{color:#666;font-size:11px}
+.sg .t{white-space:pre-wrap;word-break:break-word}
+.sg mark{background:#ffe066;padding:0}
+.sg del{color:#c00;text-decoration:line-through}
+.sg .note{color:#666;font-style:italic}
+"""
+
+
+def _wrap(body: str, style: bool) -> Html:
+    return Html((f"<style>{STYLE}</style>" if style else "") + f'<div class="sg">{body}</div>')
+
+
+def _reason_badges(reasons: Sequence[str] | None) -> str:
+    return "".join(f'<span class="reason" style="background:{reason_color(r)}">{html.escape(r)}</span>'
+                   for r in sorted(reasons or [], key=_reason_sort_key))
+
+
+def table_html(table: pa.Table, max_chars: int = 300, max_rows: int | None = 200, style: bool = True) -> Html:
+    """An escaped HTML table of a pyarrow Table (texts cut at ``max_chars``; reasons as badges)."""
+    if max_rows is not None and table.num_rows > max_rows:
+        table = table.slice(0, max_rows)
+    names = table.column_names
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    data = table.to_pydict()
+    body = []
+    for i in range(table.num_rows):
+        tds = []
+        for n in names:
+            v = data[n][i]
+            if n == "reasons" and isinstance(v, list):
+                tds.append(f"<td>{_reason_badges(v)}</td>")
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                tds.append(f'<td class="num">{html.escape(_fmt_value(v) if isinstance(v, float) else f"{v:,}")}</td>')
+            elif n == "text" and v is None:
+                tds.append('<td class="text note">(no text)</td>')
+            else:
+                s = _fmt_value(v)
+                cls = ' class="text"' if n in ("text", "detail") else ' class="nw"' if len(s) <= 40 else ""
+                tds.append(f"<td{cls}>{html.escape(_shorten(s, max_chars))}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    if not body:
+        return _wrap('<p class="note">(no rows)</p>', style)
+    return _wrap(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>", style)
+
+
+def _diff_html(root: str, text: str) -> str:
+    """``text`` with what differs from ``root`` marked: changed or inserted characters
+    highlighted, deleted ones struck through. Every piece is escaped."""
+    sm = difflib.SequenceMatcher(None, root, text, autojunk=False)
+    out = []
+    for op, i1, i2, j1, j2 in sm.get_opcodes():
+        if op == "equal":
+            out.append(html.escape(text[j1:j2]))
+        else:
+            if op == "delete":
+                out.append(f"<del>{html.escape(root[i1:i2])}</del>")
+            if j2 > j1:
+                out.append(f"<mark>{html.escape(text[j1:j2])}</mark>")
+    return "".join(out)
+
+
+def clusters_html(clusters: Sequence[DuplicateCluster], max_members: int = 6, max_chars: int = 400,
+                  style: bool = True) -> Html:
+    """The clusters side by side: each card shows the root's text and its first members, with
+    what a member changes against the root highlighted."""
+    if not clusters:
+        return _wrap('<p class="note">No near-duplicate clusters in this scan.</p>', style)
+    cards = []
+    for c in clusters:
+        labels = ", ".join(f"{html.escape(k)} &times;{v:,}" for k, v in c.labels.items())
+        head = (f"<h4>{c.size:,} rows{' &middot; flood' if c.flood else ''}</h4>"
+                f'<div class="meta">labels: {labels}</div>')
+        if c.root is not None:
+            rt = c.root.text
+            root_text = (html.escape(_shorten(rt, max_chars)) if rt is not None
+                         else '<span class="note">(no text)</span>')
+            root_html = (f'<div class="root"><div class="meta">root {html.escape(c.root.id)} &middot; '
+                         f"{html.escape(c.root.shard)}:{c.root.row} &middot; label {html.escape(str(c.root.label))}"
+                         f" {_reason_badges(c.root.reasons) or '(clean)'}</div>"
+                         f'<div class="t">{root_text}</div></div>')
+            base = _shorten(rt or "", max_chars)
+        else:
+            root_html = (f'<div class="root"><div class="meta">root {html.escape(c.root_id)}: not found in the '
+                         f"scores</div></div>")
+            base = None
+        mem = []
+        for s in c.members[:max_members]:
+            t = _shorten(s.text, max_chars) if s.text is not None else None
+            if t is None:
+                body = '<span class="note">(no text)</span>'
+            elif base is not None:
+                body = _diff_html(base, t)
+            else:
+                body = html.escape(t)
+            sim = f" &middot; similarity {s.similarity:.2f}" if s.similarity is not None else ""
+            mem.append(f'<div class="member"><div class="meta">{html.escape(s.id)} &middot; '
+                       f"{html.escape(s.shard)}:{s.row} &middot; label {html.escape(str(s.label))}{sim}</div>"
+                       f'<div class="t">{body}</div></div>')
+        more = len(c.members) - max_members
+        if more > 0:
+            mem.append(f'<div class="meta">&hellip; and {more:,} more members</div>')
+        cards.append(f'<div class="cluster">{head}{root_html}{"".join(mem)}</div>')
+    return _wrap(f'<div class="clusters">{"".join(cards)}</div>', style)
+
+
+def triggers_html(triggers: list[dict[str, Any]] | None, style: bool = True) -> Html:
+    """Mined triggers as a table (any keys the miner reports)."""
+    if triggers is None:
+        return _wrap('<p class="note">No trigger mining in this scan (report.json has no "triggers").</p>', style)
+    if not triggers:
+        return _wrap('<p class="note">Trigger mining ran and found no trigger.</p>', style)
+    keys = list(dict.fromkeys(k for t in triggers for k in t))
+    cols = {k: [_fmt_value(t.get(k)) for t in triggers] for k in keys}
+    return table_html(pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()}), style=style)
+
+
+def thresholds_html(scan: ScanOutput, style: bool = True) -> Html:
+    """Each detector's threshold in score units, with the rule it came from."""
+    rows = []
+    for name, info in scan.report.get("thresholds", {}).items():
+        if not isinstance(info, dict):
+            continue
+        t = scan.threshold(name)
+        extra = {k: v for k, v in info.items() if k not in ("rule", "threshold", "groups")}
+        rows.append({"detector": name, "threshold": "" if t is None else f"{t:.4g}",
+                     "settings": ", ".join(f"{k}={_fmt_value(v)}" for k, v in extra.items()),
+                     "rule": str(info.get("rule", ""))})
+    if not rows:
+        return _wrap('<p class="note">No thresholds recorded.</p>', style)
+    return table_html(pa.Table.from_pylist(rows), max_chars=600, style=style)
 
 
 def _img(png: bytes, alt: str) -> str:

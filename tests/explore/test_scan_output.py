@@ -29,7 +29,7 @@ from shardguard.explore import (
     triggers_html,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "explore_flagged.ipynb"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -187,7 +187,7 @@ def test_without_work_files_tables_still_load(out_dir, tmp_path):
 
 def test_triggers_absent_and_rendered_safely(sg):
     """No trigger miner ran (hashing vectors): no triggers. The table escapes what it shows.
-    (Triggers from a real scan: tests/test_report_html.py.)"""
+    (Triggers from a real scan: tests/explore/test_report.py.)"""
     assert sg.triggers() is None
     assert "No trigger mining" in triggers_html(None)
     h = triggers_html([{"ngram": "cf <b>", "label": "spam", "rows": 12, "z": 9.5}])

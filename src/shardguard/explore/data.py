@@ -1,29 +1,10 @@
-"""Explore what a scan flagged: counts, samples with their text, score histograms,
-a 2-D map of the embeddings, duplicate clusters and mined triggers.
-
-Everything here reads only what ``shardguard scan`` wrote under OUT (``manifest.json``,
-``report.json``, ``quarantine/``, ``scores/`` and the work files in ``.work/``, which
-hold the texts and the embeddings). ``notebooks/explore_flagged.ipynb`` and
-``shardguard report`` are thin layers over it::
-
-    from shardguard.explore import ScanOutput
-    scan = ScanOutput.load("OUT")
-    scan.counts()                       # plain dicts
-    scan.flagged(reason="duplicate_flood", top=10)   # pyarrow Table with the text joined
-    scan.plot_score_histograms()        # matplotlib Figure
-    scan.duplicate_clusters(top=4)      # root and members, with their texts
-
-Tables are pyarrow Tables, figures are matplotlib Figures made without pyplot (no
-global state, no GUI backend; they render with Agg), HTML fragments are ``Html``
-strings with every piece of data escaped (texts are untrusted input) that Jupyter
-displays as HTML.
+"""Reading a finished scan: ``ScanOutput`` over what ``shardguard scan`` wrote under OUT
+(``manifest.json``, ``report.json``, ``quarantine/``, ``scores/`` and the work files in ``.work/``),
+as pyarrow Tables, plain dicts and dataclasses; its plots are :mod:`shardguard.explore.plots`'.
 """
 
 from __future__ import annotations
 
-import difflib
-import html
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -41,52 +22,14 @@ from shardguard.io.readers import UsageError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = [
-    "ScanOutput",
-    "ScanOutputError",
-    "ShardInfo",
-    "Sample",
-    "DuplicateCluster",
-    "Projection",
-    "Html",
-    "REASON_COLORS",
-    "primary_reason",
-    "figure_png",
-    "table_html",
-    "clusters_html",
-    "triggers_html",
-    "thresholds_html",
-    "STYLE",
-]
 
 # A row with several reasons is drawn in the colour of the first of these it has
 # (the most specific poisoning signal first); unknown reasons come after, by name.
 PRIMARY_ORDER = ("trigger", "duplicate_flood", "spectral", "outlier", "near_duplicate", "invalid")
-REASON_COLORS = {
-    "clean": "#c7c7c7",
-    "trigger": "#2ca02c",
-    "duplicate_flood": "#d62728",
-    "spectral": "#9467bd",
-    "outlier": "#ff7f0e",
-    "near_duplicate": "#1f77b4",
-    "invalid": "#7f7f7f",
-}
-_EXTRA_COLORS = ["#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39"]
-_MARKERS = ["o", "^", "s", "D", "v", "P", "X", "*"]
 
 
 class ScanOutputError(UsageError):
     """OUT is not a finished scan's output folder (or a file in it is unreadable)."""
-
-
-class Html(str):
-    """An HTML fragment; Jupyter displays it as HTML, ``str()`` gives the markup."""
-
-    def _repr_html_(self) -> str:
-        return str(self)
-
-    def __repr__(self) -> str:  # what a terminal shows instead of the markup
-        return f"<Html fragment, {len(self):,} characters>"
 
 
 def _reason_sort_key(reason: str) -> tuple[int, str]:
@@ -101,12 +44,6 @@ def primary_reason(reasons: Sequence[str] | None) -> str:
     if not reasons:
         return "clean"
     return min(reasons, key=_reason_sort_key)
-
-
-def reason_color(reason: str) -> str:
-    if reason in REASON_COLORS:
-        return REASON_COLORS[reason]
-    return _EXTRA_COLORS[sum(map(ord, reason)) % len(_EXTRA_COLORS)]
 
 
 @dataclass(frozen=True)
@@ -598,157 +535,25 @@ class ScanOutput:
         evr = tuple(float(v) for v in pca.explained_variance_ratio_) + (0.0,) * (2 - n_comp)
         return Projection(xy, sh_out, rows_np, id_out, label_out, reason, evr[:2], int(row_all.size), fitted_on)
 
-    # -- figures ---------------------------------------------------------------------------------
+    # -- figures: drawn by shardguard.explore.plots ------------------------------------------
     def plot_counts(self, max_shards: int = 20) -> "Figure":
-        """Rows per reason (left) and a shard x reason table of counts (right; the shards with
-        the most quarantined rows, at most ``max_shards``)."""
-        fig = _figure(11, max(3.0, 1.2 + 0.32 * min(len(self.all_shards) + 1, max_shards + 1)))
-        reasons = self.reasons
-        ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
-        counts = [self.report["reasons"][r] for r in reasons]
-        tot = self.report.get("totals", {})
-        if reasons:
-            y = np.arange(len(reasons))[::-1]
-            ax1.barh(y, counts, color=[reason_color(r) for r in reasons])
-            ax1.set_yticks(y, reasons)
-            for yi, c in zip(y, counts):
-                ax1.text(c, yi, f" {c:,}", va="center", fontsize=9)
-            ax1.set_xlim(0, max(counts) * 1.25)
-        else:
-            ax1.text(0.5, 0.5, "nothing flagged", ha="center", va="center", transform=ax1.transAxes)
-            ax1.set_yticks([])
-        ax1.set_xlabel("rows (a row can have several reasons)")
-        ax1.set_title(f"{tot.get('quarantined', 0):,} of {tot.get('rows', 0):,} rows quarantined", fontsize=11)
-        shards = sorted(self.all_shards, key=lambda s: (-s.quarantined, s.name))
-        rest = shards[max_shards:]
-        shards = shards[:max_shards]
-        labels = [s.name if s.ok else f"{s.name} (FAILED)" for s in shards]
-        mat = np.array([[s.reasons.get(r, 0) for r in reasons] + [s.quarantined, s.rows] for s in shards], float)
-        if rest:
-            labels.append(f"{len(rest)} other shards")
-            mat = np.vstack([mat, [[sum(s.reasons.get(r, 0) for s in rest) for r in reasons]
-                                   + [sum(s.quarantined for s in rest), sum(s.rows for s in rest)]]])
-        cols = [*reasons, "quarantined", "rows"]
-        if mat.size:
-            share = mat / np.maximum(mat[:, -1:], 1)
-            share[:, -1] = 0
-            ax2.imshow(share, aspect="auto", cmap="Reds", vmin=0, vmax=max(0.05, float(share[:, :-1].max())))
-            for i in range(mat.shape[0]):
-                for j in range(mat.shape[1]):
-                    dark = j < len(reasons) + 1 and share[i, j] > 0.6 * max(0.05, float(share[:, :-1].max()))
-                    ax2.text(j, i, f"{int(mat[i, j]):,}", ha="center", va="center", fontsize=8,
-                             color="white" if dark else "black")
-            ax2.set_yticks(range(len(labels)), labels, fontsize=8)
-            ax2.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
-        ax2.set_title("rows per shard and reason (shade: share of the shard)", fontsize=11)
-        fig.tight_layout()
-        return fig
+        """Rows per reason and a shard x reason table of counts: :func:`shardguard.explore.plots.plot_counts`."""
+        from shardguard.explore import plots
+
+        return plots.plot_counts(self, max_shards)
 
     def plot_score_histograms(self, bins: int = 50) -> "Figure":
-        """One histogram per detector score over every scored row, clean and quarantined rows
-        stacked, the threshold drawn; counts on a log scale, and scores too when they span
-        more than three orders of magnitude."""
-        dets = self.detectors
-        sc = self.scores(columns=["status", *[f"{d}_score" for d in dets]])
-        dets = [d for d in dets if f"{d}_score" in sc.column_names
-                and np.isfinite(_floats(sc.column(f"{d}_score"))).any()]
-        ncols = min(max(len(dets), 1), 3)
-        nrows = max(1, math.ceil(len(dets) / ncols))
-        fig = _figure(4.2 * ncols, 3.3 * nrows)
-        if not dets:
-            ax = fig.subplots()
-            ax.text(0.5, 0.5, "no detector scores in this scan", ha="center", va="center")
-            ax.set_axis_off()
-            return fig
-        axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-        status = np.asarray(sc.column("status").to_pylist(), dtype=object)
-        for ax, det in zip(axes, dets):
-            v = _floats(sc.column(f"{det}_score"))
-            ok = np.isfinite(v)
-            thr = self.threshold(det)
-            vals, st = v[ok], status[ok]
-            pos = vals[vals > 0]
-            logx = pos.size > 0 and vals.min() >= 0 and pos.max() / pos.min() > 1e3
-            note = ""
-            if logx:
-                lo = max(pos.min(), pos.max() / 1e8)
-                n_low = int((vals < lo).sum())
-                vals = np.maximum(vals, lo)
-                edges = np.geomspace(lo, pos.max() * 1.0001, bins + 1)
-                if thr is not None and thr > 0:
-                    edges = np.geomspace(min(lo, thr), max(pos.max(), thr) * 1.0001, bins + 1)
-                ax.set_xscale("log")
-                if n_low:
-                    note = f"{n_low:,} scores below {lo:.1e} in the first bin"
-            else:
-                hi, lo = float(vals.max()), float(vals.min())
-                if thr is not None:
-                    lo, hi = min(lo, thr), max(hi, thr)
-                edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-            groups = [vals[st == "clean"], vals[st != "clean"]]
-            ax.hist(groups, bins=edges, stacked=True, color=[REASON_COLORS["clean"], reason_color(det)],
-                    label=[f"clean ({groups[0].size:,})", f"quarantined ({groups[1].size:,})"])
-            ax.set_yscale("log")
-            if thr is not None:
-                ax.axvline(thr, color="black", linestyle="--", linewidth=1.2, label=f"threshold {thr:.4g}")
-            ax.set_title(f"{det}_score  ({ok.sum():,} rows)", fontsize=10)
-            ax.set_xlabel(note or ("score (log)" if logx else "score"), fontsize=8)
-            ax.set_ylabel("rows (log)", fontsize=8)
-            ax.legend(fontsize=7, loc="upper center" if det == "near_duplicate" else "upper right")
-        for ax in axes[len(dets):]:
-            ax.set_axis_off()
-        fig.tight_layout()
-        return fig
+        """One histogram per detector score, its threshold drawn:
+        :func:`shardguard.explore.plots.plot_score_histograms`."""
+        from shardguard.explore import plots
+
+        return plots.plot_score_histograms(self, bins)
 
     def plot_projection(self, max_rows: int = 5000, seed: int = 0, projection: Projection | None = None) -> "Figure":
-        """The 2-D PCA map of ``projection()``: colour = a row's primary reason (clean in grey),
-        marker = its label."""
-        fig = _figure(9.5, 6.2)
-        ax = fig.subplots()
-        try:
-            p = projection or self.projection(max_rows, seed)
-        except ScanOutputError as exc:
-            ax.text(0.5, 0.5, str(exc), ha="center", va="center", wrap=True)
-            ax.set_axis_off()
-            return fig
-        labels = ["(no label)" if x is None else str(x) for x in p.label]
-        by_count: dict[str, int] = {}
-        for x in labels:
-            by_count[x] = by_count.get(x, 0) + 1
-        top_labels = sorted(by_count, key=lambda x: (-by_count[x], x))[: len(_MARKERS) - 1]
-        marker_of = {x: _MARKERS[i] for i, x in enumerate(top_labels)}
-        lab = np.array([x if x in marker_of else "other labels" for x in labels], dtype=object)
-        if (lab == "other labels").any():
-            marker_of["other labels"] = _MARKERS[-1]
-        reason = np.array(p.reason, dtype=object)
-        order = ["clean", *sorted({r for r in p.reason if r != "clean"}, key=_reason_sort_key, reverse=True)]
-        from matplotlib.lines import Line2D
+        """The 2-D PCA map of ``projection()``: :func:`shardguard.explore.plots.plot_projection`."""
+        from shardguard.explore import plots
 
-        for r in order:
-            for lb, mk in marker_of.items():
-                sel = (reason == r) & (lab == lb)
-                if not sel.any():
-                    continue
-                clean = r == "clean"
-                ax.scatter(p.xy[sel, 0], p.xy[sel, 1], s=10 if clean else 26, marker=mk, c=reason_color(r),
-                           alpha=0.45 if clean else 0.85, linewidths=0.3 if not clean else 0,
-                           edgecolors="black" if not clean else "none", zorder=1 if clean else 3)
-        counts = {r: int((reason == r).sum()) for r in order}
-        h1 = [Line2D([], [], linestyle="", marker="o", color=reason_color(r), label=f"{r} ({counts[r]:,})")
-              for r in reversed(order)]
-        h2 = [Line2D([], [], linestyle="", marker=mk, color="#444444", label=lb) for lb, mk in marker_of.items()]
-        fig.subplots_adjust(left=0.09, right=0.72, top=0.88, bottom=0.09)
-        fig.legend(handles=h1, title="reason (colour)", fontsize=8, title_fontsize=8, loc="upper left",
-                   bbox_to_anchor=(0.735, 0.88), frameon=False)
-        fig.legend(handles=h2, title="label (marker)", fontsize=8, title_fontsize=8, loc="lower left",
-                   bbox_to_anchor=(0.735, 0.09), frameon=False)
-        ev = p.explained_variance_ratio
-        ax.set_xlabel(f"PC1 ({ev[0]:.1%} of the variance of {p.fitted_on})", fontsize=9)
-        ax.set_ylabel(f"PC2 ({ev[1]:.1%})", fontsize=9)
-        model = self.embedder.get("model") or self.embedder.get("kind") or "?"
-        ax.set_title(f"PCA of {len(p.id):,} of {p.rows_total:,} embedded rows (all flagged included)\n"
-                     f"embedder: {_shorten(str(model), 70)}", fontsize=10)
-        return fig
+        return plots.plot_projection(self, max_rows, seed, projection)
 
     # -- text ------------------------------------------------------------------------------------
     def summary(self, clusters: int = 3) -> str:
@@ -866,22 +671,6 @@ def _empty_quarantine(detectors: list[str]) -> pa.Table:
     return pa.schema(fields).empty_table()
 
 
-def _figure(w: float, h: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=100)
-
-
-def figure_png(fig, dpi: int = 100) -> bytes:
-    """A Figure as PNG bytes (Agg; no GUI backend involved)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
-
-
 def _oneline(s: str) -> str:
     return " ".join(s.split())
 
@@ -903,148 +692,3 @@ def _fmt_value(v: Any) -> str:
         return json.dumps(v, default=str)
     return str(v)
 
-
-# -- HTML fragments (all data escaped) ----------------------------------------------------------
-STYLE = """
-.sg table{border-collapse:collapse;font-size:13px;margin:6px 0}
-.sg th,.sg td{border:1px solid #ddd;padding:3px 7px;vertical-align:top;text-align:left}
-.sg th{background:#f3f3f3}
-.sg td.num{text-align:right;font-variant-numeric:tabular-nums}
-.sg td.text{max-width:46em;white-space:pre-wrap;word-break:break-word}
-.sg td.nw{white-space:nowrap}
-.sg .reason{display:inline-block;border-radius:3px;padding:0 5px;margin:1px;color:#fff;font-size:11px}
-.sg .clusters{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;padding-bottom:6px}
-.sg .cluster{flex:0 0 330px;border:1px solid #ccc;border-radius:6px;padding:8px;background:#fafafa;font-size:12px}
-.sg .cluster h4{margin:0 0 6px 0;font-size:13px}
-.sg .root{border-left:4px solid #333;background:#fff;padding:4px 6px;margin-bottom:6px}
-.sg .member{border-left:4px solid #bbb;background:#fff;padding:4px 6px;margin:4px 0}
-.sg .meta{color:#666;font-size:11px}
-.sg .t{white-space:pre-wrap;word-break:break-word}
-.sg mark{background:#ffe066;padding:0}
-.sg del{color:#c00;text-decoration:line-through}
-.sg .note{color:#666;font-style:italic}
-"""
-
-
-def _wrap(body: str, style: bool) -> Html:
-    return Html((f"<style>{STYLE}</style>" if style else "") + f'<div class="sg">{body}</div>')
-
-
-def _reason_badges(reasons: Sequence[str] | None) -> str:
-    return "".join(f'<span class="reason" style="background:{reason_color(r)}">{html.escape(r)}</span>'
-                   for r in sorted(reasons or [], key=_reason_sort_key))
-
-
-def table_html(table: pa.Table, max_chars: int = 300, max_rows: int | None = 200, style: bool = True) -> Html:
-    """An escaped HTML table of a pyarrow Table (texts cut at ``max_chars``; reasons as badges)."""
-    if max_rows is not None and table.num_rows > max_rows:
-        table = table.slice(0, max_rows)
-    names = table.column_names
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    data = table.to_pydict()
-    body = []
-    for i in range(table.num_rows):
-        tds = []
-        for n in names:
-            v = data[n][i]
-            if n == "reasons" and isinstance(v, list):
-                tds.append(f"<td>{_reason_badges(v)}</td>")
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                tds.append(f'<td class="num">{html.escape(_fmt_value(v) if isinstance(v, float) else f"{v:,}")}</td>')
-            elif n == "text" and v is None:
-                tds.append('<td class="text note">(no text)</td>')
-            else:
-                s = _fmt_value(v)
-                cls = ' class="text"' if n in ("text", "detail") else ' class="nw"' if len(s) <= 40 else ""
-                tds.append(f"<td{cls}>{html.escape(_shorten(s, max_chars))}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    if not body:
-        return _wrap('<p class="note">(no rows)</p>', style)
-    return _wrap(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>", style)
-
-
-def _diff_html(root: str, text: str) -> str:
-    """``text`` with what differs from ``root`` marked: changed or inserted characters
-    highlighted, deleted ones struck through. Every piece is escaped."""
-    sm = difflib.SequenceMatcher(None, root, text, autojunk=False)
-    out = []
-    for op, i1, i2, j1, j2 in sm.get_opcodes():
-        if op == "equal":
-            out.append(html.escape(text[j1:j2]))
-        else:
-            if op == "delete":
-                out.append(f"<del>{html.escape(root[i1:i2])}</del>")
-            if j2 > j1:
-                out.append(f"<mark>{html.escape(text[j1:j2])}</mark>")
-    return "".join(out)
-
-
-def clusters_html(clusters: Sequence[DuplicateCluster], max_members: int = 6, max_chars: int = 400,
-                  style: bool = True) -> Html:
-    """The clusters side by side: each card shows the root's text and its first members, with
-    what a member changes against the root highlighted."""
-    if not clusters:
-        return _wrap('<p class="note">No near-duplicate clusters in this scan.</p>', style)
-    cards = []
-    for c in clusters:
-        labels = ", ".join(f"{html.escape(k)} &times;{v:,}" for k, v in c.labels.items())
-        head = (f"<h4>{c.size:,} rows{' &middot; flood' if c.flood else ''}</h4>"
-                f'<div class="meta">labels: {labels}</div>')
-        if c.root is not None:
-            rt = c.root.text
-            root_text = (html.escape(_shorten(rt, max_chars)) if rt is not None
-                         else '<span class="note">(no text)</span>')
-            root_html = (f'<div class="root"><div class="meta">root {html.escape(c.root.id)} &middot; '
-                         f"{html.escape(c.root.shard)}:{c.root.row} &middot; label {html.escape(str(c.root.label))}"
-                         f" {_reason_badges(c.root.reasons) or '(clean)'}</div>"
-                         f'<div class="t">{root_text}</div></div>')
-            base = _shorten(rt or "", max_chars)
-        else:
-            root_html = (f'<div class="root"><div class="meta">root {html.escape(c.root_id)}: not found in the '
-                         f"scores</div></div>")
-            base = None
-        mem = []
-        for s in c.members[:max_members]:
-            t = _shorten(s.text, max_chars) if s.text is not None else None
-            if t is None:
-                body = '<span class="note">(no text)</span>'
-            elif base is not None:
-                body = _diff_html(base, t)
-            else:
-                body = html.escape(t)
-            sim = f" &middot; similarity {s.similarity:.2f}" if s.similarity is not None else ""
-            mem.append(f'<div class="member"><div class="meta">{html.escape(s.id)} &middot; '
-                       f"{html.escape(s.shard)}:{s.row} &middot; label {html.escape(str(s.label))}{sim}</div>"
-                       f'<div class="t">{body}</div></div>')
-        more = len(c.members) - max_members
-        if more > 0:
-            mem.append(f'<div class="meta">&hellip; and {more:,} more members</div>')
-        cards.append(f'<div class="cluster">{head}{root_html}{"".join(mem)}</div>')
-    return _wrap(f'<div class="clusters">{"".join(cards)}</div>', style)
-
-
-def triggers_html(triggers: list[dict[str, Any]] | None, style: bool = True) -> Html:
-    """Mined triggers as a table (any keys the miner reports)."""
-    if triggers is None:
-        return _wrap('<p class="note">No trigger mining in this scan (report.json has no "triggers").</p>', style)
-    if not triggers:
-        return _wrap('<p class="note">Trigger mining ran and found no trigger.</p>', style)
-    keys = list(dict.fromkeys(k for t in triggers for k in t))
-    cols = {k: [_fmt_value(t.get(k)) for t in triggers] for k in keys}
-    return table_html(pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()}), style=style)
-
-
-def thresholds_html(scan: ScanOutput, style: bool = True) -> Html:
-    """Each detector's threshold in score units, with the rule it came from."""
-    rows = []
-    for name, info in scan.report.get("thresholds", {}).items():
-        if not isinstance(info, dict):
-            continue
-        t = scan.threshold(name)
-        extra = {k: v for k, v in info.items() if k not in ("rule", "threshold", "groups")}
-        rows.append({"detector": name, "threshold": "" if t is None else f"{t:.4g}",
-                     "settings": ", ".join(f"{k}={_fmt_value(v)}" for k, v in extra.items()),
-                     "rule": str(info.get("rule", ""))})
-    if not rows:
-        return _wrap('<p class="note">No thresholds recorded.</p>', style)
-    return table_html(pa.Table.from_pylist(rows), max_chars=600, style=style)

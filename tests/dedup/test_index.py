@@ -1,13 +1,10 @@
-"""Near-duplicate index: datasketch compatibility, typo recall and no false merges
-on real sentences, scan-order semantics, persistence and memory."""
+"""Near-duplicate index: typo recall and no false merges on real sentences, scan-order
+semantics, persistence, memory and where it lives, and judged texts (statements)."""
 
 from __future__ import annotations
 
-import gc
 import json
 import random
-import sys
-import tracemalloc
 import unicodedata
 
 import numpy as np
@@ -15,57 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import state_round_trip
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from conftest import parquet_texts, state_round_trip
+from datasketch import MinHash
 
 from shardguard.bench.attacks import typo_copy
-from shardguard.detectors import near_duplicates as nd
-from shardguard.detectors.near_duplicates import (
-    MinHasher,
-    NearDuplicateIndex,
-    normalize_codepoints,
-    normalize_text,
-    normalize_texts,
-    shingle_hash,
-)
-
-TRICKY = [
-    "",
-    " ",
-    "\t\n ",
-    "a",
-    "ab",
-    "abc",
-    "  Hello\u00a0\u00a0World \t",
-    "ＦＵＬＬＷＩＤＴＨ ﬁne ①",
-    "e\u0301 vs \u00e9",
-    "ΟΔΟΣ Σ.",
-    "İstanbul",
-    "line\u2028sep\u3000ideographic\x1cfs",
-    "emoji 😀 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
-]
-
-
-# ---------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------
-def _texts(path) -> list[str]:
-    return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if isinstance(t, str)]
-
-
-@pytest.fixture(scope="module")
-def sst2(shared_data) -> list[str]:
-    """Distinct normalised SST-2 sentences (thunlp clean train, 6.9k)."""
-    texts = _texts(shared_data / "sst2_thunlp_clean" / "train.parquet")
-    return [t for t in dict.fromkeys(normalize_text(t) for t in texts) if t]
-
-
-@pytest.fixture(scope="module")
-def sms(shared_data) -> list[str]:
-    texts = _texts(shared_data / "sms_spam" / "sms_spam.parquet")
-    return [t for t in dict.fromkeys(normalize_text(t) for t in texts) if t]
-
-
+from shardguard.dedup import MinHasher, NearDuplicateIndex, RootFeatures, index_texts, normalize_text, shingle_hash, storage
 
 
 def char_jaccard(a: str, b: str, n: int) -> float:
@@ -98,86 +49,6 @@ def check_invariants(root: np.ndarray, sim: np.ndarray, first_id: int = 0) -> No
     assert np.all(np.isnan(sim[root < 0]))
     dup = root >= 0
     assert np.all((sim[dup] > 0) & (sim[dup] <= 1.0))
-
-
-# ---------------------------------------------------------------------------
-# normalisation and signatures
-# ---------------------------------------------------------------------------
-def test_normalize_text():
-    assert normalize_text("  Hello\u00a0\u00a0WORLD \t\n!") == "hello world !"
-    assert normalize_text("ＦＵＬＬ ﬁ") == "full fi"  # NFKC
-    assert normalize_text("e\u0301") == "\u00e9"
-    assert normalize_text("") == "" and normalize_text(" \t ") == ""
-
-
-def test_arrow_input_answers_like_python_strings(sst2, sms):
-    """The scan hands the index Arrow string arrays (no Python object per text)."""
-    texts = TRICKY + sst2[:2000] + sms[:500] + [t.upper() for t in sst2[:100]]
-    for arr in (pa.array(texts), pa.array(texts, pa.large_string()), pa.chunked_array([texts[:7], texts[7:]])):
-        a = normalize_codepoints(arr)
-        b = normalize_codepoints(texts)
-        np.testing.assert_array_equal(a[0], b[0])
-        np.testing.assert_array_equal(a[1], b[1])
-    sliced = pa.array(["zzz"] + texts).slice(1)  # an offset into the buffers
-    np.testing.assert_array_equal(normalize_codepoints(sliced)[0], normalize_codepoints(texts)[0])
-    np.testing.assert_array_equal(normalize_codepoints(pa.array(["a\x00b", " X "]))[1], [3, 1])
-    r1 = NearDuplicateIndex().add(pa.array(texts))
-    r2 = NearDuplicateIndex().add(texts)
-    np.testing.assert_array_equal(r1[0], r2[0])
-    np.testing.assert_array_equal(r1[1], r2[1])
-    with pytest.raises(ValueError, match="null"):
-        NearDuplicateIndex().add(pa.array(["a", None]))
-
-
-def test_batch_normalisation_equals_per_text(sst2, sms):
-    texts = TRICKY + sst2[:2000] + sms[:2000] + [t.upper() + "  \n" for t in sms[:300]]
-    assert normalize_texts(texts) == [normalize_text(t) for t in texts]
-    # a text containing NUL takes the per-text path
-    assert normalize_texts(["a\x00b", " X "]) == ["a\x00b", "x"]
-    cps, lens = normalize_codepoints([])
-    assert cps.size == 0 and lens.size == 0
-    # every whitespace character is in the table (all are <= U+3000)
-    assert not any(chr(c).isspace() for c in range(0x3001, 0x110000, 7))
-
-
-def test_shingles_and_short_texts():
-    h = MinHasher(ngram=3)
-    assert h.shingles("Hello") == ["hel", "ell", "llo"]
-    assert h.shingles("Ab") == ["ab"]  # shorter than n: the whole text
-    assert h.shingles("") == [""]
-    sig = h.signatures(["", "a", "ab", "abc"])
-    assert sig.shape == (4, 128) and sig.dtype == np.uint32
-    assert h.signatures([]).shape == (0, 128)
-
-
-@pytest.mark.parametrize("ngram", [2, 3, 5])
-def test_signatures_equal_datasketch(sst2, sms, ngram):
-    """Row i == datasketch MinHash(num_perm, seed, hashfunc=shingle_hash) updated
-    with the same shingles (update_batch), for real and tricky texts."""
-    rng = random.Random(ngram)
-    texts = TRICKY + rng.sample(sst2, 150) + rng.sample(sms, 150)
-    for num_perm, seed in ((128, 1), (64, 7)):
-        h = MinHasher(num_perm=num_perm, ngram=ngram, seed=seed)
-        sig = h.signatures(texts)
-        assert sig.shape == (len(texts), num_perm)
-        for text, row in zip(texts, sig):
-            m = MinHash(num_perm=num_perm, seed=seed, hashfunc=shingle_hash)
-            m.update_batch(h.shingles(text))
-            np.testing.assert_array_equal(row, m.hashvalues)
-            lean = h.lean_minhash(row)
-            assert lean == LeanMinHash(m)
-            assert lean.scheme == "affine32" and lean.seed == seed
-    # one more: estimated Jaccard through datasketch objects
-    h = MinHasher()
-    a, b = h.signatures([texts[20], typo_copy(texts[20], 1, rng)])
-    assert h.lean_minhash(a).jaccard(h.lean_minhash(b)) > 0.5
-
-
-def test_lsh_parameters_are_datasketchs():
-    for t in (0.3, 0.5, 0.8):
-        idx = NearDuplicateIndex(threshold=t)
-        lsh = MinHashLSH(threshold=t, num_perm=128)
-        assert (idx.bands, idx.rows) == (lsh.b, lsh.r)
 
 
 # ---------------------------------------------------------------------------
@@ -367,8 +238,8 @@ def test_lsh_weights_favour_recall_and_persist(sst2):
 
 def test_index_memory_per_document(shared_data):
     """<= 500 bytes of index per document at 128 permutations (25k real texts)."""
-    texts = _texts(shared_data / "sst2_glue" / "train.parquet")[:15000]
-    texts += _texts(shared_data / "ag_news_thunlp" / "train.parquet")[:10000]
+    texts = parquet_texts(shared_data / "sst2_glue" / "train.parquet")[:15000]
+    texts += parquet_texts(shared_data / "ag_news_thunlp" / "train.parquet")[:10000]
     idx = NearDuplicateIndex(num_perm=128)
     for i in range(0, len(texts), 8192):
         idx.add(texts[i : i + 8192])
@@ -404,18 +275,18 @@ def test_storage_layouts_answer_alike(sst2, monkeypatch):
     ``(bands, m)`` runs on the heap; the split layout survives a round trip."""
     copies, _, _ = typo_set(sst2, 100, seed=4)
     texts = sst2[:3000] + copies + sst2[:50]
-    monkeypatch.setattr(nd, "_MMAP_MIN_BYTES", 1 << 40)
-    monkeypatch.setattr(nd, "_SPLIT", 1 << 40)
+    monkeypatch.setattr(storage, "_MMAP_MIN_BYTES", 1 << 40)
+    monkeypatch.setattr(storage, "_SPLIT", 1 << 40)
     heap = NearDuplicateIndex()
     r_heap, s_heap = _add_in_steps(heap, texts, 300)
     assert all(isinstance(r, np.ndarray) for r in heap._bands.runs)
-    assert nd._map_of(heap._sketch.data) is None
-    monkeypatch.setattr(nd, "_MMAP_MIN_BYTES", 1024)
-    monkeypatch.setattr(nd, "_SPLIT", 128)
+    assert storage._map_of(heap._sketch.data) is None
+    monkeypatch.setattr(storage, "_MMAP_MIN_BYTES", 1024)
+    monkeypatch.setattr(storage, "_SPLIT", 128)
     mapped = NearDuplicateIndex()
     r_map, s_map = _add_in_steps(mapped, texts, 300)
     assert any(isinstance(r, list) for r in mapped._bands.runs)  # the split layout was merged into
-    assert nd._map_of(mapped._sketch.data) is not None
+    assert storage._map_of(mapped._sketch.data) is not None
     np.testing.assert_array_equal(r_map, r_heap)
     np.testing.assert_array_equal(s_map, s_heap)
     assert mapped.nbytes == heap.nbytes
@@ -427,43 +298,6 @@ def test_storage_layouts_answer_alike(sst2, monkeypatch):
     assert isinstance(restored._bands.runs[0], list)
     more = sst2[3000:3600] + copies[:100]
     np.testing.assert_array_equal(_add_in_steps(restored, more, 200)[0], _add_in_steps(heap, more, 200)[0])
-
-
-def test_growable_remaps_in_place_and_copies_when_viewed(monkeypatch):
-    monkeypatch.setattr(nd, "_MMAP_MIN_BYTES", 4096)
-    rows = np.random.default_rng(0).integers(0, 256, (60_000, 16), dtype=np.uint8)
-    g = nd._Growable(16, np.uint8)
-    maps = set()
-    for i in range(0, 40_000, 1000):
-        g.append(rows[i : i + 1000])
-        maps.add(id(nd._map_of(g.data)))
-    np.testing.assert_array_equal(g.view, rows[:40_000])
-    if sys.platform.startswith("linux"):  # mremap: grown in place, one map all along
-        assert len(maps - {id(None)}) == 1
-    view = g.view  # a live view: the map cannot move, so the rows are copied
-    g.append(rows[40_000:])
-    np.testing.assert_array_equal(view, rows[:40_000])
-    np.testing.assert_array_equal(g.view, rows)
-    assert g.data.nbytes >= rows.nbytes
-
-
-def test_tracemalloc_sees_the_index(sst2):
-    """Memory-mapped storage is reported to tracemalloc while alive, and freed."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        idx = NearDuplicateIndex()
-        for i in range(0, 6000, 2000):
-            idx.add(sst2[i : i + 2000])
-        assert any(isinstance(r, np.ndarray) and nd._map_of(r) is not None for r in idx._bands.runs)
-        held = tracemalloc.get_traced_memory()[0] - before
-        assert held >= 0.95 * idx.nbytes, (held, idx.nbytes)
-        del idx
-        gc.collect()
-        assert tracemalloc.get_traced_memory()[0] - before < 256 * 1024
-    finally:
-        tracemalloc.stop()
 
 
 def test_invalid_parameters():
@@ -486,9 +320,7 @@ def glue(shared_data) -> tuple[list[str], np.ndarray]:
 
 
 def _judged(texts: list[str], labels: np.ndarray, step: int, idx=None, kept=None):
-    """Texts through the real path (``stages.index_texts``) in calls of ``step``."""
-    from shardguard.stages import RootFeatures, index_texts
-
+    """Texts through the real path (``dedup.index_texts``) in calls of ``step``."""
     idx = NearDuplicateIndex() if idx is None else idx
     kept = RootFeatures() if kept is None else kept
     parts = [index_texts(idx, kept, pa.array(texts[i : i + step]), labels[i : i + step])

@@ -20,7 +20,7 @@ import pytest
 
 from shardguard import load_config, scan
 from shardguard.cli import main
-from shardguard.report_html import LOADED_SCRIPT
+from shardguard.explore.report import LOADED_SCRIPT
 
 INJECT = ("<img src=x onerror=\"document.body.setAttribute('data-pwned','img')\">"
           "<script>document.body.setAttribute('data-pwned','script')</script>")
