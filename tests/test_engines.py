@@ -135,3 +135,16 @@ def test_ray_engine_on_sst2_with_planted_copies_and_trigger_equals_the_local_eng
     again = scan([tmp_path / "in"], tmp_path / "local", cfg, engine=ray_engine)
     assert [o.resumed for o in again.shards] == [True, True]
     assert_same_scan(tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.slow  # starts the local Ray cluster when run alone (~20 s); a few seconds after the test above
+@pytest.mark.parametrize("overrides", [
+    {"input.id_column": "id", "embed.embedder": "static"},  # unlabelled: no per-label statistics, no candidates
+    {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "hashing"},  # spectral flags rows
+], ids=["unlabelled", "hashing"])
+def test_ray_engine_on_the_samples_unlabelled_and_with_the_hashing_embedder(tmp_path, samples_dir, ray_engine, overrides):
+    cfg = load_config(None, overrides)
+    scan([samples_dir], tmp_path / "local", cfg)
+    scan([samples_dir], tmp_path / "ray", cfg, engine=ray_engine)
+    report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert report["totals"]["quarantined"] > report["totals"]["invalid"]

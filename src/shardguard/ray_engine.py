@@ -76,6 +76,19 @@ class _Worker:
         return o
 
 
+def _for_pass2(state: "ScanState") -> "ScanState":
+    """What pass 2 reads of the scan's state, for the workers: the fitted detectors, the
+    clusters, the sequence numbers. The embedder stays on the driver (pass 2 reads the cached
+    embeddings) and so does the near-duplicate index, which pass 2 asks only whether there is
+    one (an empty index with its parameters says so); the roots' features and ids stay too."""
+    from shardguard.dedup import NearDuplicateIndex, RootFeatures
+
+    idx = state.dup_index
+    stand_in = None if idx is None else NearDuplicateIndex(idx.threshold, idx.num_perm, idx.ngram, idx.seed)
+    return dataclasses.replace(state, embedder=None, dup_index=stand_in, root_features=RootFeatures(),
+                               root_seqs=[], root_ids=None, root_rows=[], root_shards=[], root_labels=[])
+
+
 class RayEngine:
     """Runs the scan's maps on a Ray cluster.
 
@@ -182,8 +195,7 @@ class RayEngine:
                     columns: list[str]) -> Iterator[ShardOutcome]:
         if not todo:
             return
-        # the embedder stays on the driver: pass 2 reads the cached embeddings
-        shared = dataclasses.replace(state, embedder=None)
+        shared = _for_pass2(state)
         ctx = self.ray.put((pipeline.config, pipeline.out_dir, shared, clusters, root_ids, columns))
         by_name = {o.shard.name: o for o in todo}
         pool = self.ray.util.ActorPool(self._pool())
