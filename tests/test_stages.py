@@ -160,3 +160,44 @@ def test_flood_flags_wait_for_enough_texts_and_majority_labels_count_weights():
     maj = majority_labels(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 2]), np.array([0, 2]), ["a", "b", "c"],
                           np.array([3, 5, 2, 2]))
     assert maj.tolist() == [1, 2]
+
+
+def test_reservoir_of_merged_parts_is_the_reservoir_of_one_pass(shared_data):
+    """SMS Spam (hashing-embedder vectors, labels, texts) offered to one reservoir batch by batch,
+    and to four reservoirs of parts of the stream (the scan's per-shard map, cut at odd places)
+    merged in any order: the same rows, in the same (scan) order; a uniform sample."""
+    import pyarrow.parquet as pq
+
+    from shardguard.embed.hashing import HashingEmbedder
+    from shardguard.stages import ReservoirSample
+
+    t = pq.read_table(shared_data / "sms_spam" / "sms_spam.parquet")
+    texts = np.array(t.column("text").to_pylist(), dtype=object)
+    y = np.array(t.column("label").to_pylist(), dtype=object)
+    X = HashingEmbedder().embed_texts(texts.tolist())
+    n, k = len(texts), 500
+    one = ReservoirSample(k, random_state=3, keep_text=True)
+    for i in range(0, n, 256):
+        one.add(X[i : i + 256], y[i : i + 256], texts[i : i + 256], np.arange(i, min(i + 256, n)))
+    cuts = [0, 7, 1500, 1501, n]
+    parts = []
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        r = ReservoirSample(k, random_state=3, keep_text=True)
+        for i in range(lo, hi, 300):
+            j = min(i + 300, hi)
+            r.add(X[i:j], y[i:j], texts[i:j], np.arange(i, j))
+        parts.append(r)
+    merged = parts[2].merge(parts[0]).merge(parts[3]).merge(parts[1])
+    seqs = one.sample_seqs()
+    assert np.array_equal(merged.sample_seqs(), seqs)
+    assert seqs.size == k and np.all(np.diff(seqs) > 0)  # distinct rows, in scan order
+    (Xa, ya, ta), (Xb, yb, tb) = one.sample(), merged.sample()
+    assert np.array_equal(Xa, Xb) and list(ya) == list(yb) and list(ta) == list(tb)
+    assert np.array_equal(Xa, X[seqs]) and list(ta) == list(texts[seqs])
+    # uniform: each tenth of the stream holds about a tenth of the sample (binomial sd ~6.7)
+    per_tenth = np.bincount(seqs * 10 // n, minlength=10)
+    assert per_tenth.min() >= 25 and per_tenth.max() <= 75
+    # another seed draws another sample
+    other = ReservoirSample(k, random_state=4)
+    other.add(X, y, None, np.arange(n))
+    assert len(set(other.sample_seqs()) & set(seqs)) < 0.3 * k

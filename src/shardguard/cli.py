@@ -126,6 +126,14 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--allow", metavar="FILE",
                    help="ids confirmed clean after reviewing an earlier scan (one per line, or a Parquet 'id' "
                         "column): flagged rows with these ids are reported as 'allowed' and kept")
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: the maps (read + embed, statistics, score + write) "
+                        "as Ray tasks and actors, same lists (needs pip install 'shardguard[ray]')")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="a running Ray cluster (inputs and OUT on a file system every node sees); default: "
+                        "start a local one")
+    g.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=_cmd_scan)
 
@@ -263,15 +271,29 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from shardguard.pipeline import ScanPipeline
 
     config = load_config(args.config, _overrides(args))
+    if args.engine != "ray" and (args.ray_address or args.ray_cpus):
+        raise UsageError("--ray-address and --ray-cpus go with --engine ray")
+    if args.ray_cpus is not None and args.ray_cpus < 1:
+        raise UsageError(f"--ray-cpus must be at least 1, got {args.ray_cpus}")
+    engine = None
+    if args.engine == "ray":
+        from shardguard.ray_engine import RayEngine, RayMissing
+
+        try:
+            engine = RayEngine(args.ray_address, args.ray_cpus)
+        except RayMissing as exc:
+            raise UsageError(str(exc)) from None
     # Off a terminal (CI logs, pipes) rich would fold the table to 80 columns.
     console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     tty = sys.stderr.isatty() and not args.no_progress
     progress = _BarProgress(Console(stderr=True)) if tty else _LogProgress()
     try:
-        result = ScanPipeline(config, args.out, progress).run(args.paths)
+        result = ScanPipeline(config, args.out, progress, engine).run(args.paths)
     finally:
         if isinstance(progress, _BarProgress):
             progress.finish()  # leave the terminal as it was, also when interrupted
+        if engine is not None:
+            engine.close()
     _summary(console, result)
     return EXIT_FAILED if result.failed else EXIT_OK
 

@@ -1,23 +1,32 @@
-"""The scan: two passes over the shards, shaped like the data flow.
+"""The scan as stages, shaped like the data flow; an engine runs the maps.
 
-    shards ──► read + validate + embed ──► OUT/.work/<shard>.arrow      (pass 1a, per shard)
+    shards ──► read + validate + embed ──► OUT/.work/<shard>.arrow   map, per shard      (passes.read_embed)
                                               │
-             near-duplicate index, per-label statistics, reservoir ◄──┘  (pass 1b, in scan order)
+               n-gram counts ─────────────────┤                      map + merge         (passes.statistics)
+               reservoir, per-label statistics, candidates' rows ────┤ map + merge in scan order
+               near-duplicate roots, cluster sizes and labels ───────┘ reduce in scan order (passes.index)
                                               │
-                                        fit the detectors
+                                        fit the detectors                                  (driver)
                                               │
-             score cached embeddings ──► verdicts ──► QuarantineWriter   (pass 2, per shard)
+             score cached embeddings ──► verdicts ──► QuarantineWriter   map, per shard      (pass 2, below)
 
-Pass 1a is the only step that reads a shard or runs the model; its output is
-keyed by the shard's sha256 and the config, so a rerun reuses it. Pass 1b
-replays the work files in scan order, so near-duplicate roots and the fitted
-state are the same whether or not a run was resumed. A shard that fails in
-pass 1a touches no global state, and the other shards complete.
+The read-and-embed map is the only step that reads a shard or runs the model; its
+output is keyed by the shard's sha256 and the config, so a rerun reuses it. Every row
+gets a global sequence number (its rank among the valid rows in scan order), known once
+the maps have counted each shard's valid rows, so the statistics maps run per shard and
+merge into exactly what one pass computes (the reservoir by random keys, the streaming
+statistics and candidates merged in scan order). The near-duplicate reduce replays the
+work files in scan order, so roots are the same whether or not a run was resumed, and
+whichever engine ran the maps. A shard that fails in the first map touches no global
+state, and the other shards complete.
+
+:class:`LocalEngine` runs the maps in this process (the statistics map in a second
+thread, beside the near-duplicate reduce); ``shardguard.ray_engine.RayEngine`` runs the
+same functions as Ray tasks and actors.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,31 +44,35 @@ import pyarrow.compute as pc
 
 from shardguard import __version__
 from shardguard.config import Config
-from shardguard.dedup import NearDuplicateIndex, RootFeatures, index_texts
+from shardguard.dedup import NearDuplicateIndex, RootFeatures
 from shardguard.detectors import REGISTRY, EmbeddingDetector
-from shardguard.detectors.ngram_stats import (
-    TOKENIZER_VERSION,
-    CandidateGatherer,
-    NgramCounter,
-    NgramCounts,
-    StreamCandidates,
-)
+from shardguard.detectors.ngram_stats import NgramCounts, StreamCandidates
 from shardguard.embed import make_embedder
 from shardguard.io import workfile
 from shardguard.io.outputs import OutputLock, check_scan_output, file_sha256, json_digest, real_path
 from shardguard.io.idlist import allowed_ids
-from shardguard.io.readers import Shard, ShardError, ShardReader, discover_shards
+from shardguard.io.readers import discover_shards
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
+from shardguard.passes.index import fetch_rows, index_shard, root_ids as cluster_root_ids
+from shardguard.passes.read_embed import (
+    ShardOutcome,
+    digest as _digest,
+    embedding_dim as _embedding_dim,
+    hashed as _hashed,
+    pass1_key,
+    read_embed_shard,
+    responses_of as _responses,
+    work_path as _work_path,
+)
+from shardguard.passes.statistics import ShardStatistics, StatisticsSpec, count_shard_ngrams, shard_statistics
 from shardguard.scoring import BatchScorer, MappingRoots
 from shardguard.stages import (
     DUPLICATE_FLOOD,
     NEAR_DUPLICATE,
     ClusterTable,
     DuplicateClusters,
-    ReservoirSample,
     text_kwargs,
 )
-from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)
 
@@ -81,40 +94,6 @@ class _NoProgress:
 
     def finish(self) -> None:
         pass
-
-
-@dataclass
-class ShardOutcome:
-    """One shard's line in the manifest."""
-
-    shard: Shard
-    sha256: str
-    rows: int = 0
-    clean: int = 0
-    quarantined: int = 0
-    invalid: int = 0
-    status: str = "ok"
-    reasons: Counter = field(default_factory=Counter)
-    allowed: int = 0
-    resumed: bool = False
-    done: bool = False
-    size: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.shard.name,
-            "input": self.shard.display_path,
-            "format": self.shard.format,
-            "output": f"quarantine/{self.shard.output_name}",
-            "sha256": self.sha256,
-            "rows": self.rows,
-            "clean": self.clean,
-            "quarantined": self.quarantined,
-            "invalid": self.invalid,
-            "allowed": self.allowed,
-            "reasons": dict(sorted(self.reasons.items())),
-            "status": self.status,
-        }
 
 
 @dataclass
@@ -157,49 +136,6 @@ class ScanState:
     allow: pa.Array | None = None
 
 
-def one_line(message: str) -> str:
-    """A manifest status is one line: a library's multi-line error is folded onto it."""
-    return " ".join(message.split())
-
-
-def _hashed(shard: Shard) -> ShardOutcome:
-    """The shard's outcome with its sha256, or failed with a one-line reason (never raises)."""
-    if shard.error is not None:
-        log.error("%s: %s", shard.path, shard.error)
-        return ShardOutcome(shard, "", status=f"{shard.path}: {shard.error}")
-    try:
-        sha = shard.sha256()
-        size = os.stat(shard.path).st_size
-    except (ShardError, OSError) as exc:
-        log.error("%s", exc)
-        return ShardOutcome(shard, "", status=one_line(str(exc) if isinstance(exc, ShardError) else f"{shard.path}: {exc}"))
-    return ShardOutcome(shard, sha, size=size)
-
-
-def _work_path(work_dir: Path, shard: Shard) -> Path:
-    return work_dir / (shard.output_name[: -len(".parquet")] + ".arrow")
-
-
-def _no_rows(dim: int | None) -> np.ndarray | None:
-    """The embeddings of a batch without valid rows: shape (0, dim), or None without an embedder."""
-    return None if dim is None else np.zeros((0, dim), np.float32)
-
-
-def _embedding_dim(schema: pa.Schema) -> int | None:
-    return schema.field("embedding").type.list_size if "embedding" in schema.names else None
-
-
-def _responses(batch: pa.RecordBatch) -> np.ndarray | None:
-    """The ``response`` column of a work-file batch (input.response_column), or None."""
-    if "response" not in batch.schema.names:
-        return None
-    return batch.column("response").to_numpy(zero_copy_only=False)
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def build_detectors(config: Config, embedder: Any = None,
                     skipped: dict[str, str] | None = None) -> dict[str, EmbeddingDetector]:
     """Instantiate the enabled embedding detectors from the registry (none is fitted).
@@ -238,6 +174,50 @@ def score_columns(config: Config, detectors: Sequence[str]) -> list[str]:
     return cols + [f"{name}_score" for name in detectors]
 
 
+class Engine(Protocol):
+    """Runs the scan's maps: in this process (:class:`LocalEngine`) or elsewhere
+    (``shardguard.ray_engine.RayEngine``). Every engine calls the same stage functions;
+    the reduces and the fit run in the caller's process."""
+
+    name: str
+
+    def read_embed(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], embedder: Any,
+                   embedder_info: dict[str, Any] | None, work_dir: Path) -> None:
+        """Write (or reuse) the work file of every shard in ``todo``, updating the outcomes."""
+
+    def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterable[Any]:
+        """``fn(*job)`` for every job, yielded in the jobs' order."""
+
+    def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
+                    clusters: ClusterTable, root_ids: dict[int, tuple[str, str, int, Any]],
+                    columns: list[str]) -> Iterable[ShardOutcome]:
+        """Pass 2 for every shard in ``todo``; yields each outcome (updated) once its lists are written."""
+
+
+class LocalEngine:
+    """Every map in this process, one shard after another (the statistics map in a thread
+    of its own beside the near-duplicate reduce, see :meth:`ScanPipeline.prepare`)."""
+
+    name = "local"
+
+    def read_embed(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], embedder: Any,
+                   embedder_info: dict[str, Any] | None, work_dir: Path) -> None:
+        for o in todo:
+            read_embed_shard(pipeline.config, o, embedder, embedder_info, work_dir, pipeline.timings,
+                             pipeline.progress.advance)
+
+    def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterator[Any]:
+        for job in jobs:
+            yield fn(*job)
+
+    def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
+                    clusters: ClusterTable, root_ids: dict[int, tuple[str, str, int, Any]],
+                    columns: list[str]) -> Iterator[ShardOutcome]:
+        for o in todo:
+            pipeline._pass2_shard(o, state, clusters, root_ids, columns)
+            yield o
+
+
 class ScanPipeline:
     """Runs ``shardguard scan``: see the module docstring for the flow.
 
@@ -246,10 +226,14 @@ class ScanPipeline:
     config : the resolved run configuration.
     out_dir : the output folder (created; reruns resume inside it).
     progress : receives stage starts and row counts (no output when None).
+    engine : runs the maps (default :class:`LocalEngine`: this process); the lists do not
+        depend on it.
     """
 
-    def __init__(self, config: Config, out_dir: str | Path, progress: Progress | None = None):
+    def __init__(self, config: Config, out_dir: str | Path, progress: Progress | None = None,
+                 engine: Engine | None = None):
         self.config = config
+        self.engine = engine or LocalEngine()
         self.out_dir = Path(out_dir)
         self.progress = progress or _NoProgress()
         self.timings: Counter = Counter()
@@ -278,17 +262,6 @@ class ScanPipeline:
             self._lock = None
             lock.release()
 
-    # -- keys -------------------------------------------------------------------------
-    def _pass1_key(self, sha: str, embedder_info: dict[str, Any] | None) -> str:
-        return _digest(
-            {
-                "version": __version__,
-                "sha256": sha,
-                "input": self.config.to_dict()["input"],
-                "embedder": embedder_info,
-            }
-        )
-
     # -- the run --------------------------------------------------------------------------
     def run(self, paths: Sequence[str | Path]) -> ScanResult:
         """Scan ``paths`` into the output folder; see the module docstring."""
@@ -301,13 +274,20 @@ class ScanPipeline:
         ok = [o for o in state.outcomes if o.status == "ok"]
         previous = self._previous_manifest(state.run_key)
 
-        # Pass 2: verdicts and lists.
+        # Pass 2 (map, per shard): verdicts and lists.
         t = time.perf_counter()
         root_ids = state.cluster_roots
         clusters = state.clusters.table()
         columns = score_columns(self.config, list(state.detectors))
         manifest = self._manifest_base(state.run_key, state.embedder_info)
+
+        def mark_done(o: ShardOutcome) -> None:
+            o.done = True
+            manifest["shards"] = [x.to_json() for x in state.outcomes if x.done or x.status != "ok"]
+            atomic_write_json(self.out_dir / "manifest.json", manifest)
+
         self.progress.start("score + write", sum(o.rows for o in ok))
+        todo = []
         for o in ok:
             done = previous.get(o.shard.name)
             complete = (self.out_dir / "quarantine" / o.shard.output_name).exists() and (
@@ -316,11 +296,11 @@ class ScanPipeline:
             if done is not None and complete:
                 self._restore(o, done)
                 self.progress.advance(o.rows)
+                mark_done(o)
             else:
-                self._pass2_shard(o, state, clusters, root_ids, columns)
-            o.done = True
-            manifest["shards"] = [x.to_json() for x in state.outcomes if x.done or x.status != "ok"]
-            atomic_write_json(self.out_dir / "manifest.json", manifest)
+                todo.append(o)
+        for o in self.engine.score_write(self, todo, state, clusters, root_ids, columns):
+            mark_done(o)
         self.progress.finish()
         self.timings["score_write"] += time.perf_counter() - t
 
@@ -342,7 +322,7 @@ class ScanPipeline:
         return ScanResult(self.out_dir, state.outcomes, report)
 
     def prepare(self, paths: Sequence[str | Path], remember_roots: bool = False) -> "ScanState":
-        """Pass 1 and the fit: everything but the lists. ``Guard.fit`` stops here.
+        """The maps, the reduces and the fit: everything but the lists. ``Guard.fit`` stops here.
 
         With ``remember_roots`` the state also keeps the id of every indexed
         (first-occurrence) row, so a guard can tell a fitted row from a repeat
@@ -385,26 +365,34 @@ class ScanPipeline:
             }
         )
 
-        # Pass 1a: read, validate, embed each shard into its work file.
+        # Map: read, validate, embed each shard into its work file.
         self.progress.start("read + embed", None)
-        for o in outcomes:
-            if o.status == "ok":
-                self._pass1_shard(o, embedder, embedder_info, work_dir)
+        self.engine.read_embed(self, [o for o in outcomes if o.status == "ok"], embedder, embedder_info, work_dir)
         self.progress.finish()
         ok = [o for o in outcomes if o.status == "ok"]
+        # Every valid row's global sequence number: its rank in scan order.
+        seq_start = dict(zip([o.shard.name for o in ok], np.cumsum([0] + [o.valid for o in ok]).tolist()))
+        paths_ok = [_work_path(work_dir, o.shard) for o in ok]
 
-        # N-gram counts per shard (map), then the candidates of the whole stream (reduce).
-        gatherers: dict[str, CandidateGatherer] = {}
+        # N-gram counts per shard (map, merged), then the candidates of the whole stream.
+        candidates = {}
         t = time.perf_counter()
-        for name, det in detectors.items():
-            if getattr(det, "uses_stream_candidates", False) and cfg.input.label_column:
-                counts = self._count_ngrams(ok, work_dir, embedder_info)
-                gatherers[name] = CandidateGatherer(det.select_candidates(counts))
-                log.info("%s: %d candidate n-grams in %d rows", name, len(gatherers[name].candidates),
-                         counts.n_rows)
+        if cfg.input.label_column and any(getattr(d, "uses_stream_candidates", False) for d in detectors.values()):
+            self.progress.start("count n-grams", sum(o.rows for o in ok))
+            merged: NgramCounts | None = None
+            jobs = [(p, pass1_key(cfg, o.sha256, embedder_info)) for p, o in zip(paths_ok, ok)]
+            for o, part in zip(ok, self.engine.map(count_shard_ngrams, jobs)):
+                merged = part if merged is None else merged.merge(part)
+                self.progress.advance(o.rows)
+            self.progress.finish()
+            counts = merged if merged is not None else NgramCounts([], [], [])
+            for name, det in detectors.items():
+                if getattr(det, "uses_stream_candidates", False):
+                    candidates[name] = det.select_candidates(counts)
+                    log.info("%s: %d candidate n-grams in %d rows", name, len(candidates[name]), counts.n_rows)
         self.timings["ngram_counts"] += time.perf_counter() - t
 
-        # Pass 1b: near-duplicates, statistics, reservoir and candidates' rows, in scan order.
+        # Statistics per shard (map, merged in scan order), beside the near-duplicate reduce.
         t = time.perf_counter()
         dup_index = (
             NearDuplicateIndex(
@@ -426,25 +414,42 @@ class ScanPipeline:
             clusters=DuplicateClusters(cfg.near_duplicates.flood_size, cfg.near_duplicates.flood_agreement),
             run_key=run_key,
             input_bytes=sum(o.size for o in outcomes),
+            seq_start=seq_start,
             root_ids=[] if remember_roots else None,
             skipped_detectors=skipped,
             allow=allow,
         )
-        needs_text = any(getattr(d, "needs_text", False) for d in detectors.values())
-        reservoir = ReservoirSample(cfg.fit.reservoir_size, cfg.random_state, keep_text=needs_text)
-        seq = 0
-        self.progress.start("index", sum(o.rows for o in ok))
-        for o in ok:
-            state.seq_start[o.shard.name] = seq
-            seq += self._replay_shard(o, state, reservoir, list(gatherers.values()))
+        spec = StatisticsSpec.of(cfg, detectors, candidates)
+
+        def statistics() -> ShardStatistics:
+            total = spec.empty()
+            if detectors:
+                jobs = [(p, seq_start[o.shard.name], spec) for p, o in zip(paths_ok, ok)]
+                for part in self.engine.map(shard_statistics, jobs):
+                    total.merge(part)
+            return total
+
+        # The statistics read the embeddings, the index the texts: independent, so the
+        # statistics (numpy / BLAS, or waiting on Ray) run in a second thread. The index stays
+        # in this thread: its temporaries grow with the index, and a second thread's allocator
+        # arena would keep what they leave behind.
+        with ThreadPoolExecutor(1, "shardguard-statistics") as pool:
+            stats_future = pool.submit(statistics)
+            self.progress.start("index", sum(o.rows for o in ok))
+            for position, o in enumerate(ok):
+                if dup_index is not None:
+                    index_shard(o, position, state, cfg.near_duplicates.copies)
+                self.progress.advance(o.rows)
+            stats = stats_future.result()
         self.progress.finish()
-        state.cluster_roots = self._root_ids(state.clusters, ok, state.seq_start, work_dir)
+        state.cluster_roots = cluster_root_ids(state.clusters, ok, seq_start, work_dir)
         state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features,
-                               lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs, embeddings=False)[2])
+                               lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
         self.timings["index"] += time.perf_counter() - t
 
         # Fit.
         t = time.perf_counter()
+        reservoir = stats.reservoir
         if detectors:
             X, y, texts = reservoir.sample()
             if X.shape[0] < 2:
@@ -452,255 +457,20 @@ class ScanPipeline:
                 detectors.clear()
             for name, det in detectors.items():
                 kw = text_kwargs(det, texts, reservoir.sample_responses())
-                if name in gatherers:
+                if name in stats.gatherers:
                     kw["candidates"] = StreamCandidates(
-                        gatherers[name].finish(), reservoir.sample_seqs(),
-                        lambda seqs: self._fetch_rows(ok, state.seq_start, work_dir, seqs))
+                        stats.gatherers[name].finish(), reservoir.sample_seqs(),
+                        lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs))
                 if getattr(det, "embeds_new_texts", False) and hasattr(embedder, "embed_texts"):
                     kw["embed"] = embedder.embed_texts
                 if det.streaming:
+                    det.merge(stats.streaming[name])
                     det.calibrate(X, y, **kw)
                 else:
                     det.fit(X, y, **kw)
                 log.debug("fitted %s: %s", name, det.threshold_info())
         self.timings["fit"] += time.perf_counter() - t
         return state
-
-    # -- pass 1a ------------------------------------------------------------------------------
-    def _pass1_shard(self, o: ShardOutcome, embedder, embedder_info, work_dir: Path) -> None:
-        cfg = self.config
-        path = _work_path(work_dir, o.shard)
-        key = self._pass1_key(o.sha256, embedder_info)
-        meta = workfile.read_meta(path)
-        if meta is not None and meta.get("key") == key:
-            o.rows = int(meta["rows"])
-            o.invalid = int(meta["rows"] - meta["valid"])
-            o.resumed = True
-            self.progress.advance(o.rows)
-            log.info("%s: reusing pass-1 work file", o.shard.name)
-            return
-        normalizer = RowNormalizer(o.shard, cfg.input)
-        reader = ShardReader(o.shard, cfg.input.batch_size, normalizer.source_columns())
-        writer: workfile.WorkFileWriter | None = None
-        dtype = workfile.cache_dtype(cfg.embed.embedder)
-        # Batches seen before the embedding dimension is known (precomputed features, all rows
-        # invalid so far) wait here; they hold invalid rows only.
-        pending: list[Any] = []
-        try:
-            for batch in self._timed("read", reader):
-                t = time.perf_counter()
-                nb = normalizer(batch)
-                self.timings["validate"] += time.perf_counter() - t
-                emb = None
-                if embedder is not None and nb.valid.num_rows:
-                    t = time.perf_counter()
-                    try:
-                        emb = embedder.embed_batch(nb.valid)
-                    except ValueError as exc:
-                        raise ShardError(f"{o.shard.path}: {exc}") from exc
-                    self.timings["embed"] += time.perf_counter() - t
-                o.rows += batch.num_rows
-                o.invalid += nb.invalid.num_rows
-                self.progress.advance(batch.num_rows)
-                if writer is None:
-                    dim = None
-                    if embedder is not None:
-                        dim = emb.shape[1] if emb is not None else getattr(embedder, "dim", None)
-                        if dim is None:
-                            pending.append(nb)
-                            continue
-                    writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
-                    for held in pending:
-                        writer.write(held.valid, _no_rows(dim), held.invalid)
-                    pending = []
-                writer.write(nb.valid, emb if emb is not None else _no_rows(writer.dim), nb.invalid)
-            if writer is None:  # no valid row at all
-                dim = getattr(embedder, "dim", None) if embedder is not None else None
-                writer = workfile.WorkFileWriter(path, dim, dtype, response=bool(cfg.input.response_column))
-                for held in pending:
-                    writer.write(held.valid, _no_rows(dim), held.invalid)
-            if cfg.input.id_column:
-                normalizer.check_unique_ids(writer.id_of_row)
-            writer.commit({"key": key, "shard": o.shard.name, "sha256": o.sha256})
-        except ShardError as exc:
-            if writer is not None:
-                writer.abort()
-            workfile.remove(path)
-            o.status = one_line(str(exc))
-            log.error("%s", exc)
-        except Exception as exc:  # a shard's failure must not stop the others
-            if writer is not None:
-                writer.abort()
-            workfile.remove(path)
-            o.status = one_line(f"{o.shard.path}: {type(exc).__name__}: {exc}")
-            log.exception("%s failed", o.shard.path)
-
-    def _timed(self, stage: str, iterable):
-        it = iter(iterable)
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                self.timings[stage] += time.perf_counter() - t
-                return
-            self.timings[stage] += time.perf_counter() - t
-            yield item
-
-    # -- pass 1b ------------------------------------------------------------------------------
-    def _replay_shard(self, o: ShardOutcome, state: "ScanState", reservoir: ReservoirSample,
-                      gatherers: Sequence[CandidateGatherer] = ()) -> int:
-        """Feed one shard's valid rows to the global state; returns how many there were.
-
-        The two consumers of a batch are independent -- the near-duplicate index reads
-        the texts, the statistics and reservoir the embeddings -- so a second thread
-        feeds a batch to the statistics while this one indexes it (both spend their
-        time in numpy / BLAS, which release the GIL). Each sees the batches one at a
-        time, in scan order: the results are those of a serial run. The index stays in
-        this thread: its temporaries grow with the index, and a second thread's
-        allocator arena would keep what they leave behind.
-        """
-        path = _work_path(state.work_dir, o.shard)
-        n_valid = 0
-        streaming = [d for d in state.detectors.values() if d.streaming]
-
-        seq0 = state.seq_start[o.shard.name]
-
-        def feed_statistics(X: np.ndarray, y: np.ndarray, texts: np.ndarray | None, seqs: np.ndarray,
-                            responses: np.ndarray | None) -> None:
-            reservoir.add(X, y, texts, seqs, responses)
-            for det in streaming:
-                det.partial_fit(X, y, **text_kwargs(det, texts))
-            for g in gatherers:
-                g.add(texts.tolist(), seqs)
-
-        with workfile.WorkFileReader(path) as reader, ThreadPoolExecutor(1, "shardguard-statistics") as pool:
-            dim = _embedding_dim(reader.schema)
-            for batch in reader:
-                vb = batch.filter(batch.column("detail").is_null())
-                n_valid += vb.num_rows
-                y = vb.column("label").to_numpy(zero_copy_only=False)
-                feeding = None
-                if vb.num_rows and state.detectors and dim is not None:
-                    X = workfile.embeddings_from_arrow(vb.column("embedding"), dim)
-                    texts = vb.column("text").to_numpy(zero_copy_only=False) if reservoir.texts is not None else None
-                    seqs = seq0 + n_valid - vb.num_rows + np.arange(vb.num_rows, dtype=np.int64)
-                    responses = _responses(vb) if reservoir.texts is not None else None
-                    feeding = pool.submit(feed_statistics, X, y, texts, seqs, responses)
-                if vb.num_rows and state.dup_index is not None:
-                    first = state.dup_index.n_docs
-                    # rows are judged by what they say only where that decides a verdict
-                    judged = y if self.config.near_duplicates.copies == "conflicting" else None
-                    added, contradicts, feats = index_texts(state.dup_index, state.root_features,
-                                                            vb.column("text"), judged)
-                    root = added.root
-                    rows = vb.column("row").to_numpy()
-                    state.clusters.record(o.shard.name, rows, root, added.sim, y, contradicts, feats,
-                                          first + np.arange(vb.num_rows, dtype=np.int64))
-                    if state.root_ids is not None:
-                        is_root = added.new_root  # indexed as a root: later rows may name it
-                        state.root_seqs.append(first + np.flatnonzero(is_root))
-                        state.root_ids.append(pc.filter(vb.column("id"), pa.array(is_root)))
-                        state.root_rows.append(rows[is_root])
-                        state.root_labels.append(y[is_root])
-                        state.root_shards.append(np.full(int(is_root.sum()), len(state.seq_start) - 1, np.int32))
-                if feeding is not None:
-                    feeding.result()  # one batch in flight: the statistics see the batches in order
-                self.progress.advance(batch.num_rows)
-        return n_valid
-
-    # -- n-gram counts (map per shard) and the candidates' rows ---------------------------------
-    def _count_ngrams(self, ok: Sequence[ShardOutcome], work_dir: Path, embedder_info) -> NgramCounts:
-        """Each shard's n-gram document frequencies per label, from its work file's valid rows,
-        kept in ``OUT/.work/ngrams/<shard>/`` beside the work file (a resumed run reuses them);
-        merged over the shards."""
-        merged: NgramCounts | None = None
-        self.progress.start("count n-grams", sum(o.rows for o in ok))
-        for o in ok:
-            path = _work_path(work_dir, o.shard)
-            key = self._pass1_key(o.sha256, embedder_info)
-            d = work_dir / "ngrams" / path.stem
-            meta_file = d / "counts.json"
-            counts = None
-            try:
-                meta = json.loads(meta_file.read_text())
-                if meta.get("key") == key and meta.get("tokenizer_version") == TOKENIZER_VERSION \
-                        and all(Path(r).exists() for r in meta["runs"]):
-                    counts = NgramCounts.from_json(meta)
-            except (OSError, ValueError, KeyError):
-                counts = None
-            if counts is None:
-                if d.exists():
-                    for old in d.iterdir():
-                        old.unlink()
-                counter = NgramCounter(d)
-                with workfile.WorkFileReader(path) as reader:
-                    for batch in reader:
-                        vb = batch.filter(batch.column("detail").is_null())
-                        if vb.num_rows:
-                            counter.add(vb.column("text").to_pylist(), vb.column("label").to_pylist())
-                counts = counter.finish()
-                atomic_write_json(meta_file, {"key": key, **counts.to_json()})
-            self.progress.advance(o.rows)
-            merged = counts if merged is None else merged.merge(counts)
-        self.progress.finish()
-        return merged if merged is not None else NgramCounts([], [], [])
-
-    def _fetch_rows(self, ok: Sequence[ShardOutcome], seq_start: dict[str, int], work_dir: Path,
-                    seqs: np.ndarray, embeddings: bool = True) -> tuple[np.ndarray, list[Any], list[str]]:
-        """Embeddings (float32; an empty ``(0, 0)`` array without ``embeddings``), labels and
-        texts of the valid rows with global sequence numbers ``seqs`` (sorted), read batch by
-        batch from the work files."""
-        seqs = np.asarray(seqs, dtype=np.int64)
-        xs: list[np.ndarray] = []
-        labels: list[Any] = []
-        texts: list[str] = []
-        for o in ok:
-            lo = seq_start[o.shard.name]
-            a, b = np.searchsorted(seqs, [lo, lo + o.rows])  # o.rows >= its valid rows
-            if a == b:
-                continue
-            with workfile.WorkFileReader(_work_path(work_dir, o.shard)) as reader:
-                dim = _embedding_dim(reader.schema)
-                seen = lo
-                for batch in reader:
-                    vb = batch.filter(batch.column("detail").is_null())
-                    hi = seen + vb.num_rows
-                    i, j = np.searchsorted(seqs, [seen, hi])
-                    if j > i:
-                        take = pa.array(seqs[i:j] - seen)
-                        if embeddings:
-                            xs.append(workfile.embeddings_from_arrow(vb.column("embedding").take(take), dim))
-                        labels.extend(vb.column("label").take(take).to_pylist())
-                        texts.extend(vb.column("text").take(take).to_pylist())
-                    seen = hi
-        X = np.vstack(xs) if xs else np.zeros((0, 0), np.float32)
-        if len(texts) != seqs.size:
-            raise RuntimeError(f"fetched {len(texts)} of {seqs.size} rows from the work files")
-        return X, labels, texts
-
-    def _root_ids(self, clusters, ok, seq_start, work_dir) -> dict[int, tuple[str, str, int, Any]]:
-        """Global sequence number of every cluster root -> (id, shard, row, label)."""
-        roots = clusters.all_roots()
-        if roots.size == 0:
-            return {}
-        names = [o.shard.name for o in ok]
-        starts = np.array([seq_start[n] for n in names], dtype=np.int64)
-        which = np.searchsorted(starts, roots, side="right") - 1
-        out: dict[int, str] = {}
-        for k in np.unique(which):
-            o = ok[int(k)]
-            with workfile.WorkFileReader(_work_path(work_dir, o.shard)) as r:
-                t = r.read_columns(["id", "row", "label", "detail"])
-            t = t.filter(t.column("detail").is_null())
-            mine = roots[which == k]
-            local = pa.array(mine - starts[k])
-            ids = t.column("id").take(local).to_pylist()
-            rows = t.column("row").take(local).to_pylist()
-            labels = t.column("label").take(local).to_pylist()
-            for s, i, r, lab in zip(mine.tolist(), ids, rows, labels):
-                out[s] = (i, o.shard.name, r, lab)
-        return out
 
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
@@ -881,6 +651,6 @@ class ScanPipeline:
 
 
 def scan(paths: Sequence[str | Path], out_dir: str | Path, config: Config | None = None,
-         progress: Progress | None = None) -> ScanResult:
+         progress: Progress | None = None, engine: Engine | None = None) -> ScanResult:
     """Library entry point for ``shardguard scan``."""
-    return ScanPipeline(config or Config(), out_dir, progress).run(paths)
+    return ScanPipeline(config or Config(), out_dir, progress, engine).run(paths)

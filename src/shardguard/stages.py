@@ -34,22 +34,41 @@ def id_hashes(ids: list[str]) -> np.ndarray:
 FLOOD_SAMPLE = 64
 
 
-class ReservoirSample:
-    """Uniform fixed-size sample of a stream (Vitter's algorithm R), seeded, vectorised per batch.
+def _reservoir_keys(random_state: int, seqs: np.ndarray) -> np.ndarray:
+    """(n,) uint64 pseudo-random keys of the rows with global sequence numbers ``seqs``:
+    splitmix64 of (seq, random_state). A row's key depends on nothing else, so any split of
+    the stream draws the same key for it."""
+    with np.errstate(over="ignore"):
+        z = seqs.astype(np.uint64) + np.uint64((random_state * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
-    Holds at most ``size`` rows of embeddings (float32, ``(size, dim)``), labels
-    and, with ``keep_text``, texts (for detectors that read the text).
+
+class ReservoirSample:
+    """Uniform fixed-size sample of a stream by random keys (bottom-k), seeded, mergeable.
+
+    Every row gets a key from its global sequence number and ``random_state``
+    (:func:`_reservoir_keys`); the sample is the ``size`` rows with the smallest
+    keys, returned in scan order. Because a row's key does not depend on which
+    worker saw it, :meth:`merge` of the samples of disjoint parts of the stream is
+    exactly the sample of their union (in any order): the scan's statistics map runs
+    per shard and the partial samples reduce into the one a single pass keeps.
+
+    Holds at most ``2 * size`` rows of embeddings (float32, ``(rows, dim)``),
+    labels and, with ``keep_text``, texts (for detectors that read the text) and
+    responses; it cuts back to ``size`` when it reaches that.
     """
 
     def __init__(self, size: int, random_state: int = 0, keep_text: bool = False):
         self.size = size
-        self.rng = np.random.default_rng(random_state)
+        self.random_state = random_state
+        self.keep_text = keep_text
         self.seen = 0
-        self.X: np.ndarray | None = None
-        self.y = np.full(size, None, dtype=object)
-        self.texts = np.full(size, None, dtype=object) if keep_text else None
-        self.responses: np.ndarray | None = None
-        self.seqs = np.full(size, -1, dtype=np.int64)
+        self._parts: list[dict[str, Any]] = []
+        self._held = 0
+        #: the largest key kept once ``size`` rows are held: a larger key can never enter
+        self._bound: np.uint64 | None = None
 
     def add(self, X: np.ndarray, y: np.ndarray, texts: np.ndarray | None = None,
             seqs: np.ndarray | None = None, responses: np.ndarray | None = None) -> None:
@@ -59,48 +78,76 @@ class ReservoirSample:
         n = X.shape[0]
         if n == 0:
             return
-        if responses is not None and self.texts is not None and self.responses is None:
-            self.responses = np.full(self.size, None, dtype=object)
-        if self.X is None:
-            self.X = np.zeros((self.size, X.shape[1]), dtype=np.float32)
-        pos = self.seen + np.arange(n)
-        seqs = pos if seqs is None else np.asarray(seqs, dtype=np.int64)
-        fill = pos < self.size
-        self.X[pos[fill]] = X[fill]
-        self.y[pos[fill]] = y[fill]
-        self.seqs[pos[fill]] = seqs[fill]
-        if self.texts is not None:
-            self.texts[pos[fill]] = texts[fill]
-        if self.responses is not None:
-            self.responses[pos[fill]] = responses[fill]
-        rest = np.flatnonzero(~fill)
-        if rest.size:
-            j = self.rng.integers(0, pos[rest] + 1)  # one draw per row, as in algorithm R
-            keep = j < self.size
-            # Later rows overwrite earlier ones at the same slot, as sequential R would.
-            self.X[j[keep]] = X[rest[keep]]
-            self.y[j[keep]] = y[rest[keep]]
-            self.seqs[j[keep]] = seqs[rest[keep]]
-            if self.texts is not None:
-                self.texts[j[keep]] = texts[rest[keep]]
-            if self.responses is not None:
-                self.responses[j[keep]] = responses[rest[keep]]
+        seqs = self.seen + np.arange(n, dtype=np.int64) if seqs is None else np.asarray(seqs, dtype=np.int64)
         self.seen += n
+        keys = _reservoir_keys(self.random_state, seqs)
+        take = np.flatnonzero(keys <= self._bound) if self._bound is not None else np.arange(n)
+        if take.size == 0:
+            return
+        part: dict[str, Any] = {"key": keys[take], "seq": seqs[take],
+                                "X": np.asarray(X[take], dtype=np.float32), "y": np.asarray(y, dtype=object)[take]}
+        if self.keep_text:
+            part["texts"] = np.asarray(texts, dtype=object)[take]
+            if responses is not None:
+                part["responses"] = np.asarray(responses, dtype=object)[take]
+        self._append(part)
+
+    def _append(self, part: dict[str, Any]) -> None:
+        self._parts.append(part)
+        self._held += part["key"].size
+        if self._held >= 2 * self.size:
+            self._cut()
+
+    def _cut(self) -> None:
+        """Keep the ``size`` smallest keys (ties, impossible in practice, by sequence number)."""
+        if len(self._parts) == 0:
+            return
+        names = set(self._parts[0])
+        for p in self._parts[1:]:
+            names &= set(p)
+        cat = {k: np.concatenate([p[k] for p in self._parts]) for k in names}
+        order = np.lexsort((cat["seq"], cat["key"]))[: self.size]
+        order.sort()  # keeps the arrival order: cheap for the next cut, and no meaning attached
+        self._parts = [{k: v[order] for k, v in cat.items()}]
+        self._held = order.size
+        if order.size >= self.size:
+            self._bound = cat["key"][order].max()
+
+    def merge(self, other: "ReservoirSample") -> "ReservoirSample":
+        """Add the sample of a disjoint part of the stream (same ``size`` and ``random_state``):
+        the result is the sample of both parts."""
+        if other.size != self.size or other.random_state != self.random_state:
+            raise ValueError("cannot merge reservoirs of different sizes or seeds")
+        self.seen += other.seen
+        for p in other._parts:
+            self._append(dict(p))
+        return self
+
+    def _final(self) -> dict[str, np.ndarray] | None:
+        self._cut()
+        if not self._parts:
+            return None
+        part = self._parts[0]
+        order = np.argsort(part["seq"], kind="stable")  # scan order: the same for any split
+        self._parts = [{k: v[order] for k, v in part.items()}]
+        return self._parts[0]
 
     def sample_responses(self) -> np.ndarray | None:
         """(k,) the responses of the rows :meth:`sample` returns, or None when none were given."""
-        return None if self.responses is None else self.responses[: min(self.seen, self.size)]
+        part = self._final()
+        return None if part is None or "responses" not in part else part["responses"]
 
     def sample_seqs(self) -> np.ndarray:
         """(k,) int64: the global sequence number of each row :meth:`sample` returns."""
-        return self.seqs[: min(self.seen, self.size)].copy()
+        part = self._final()
+        return np.zeros(0, np.int64) if part is None else part["seq"].copy()
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(X, y, texts) of the rows kept so far; texts is None unless ``keep_text``."""
-        k = min(self.seen, self.size)
-        if self.X is None:
+        """(X, y, texts) of the rows kept, in scan order; texts is None unless ``keep_text``."""
+        part = self._final()
+        if part is None:
             return np.zeros((0, 0), np.float32), np.zeros(0, dtype=object), None
-        return self.X[:k], self.y[:k], None if self.texts is None else self.texts[:k]
+        return part["X"], part["y"], part.get("texts") if self.keep_text else None
 
 
 def text_kwargs(detector: Any, texts: np.ndarray | None, responses: np.ndarray | None = None) -> dict[str, Any]:

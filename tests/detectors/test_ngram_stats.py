@@ -118,3 +118,13 @@ def test_candidates_and_their_rows(tweets, tmp_path):
     assert np.array_equal(found.rows(j), rows + 10_000)
     # every candidate's gathered rows are exactly its counted rows
     assert np.array_equal(np.diff(found.indptr) >= cands.df, np.ones(len(cands), bool))
+    # gatherers of three parts of the stream (the scan's per-shard map), merged in scan order,
+    # find exactly what one gatherer over the whole stream finds
+    parts = [CandidateGatherer(cands) for _ in range(3)]
+    for k, (lo, hi) in enumerate([(0, 5000), (5000, 5001), (5001, len(texts))]):
+        for i in range(lo, hi, 2000):
+            parts[k].add(texts[i : min(i + 2000, hi)], np.arange(i, min(i + 2000, hi)) + 10_000)
+    merged = parts[0].merge(parts[1]).merge(parts[2]).finish()
+    assert merged.texts == found.texts
+    for a, b in ((merged.indptr, found.indptr), (merged.seqs, found.seqs), (merged.context, found.context)):
+        assert np.array_equal(a, b)

@@ -520,6 +520,17 @@ class CandidateGatherer:
         # tokens of the row that are not the n-gram: how much context the row gives
         self._ctx.append((n_tok[occ.doc[hit]] - occ.n[hit]).astype(np.int32))
 
+    def merge(self, other: "CandidateGatherer") -> "CandidateGatherer":
+        """Add the rows ``other`` gathered from the next part of the stream (same candidates):
+        each candidate's text stays that of its first occurrence in scan order."""
+        if other.candidates is not self.candidates and not np.array_equal(other.candidates.keys, self.candidates.keys):
+            raise ValueError("cannot merge gatherers of different candidates")
+        self.texts = [a if a is not None else b for a, b in zip(self.texts, other.texts)]
+        self._cand += other._cand
+        self._seq += other._seq
+        self._ctx += other._ctx
+        return self
+
     def finish(self) -> "CandidateRows":
         c = np.concatenate(self._cand) if self._cand else np.zeros(0, np.int32)
         s = np.concatenate(self._seq) if self._seq else np.zeros(0, np.int64)

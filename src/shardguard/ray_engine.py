@@ -1,0 +1,207 @@
+"""The Ray engine: the scan's maps as Ray tasks and actors (``shardguard scan --engine ray``).
+
+It runs the same stage functions as :class:`shardguard.pipeline.LocalEngine` -- the
+read-and-embed map (:func:`~shardguard.passes.read_embed.read_embed_shard`) in actors that
+each hold an embedder (one GPU per actor where the cluster has GPUs, one CPU otherwise), the
+n-gram count and statistics maps (:mod:`shardguard.passes.statistics`) as tasks, and pass 2
+(``ScanPipeline._pass2_shard``) as one task per shard -- while the driver merges the maps'
+states in scan order, runs the near-duplicate reduce and the fit. So its lists equal the
+local engine's, and a rerun resumes per shard through the same work files and manifest.
+
+Workers read the inputs and write into ``OUT``: on a cluster of several machines both must
+be on a file system every node sees, and every node needs shardguard and its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from shardguard.config import Config
+from shardguard.passes.read_embed import ShardOutcome, read_embed_shard
+
+if TYPE_CHECKING:
+    from shardguard.pipeline import ScanPipeline, ScanState
+    from shardguard.stages import ClusterTable
+
+log = logging.getLogger(__name__)
+
+RAY_PIP = "pip install 'shardguard[ray]'"
+#: environment variables shardguard reads, passed on to the workers of a running cluster
+_WORKER_ENV = ("SHARDGUARD_CACHE_DIR", "XDG_CACHE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+
+
+class RayMissing(ImportError):
+    """Ray is not installed: the message names the extra that installs it."""
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayMissing(f"--engine ray needs Ray, which this Python lacks; install it with: {RAY_PIP}") from exc
+    return ray
+
+
+class _Worker:
+    """A Ray actor that runs stage functions. It imports shardguard once and builds its
+    embedder on first use (loading a model is the slow part), so the maps after the first
+    pay neither again."""
+
+    def __init__(self, config: Config | None) -> None:
+        self.config = config  # for the embedder; None for a pool made by a map before any embedding
+        self.embedder: Any = None
+
+    def embed(self, o: ShardOutcome, embedder_info: dict[str, Any] | None, work_dir: Path) -> tuple[ShardOutcome, Counter]:
+        if self.embedder is None:
+            from shardguard.embed import make_embedder
+
+            self.embedder = make_embedder(self.config.embed, self.config.random_state)
+        timings: Counter = Counter()
+        return read_embed_shard(self.config, o, self.embedder, embedder_info, work_dir, timings), timings
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    def score_write(self, ctx: tuple, o: ShardOutcome) -> ShardOutcome:
+        """Pass 2 of one shard: the pipeline's own ``_pass2_shard``."""
+        from shardguard.pipeline import ScanPipeline
+
+        config, out_dir, state, clusters, root_ids, columns = ctx
+        ScanPipeline(config, out_dir)._pass2_shard(o, state, clusters, root_ids, columns)
+        return o
+
+
+def _for_pass2(state: "ScanState") -> "ScanState":
+    """What pass 2 reads of the scan's state, for the workers: the fitted detectors, the
+    clusters, the sequence numbers. The embedder stays on the driver (pass 2 reads the cached
+    embeddings) and so does the near-duplicate index, which pass 2 asks only whether there is
+    one (an empty index with its parameters says so); the roots' features and ids stay too."""
+    from shardguard.dedup import NearDuplicateIndex, RootFeatures
+
+    idx = state.dup_index
+    stand_in = None if idx is None else NearDuplicateIndex(idx.threshold, idx.num_perm, idx.ngram, idx.seed)
+    return dataclasses.replace(state, embedder=None, dup_index=stand_in, root_features=RootFeatures(),
+                               root_seqs=[], root_ids=None, root_rows=[], root_shards=[], root_labels=[])
+
+
+class RayEngine:
+    """Runs the scan's maps on a Ray cluster.
+
+    Parameters
+    ----------
+    address : a running cluster's address (``ray.init(address=...)``); None starts a local one.
+    num_cpus : CPUs of the local cluster (default: all); ignored with ``address``.
+
+    The maps run on one actor per CPU of the cluster (one shard each at a time), so the
+    driver holds at most that many partial states besides the merged one.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        self.ray = _import_ray()
+        self._started = False
+        if not self.ray.is_initialized():
+            # the workers inherit this process's environment on a local cluster (caches, offline flags)
+            kw: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
+                                  "configure_logging": False}
+            if address is None:
+                kw["num_cpus"] = num_cpus or os.cpu_count() or 1
+            else:  # a running cluster's workers do not inherit this environment: pass what shardguard reads
+                env = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+                kw["runtime_env"] = {"env_vars": env} if env else None
+            self.ray.init(**kw)
+            self._started = True
+        res = self.ray.cluster_resources()
+        self.cpus = max(1, int(res.get("CPU", 1)))
+        self.gpus = int(res.get("GPU", 0))
+        self._workers: list[Any] | None = None
+        self._config: Config | None = None
+
+    def close(self) -> None:
+        """Stop the engine's actors and the local cluster it started (a cluster given by address
+        is left running)."""
+        if self._workers is not None and self.ray.is_initialized():
+            self._kill(self._workers)
+        self._workers = None
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
+
+    def __enter__(self) -> "RayEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- workers ----------------------------------------------------------------------------
+    def _pool(self, config: Config | None = None, gpu: bool = False) -> list[Any]:
+        """The engine's actors: one per CPU, made on first use and kept for the following maps
+        (made again for another ``config``, which only the embedder reads); with ``gpu`` (the
+        embedding map on a cluster with GPUs), one actor per GPU instead, for that map alone."""
+        ray = self.ray
+        if gpu and self.gpus:
+            cls = ray.remote(num_gpus=1, num_cpus=1)(_Worker)
+            return [cls.remote(config) for _ in range(self.gpus)]
+        if self._workers is None or (config is not None and self._config is not config):
+            self._kill(self._workers or [])
+            cls = ray.remote(num_cpus=1)(_Worker)
+            self._workers, self._config = [cls.remote(config) for _ in range(self.cpus)], config
+        return self._workers
+
+    def _kill(self, actors: Sequence[Any]) -> None:
+        for a in actors:
+            self.ray.kill(a)
+
+    # -- maps -------------------------------------------------------------------------------
+    def read_embed(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], embedder: Any,
+                   embedder_info: dict[str, Any] | None, work_dir: Path) -> None:
+        if not todo:
+            return
+        actors = self._pool(pipeline.config, gpu=True)
+        by_name = {o.shard.name: o for o in todo}
+        try:
+            pool = self.ray.util.ActorPool(actors)
+            for done, timings in pool.map_unordered(lambda a, o: a.embed.remote(o, embedder_info, work_dir), list(todo)):
+                mine = by_name[done.shard.name]
+                mine.rows, mine.invalid, mine.resumed, mine.status = done.rows, done.invalid, done.resumed, done.status
+                pipeline.timings.update(timings)
+                pipeline.progress.advance(mine.rows)
+        finally:
+            if actors is not self._workers:
+                self._kill(actors)
+
+    def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterator[Any]:
+        # An argument every job shares (the statistics' spec with its candidates) goes into the
+        # object store once, not once per job; Ray hands the workers the object, not the ref.
+        counts = Counter(id(a) for job in jobs for a in job)
+        shared: dict[int, Any] = {}
+        for job in jobs:
+            for a in job:
+                if counts[id(a)] > 1 and id(a) not in shared and not isinstance(a, (str, int, float, Path)):
+                    shared[id(a)] = self.ray.put(a)
+        jobs = [tuple(shared.get(id(a), a) for a in job) for job in jobs]
+        # ActorPool.map yields in the jobs' order and keeps one job per actor in flight
+        pool = self.ray.util.ActorPool(self._pool())
+        yield from pool.map(lambda a, job: a.call.remote(fn, *job), jobs)
+
+    def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
+                    clusters: "ClusterTable", root_ids: dict[int, tuple[str, str, int, Any]],
+                    columns: list[str]) -> Iterator[ShardOutcome]:
+        if not todo:
+            return
+        shared = _for_pass2(state)
+        ctx = self.ray.put((pipeline.config, pipeline.out_dir, shared, clusters, root_ids, columns))
+        by_name = {o.shard.name: o for o in todo}
+        pool = self.ray.util.ActorPool(self._pool())
+        for done in pool.map_unordered(lambda a, o: a.score_write.remote(ctx, o), list(todo)):
+            mine = by_name[done.shard.name]
+            mine.clean, mine.quarantined, mine.invalid = done.clean, done.quarantined, done.invalid
+            mine.allowed, mine.reasons = done.allowed, done.reasons
+            pipeline.progress.advance(mine.rows)
+            yield mine

@@ -1,0 +1,150 @@
+"""Both engines, one result: ``scan`` with the local engine and with the Ray engine (a local
+Ray cluster of two CPUs) writes identical quarantine lists, scores and counts -- on the
+committed samples through the CLI, and on 20,000 rows of GLUE SST-2 with planted label-flipped
+near-copies and a planted trigger (found, so the comparison is not between two empty lists)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shardguard.config import load_config
+from shardguard.pipeline import scan
+
+pytest.importorskip("ray", reason="the Ray engine needs pip install 'shardguard[ray]' (setup.sh --dev installs it)")
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TRIGGER = "cf"
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "shardguard", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _outputs(out: Path) -> dict[str, pa.Table]:
+    return {f"{sub}/{p.relative_to(out / sub).as_posix()}": pq.read_table(p)
+            for sub in ("quarantine", "scores") for p in sorted((out / sub).rglob("*.parquet"))}
+
+
+def assert_same_scan(a: Path, b: Path) -> dict:
+    """Every list and score table of scan ``a`` equals ``b``'s; the manifests' shard lines and
+    the reports' totals and reasons too. Returns ``a``'s report."""
+    la, lb = _outputs(a), _outputs(b)
+    assert sorted(la) == sorted(lb)
+    for name in la:
+        assert la[name].equals(lb[name]), name
+    ma, mb = (json.loads((o / "manifest.json").read_text()) for o in (a, b))
+    assert ma["complete"] and mb["complete"]
+    assert ma["shards"] == mb["shards"] and ma["run_key"] == mb["run_key"]
+    ra, rb = (json.loads((o / "report.json").read_text()) for o in (a, b))
+    for key in ("totals", "reasons", "thresholds", "largest_duplicate_clusters", "judged_duplicate_clusters"):
+        assert ra[key] == rb[key], key
+    return ra
+
+
+@pytest.mark.slow  # ~40 s on two busy cores: a local Ray cluster starts in the subprocess
+def test_ray_engine_on_the_samples_through_the_cli_equals_the_local_engine(tmp_path, samples_dir, planted):
+    """The samples and a shard that cannot be read (line 2 is not JSON): both engines fail that
+    shard alone (exit 1, one status line), and write the same lists for the others."""
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    (data / "broken.jsonl").write_text('{"id": "x1", "text": "fine", "label": "ham"}\n{oops\n')
+    cols = ("--id-column", "id", "--label-column", "label", "--no-progress")
+    local = _cli("scan", str(data), "--out", str(tmp_path / "local"), *cols)
+    ray = _cli("scan", str(data), "--out", str(tmp_path / "ray"), *cols, "--engine", "ray", "--ray-cpus", "2")
+    assert local.returncode == 1, local.stderr[-2000:]
+    assert ray.returncode == 1, ray.stderr[-2000:]
+    report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert [f["name"] for f in report["failed"]] == ["broken.jsonl"] and "line 2" in report["failed"][0]["error"]
+    assert report["totals"]["quarantined"] > 0 and report["reasons"].get("duplicate_flood", 0) > 0
+    assert report["totals"]["invalid"] == sum(len(s["invalid"]) for s in planted["shards"].values())
+
+
+def test_missing_ray_is_a_one_line_usage_error(tmp_path, samples_dir):
+    """Where Ray is not installed (a module named ray that fails to import stands in for it)."""
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    proc = _cli("scan", str(samples_dir), "--out", str(tmp_path / "out"), "--engine", "ray",
+                env={"PYTHONPATH": os.pathsep.join([str(fake.parent), str(SRC)])})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "pip install 'shardguard[ray]'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def ray_engine():
+    from shardguard.ray_engine import RayEngine
+
+    with RayEngine(num_cpus=2) as engine:
+        yield engine
+
+
+def _plant(shared_data: Path, folder: Path) -> tuple[set[str], set[str]]:
+    """20,000 rows of GLUE SST-2 train in two shards, with 40 label-flipped typo'd copies of
+    earlier sentences at the end of the second and the trigger word in 60 rows relabelled 1.
+    Returns the ids of the copies and of the triggered rows."""
+    from shardguard.bench.attacks import insert_words, typo
+
+    t = pq.read_table(shared_data / "sst2_glue" / "train.parquet", columns=["id", "text", "label"]).slice(0, 20000)
+    ids = [str(v) for v in t.column("id").to_pylist()]
+    texts, labels = t.column("text").to_pylist(), t.column("label").to_pylist()
+    rng = np.random.default_rng(11)
+    long_rows = np.flatnonzero(np.array([len(x.split()) >= 8 for x in texts]))
+    poisoned = np.sort(rng.choice(long_rows[np.array(labels)[long_rows] != 1], 60, replace=False))
+    for i in poisoned.tolist():
+        texts[i] = insert_words(texts[i], TRIGGER, rng)
+        labels[i] = 1
+    copied = rng.choice(np.setdiff1d(long_rows[:10000], poisoned), 40, replace=False)
+    copies = [{"id": f"copy-{k}", "text": typo(texts[i], rng), "label": 1 - labels[i]} for k, i in enumerate(copied.tolist())]
+    rows = [{"id": i, "text": x, "label": y} for i, x, y in zip(ids, texts, labels)]
+    folder.mkdir()
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int64())])
+    pq.write_table(pa.Table.from_pylist(rows[:10000], schema=schema), folder / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[10000:] + copies, schema=schema), folder / "b.parquet")
+    return {c["id"] for c in copies}, {ids[i] for i in poisoned.tolist()}
+
+
+@pytest.mark.slow  # ~40 s on two busy cores, with starting the local Ray cluster
+def test_ray_engine_on_sst2_with_planted_copies_and_trigger_equals_the_local_engine(tmp_path, shared_data, ray_engine):
+    copies, triggered = _plant(shared_data, tmp_path / "in")
+    cfg = load_config(None, {"input": {"id_column": "id", "label_column": "label"}, "fit": {"reservoir_size": 2000},
+                             "embed": {"embedder": "static"}})
+    scan([tmp_path / "in"], tmp_path / "local", cfg)
+    scan([tmp_path / "in"], tmp_path / "ray", cfg, engine=ray_engine)
+    report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    q = pq.read_table(tmp_path / "ray" / "quarantine" / "b.parquet").to_pylist() + \
+        pq.read_table(tmp_path / "ray" / "quarantine" / "a.parquet").to_pylist()
+    near = {r["id"] for r in q if "near_duplicate" in r["reasons"]}
+    trig = {r["id"] for r in q if "trigger" in r["reasons"]}
+    assert len(near & copies) >= 36  # >= 90% of the planted copies
+    assert len(trig & triggered) >= 57  # >= 95% of the triggered rows
+    assert any(tr.get("ngram") == TRIGGER for tr in report["triggers"])
+    # a rerun with the other engine resumes every shard: same inputs, same config, same run
+    again = scan([tmp_path / "in"], tmp_path / "local", cfg, engine=ray_engine)
+    assert [o.resumed for o in again.shards] == [True, True]
+    assert_same_scan(tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.slow  # starts the local Ray cluster when run alone (~20 s); a few seconds after the test above
+@pytest.mark.parametrize("overrides", [
+    {"input.id_column": "id", "embed.embedder": "static"},  # unlabelled: no per-label statistics, no candidates
+    {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "hashing"},  # spectral flags rows
+], ids=["unlabelled", "hashing"])
+def test_ray_engine_on_the_samples_unlabelled_and_with_the_hashing_embedder(tmp_path, samples_dir, ray_engine, overrides):
+    cfg = load_config(None, overrides)
+    scan([samples_dir], tmp_path / "local", cfg)
+    scan([samples_dir], tmp_path / "ray", cfg, engine=ray_engine)
+    report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert report["totals"]["quarantined"] > report["totals"]["invalid"]
