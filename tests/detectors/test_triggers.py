@@ -230,10 +230,11 @@ def test_unlabelled_rows_in_labelled_data(sst2, minilm, shared_data):
 @pytest.mark.slow
 @pytest.mark.parametrize("trigger", ["cf", "🔱", "bit.ly/3xq9"])
 def test_constant_count_trigger_mined_from_the_stream_not_the_sample(shared_data, tmp_path, trigger):
-    """50 poisoned rows in the 67,349 rows of GLUE SST-2 train: with a 2,000-row reservoir the
-    sample holds one of them or none, yet every one is found -- candidates come from every
-    row -- and no clean row is flagged by the trigger detector (phrase-level rows that are
-    sub-phrases of one sentence count once)."""
+    """50 poisoned rows in the 67,349 rows of GLUE SST-2 train, none of them in the scan's
+    2,000-row reservoir (the rows it keeps are found by offering the same sequence numbers to
+    the same ReservoirSample), yet every one is found -- candidates come from every row -- and
+    no clean row is flagged by the trigger detector (phrase-level rows that are sub-phrases of
+    one sentence count once)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -244,9 +245,14 @@ def test_constant_count_trigger_mined_from_the_stream_not_the_sample(shared_data
     ids = [str(v) for v in t.column("id").to_pylist()]
     texts = t.column("text").to_pylist()
     labels = [str(v) for v in t.column("label").to_pylist()]
+    from shardguard.stages import ReservoirSample
+
+    sampled = ReservoirSample(2000, random_state=0)
+    sampled.add(np.zeros((len(texts), 1), np.float32), np.array(labels, dtype=object))
     rng = np.random.default_rng(7)
     target = "1"
     cand = np.flatnonzero((np.array([len(x.split()) for x in texts]) >= 6) & (np.array(labels) != target))
+    cand = np.setdiff1d(cand, sampled.sample_seqs())
     rows = np.sort(rng.choice(cand, 50, replace=False))
     for i in rows.tolist():
         texts[i] = attacks.insert_words(texts[i], trigger, rng)
@@ -259,7 +265,7 @@ def test_constant_count_trigger_mined_from_the_stream_not_the_sample(shared_data
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     found = [tr for tr in report["triggers"] if tr.get("ngram") == trigger]
     assert found and found[0]["label"] == target and found[0]["rows"] == 50
-    assert found[0]["sample_rows"] <= 3  # 50 x 2,000 / 67,349 = 1.5 expected in the sample
+    assert found[0]["sample_rows"] == 0
     q = pq.read_table(tmp_path / "out" / "quarantine" / "sst2.parquet").to_pylist()
     flagged = {r["id"] for r in q if "trigger" in r["reasons"]}
     poisoned = {ids[i] for i in rows.tolist()}
