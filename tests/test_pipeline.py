@@ -121,6 +121,7 @@ def test_report_has_totals_thresholds_timings(sample_scan, planted):
     sizes = report["state_sizes"]
     assert 0 < sizes["near_duplicate_roots"] < report["totals"]["rows"]
     assert sizes["near_duplicate_index_bytes"] > 0 and sizes["root_features_bytes"] > 0
+    assert sizes["duplicate_clusters"] >= len(report["largest_duplicate_clusters"]) > 0
     assert "trigger_candidate_rows" not in sizes  # the trigger detector was left out
     assert report["reasons"]["invalid"] == sum(len(i["invalid"]) for i in planted["shards"].values())
     # trigger mining needs meaning, which hashed words do not carry: left out, and said so

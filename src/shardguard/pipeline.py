@@ -280,6 +280,7 @@ class ScanPipeline:
         t = time.perf_counter()
         root_ids = state.cluster_roots
         clusters = state.clusters.table()
+        self.state_sizes["duplicate_clusters"] = int(clusters.roots.size)  # each a dict entry in root_ids
         columns = score_columns(self.config, list(state.detectors))
         manifest = self._manifest_base(state.run_key, state.embedder_info)
 
