@@ -117,6 +117,12 @@ def test_report_has_totals_thresholds_timings(sample_scan, planted):
     assert set(report["thresholds"]) >= {"near_duplicate", "duplicate_flood", "outlier", "spectral"}
     assert report["throughput_rows_per_s"] > 0
     assert {"read", "embed", "index", "fit", "score_write"} <= set(report["timings_s"])
+    # the driver's corpus-sized state, for sizing a larger run (docs/scaling.md)
+    sizes = report["state_sizes"]
+    assert 0 < sizes["near_duplicate_roots"] < report["totals"]["rows"]
+    assert sizes["near_duplicate_index_bytes"] > 0 and sizes["root_features_bytes"] > 0
+    assert sizes["duplicate_clusters"] >= len(report["largest_duplicate_clusters"]) > 0
+    assert "trigger_candidate_rows" not in sizes  # the trigger detector was left out
     assert report["reasons"]["invalid"] == sum(len(i["invalid"]) for i in planted["shards"].values())
     # trigger mining needs meaning, which hashed words do not carry: left out, and said so
     assert "trigger" in report["skipped_detectors"] and "trigger" not in report["thresholds"]

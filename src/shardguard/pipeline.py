@@ -237,6 +237,8 @@ class ScanPipeline:
         self.out_dir = Path(out_dir)
         self.progress = progress or _NoProgress()
         self.timings: Counter = Counter()
+        #: Sizes of the driver's corpus-sized state after the reduces and the fit (report.json).
+        self.state_sizes: dict[str, int] = {}
         self._lock: OutputLock | None = None
         self._inputs: list[str] = []
 
@@ -278,6 +280,7 @@ class ScanPipeline:
         t = time.perf_counter()
         root_ids = state.cluster_roots
         clusters = state.clusters.table()
+        self.state_sizes["duplicate_clusters"] = int(clusters.roots.size)  # each a dict entry in root_ids
         columns = score_columns(self.config, list(state.detectors))
         manifest = self._manifest_base(state.run_key, state.embedder_info)
 
@@ -446,6 +449,11 @@ class ScanPipeline:
         state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features,
                                lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
         self.timings["index"] += time.perf_counter() - t
+        # The reduces' state that grows with the corpus (docs/scaling.md reads these).
+        if dup_index is not None:
+            self.state_sizes["near_duplicate_index_bytes"] = int(dup_index.nbytes)
+            self.state_sizes["near_duplicate_roots"] = int(dup_index.n_roots)
+        self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
 
         # Fit.
         t = time.perf_counter()
@@ -458,9 +466,10 @@ class ScanPipeline:
             for name, det in detectors.items():
                 kw = text_kwargs(det, texts, reservoir.sample_responses())
                 if name in stats.gatherers:
+                    rows = stats.gatherers[name].finish()
+                    self.state_sizes[f"{name}_candidate_rows"] = int(rows.seqs.size)
                     kw["candidates"] = StreamCandidates(
-                        stats.gatherers[name].finish(), reservoir.sample_seqs(),
-                        lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs))
+                        rows, reservoir.sample_seqs(), lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs))
                 if getattr(det, "embeds_new_texts", False) and hasattr(embedder, "embed_texts"):
                     kw["embed"] = embedder.embed_texts
                 if det.streaming:
@@ -640,6 +649,7 @@ class ScanPipeline:
                 for i, k in zip(judged.tolist(), table.roots[judged].tolist())
             ],
             "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
+            "state_sizes": dict(sorted(self.state_sizes.items())),
             # what the timings and memory depend on besides the config (see shardguard.launch)
             "runtime": {"arrow_memory_pool": pa.default_memory_pool().backend_name,
                         "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")},

@@ -300,6 +300,12 @@ class RootFeatures:
         return self._labels[: self._n]
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held, spare capacity included (it is allocated)."""
+        return int(self._seqs.nbytes + self._labels.nbytes
+                   + sum(getattr(self._feats, f).nbytes for f in StatementFeatures.FIELDS))
+
+    @property
     def features(self) -> StatementFeatures:
         return self._feats.take(np.arange(self._n))
 
