@@ -130,7 +130,8 @@ class TriggerDetector(EmbeddingDetector):
         Unlabelled: words at least this common in English (wordfreq zipf) never count.
     max_context_coherence : float, default 0.1
         Rows over ``max_coherence`` (labelled) or ``max_coherence_unlabelled`` (an injected
-        n-gram), read without the phrase they share around the n-gram, must be at most this
+        link, domain, emoji or tag; never a word: a name's rows are about it), read without the
+        phrase they share around the n-gram, must be at most this
         much above random rows read the same way: a trigger sentence inserted into unrelated
         rows leaves unrelated rows (AddSent in 50 GoEmotions comments: 0.40 with it, -0.005
         without; a link: 0.35, -0.001), a template or topic does not (SMS spam "tones",
