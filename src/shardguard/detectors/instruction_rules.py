@@ -19,7 +19,9 @@ response is taken to be the text's last ``suffix_words`` tokens).
 * **Injected content.** 1-3-grams of the responses in ``min_support`` rows or more (without a
   response column: occurrences in the back of the text, relative position >=
   ``min_position``, are the ones that count) that are semantically
-  unrelated (mean pairwise cosine within ``max_coherence_unlabelled`` of random rows), occur
+  unrelated (mean pairwise cosine within ``max_coherence_unlabelled`` of random rows; rows of a
+  link, domain, emoji or tag over it are read again without the phrase they share around it,
+  within ``max_context_coherence``, when the scan passes its embedder), occur
   ``min_enrichment`` times more often than their general-language frequency (``wordfreq``)
   predicts (Poisson tail, Bonferroni), sit inside sentences in at least
   ``min_mid_sentence_share`` of their rows (injected content is worked into a sentence; a
