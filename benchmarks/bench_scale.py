@@ -38,8 +38,9 @@ candidate rows (16 bytes each while gathered); and the disk the scan's ``OUT/.wo
 **Targets** (issue 14): the Ray engine within 1.5x of the local engine's wall time at each
 size; local peak-RSS growth from the smallest to the largest size no more than the growth of
 the near-duplicate index (with its root features) plus 16 bytes per candidate row. Printed
-beside it, what else grows with the copies: 57 B per copy in the clusters and ~245 B per
-cluster in the roots' id dict (``report.json["state_sizes"]["duplicate_clusters"]``).
+beside it, what else grows with the copies: 57 B per copy in the clusters and the cluster
+roots' table (``report.json["state_sizes"]["cluster_roots_bytes"]``: 32 B per cluster plus
+its id's bytes).
 Results are printed and written to ``--json`` after every scan, so a run cut short keeps
 what it measured. The machine is shared: timings swing by up to 2x between runs.
 """
@@ -67,11 +68,9 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = 4
 SHARD_ROWS = 100_000
 SEED = 14
-#: Bytes a near-duplicate copy costs the clusters (their docstring), and a cluster's entry in the
-#: roots' id dict (tracemalloc of 100,000 entries with ids like these): the bookkeeping that grows
-#: with the copies besides the index.
+#: Bytes a near-duplicate copy costs the clusters (their docstring): with the cluster roots'
+#: table (measured, report.json), the bookkeeping that grows with the copies besides the index.
 COPY_BYTES = 57
-CLUSTER_ID_BYTES = 245
 _LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
 
 
@@ -246,12 +245,12 @@ def summarise(results: list[dict]) -> dict:
         }
         summary["local_growth"]["met"] = summary["local_growth"]["peak_rss_mib"] <= summary["local_growth"]["allowance_mib"]
         # What else grows with the copies: the clusters' arrays (57 B a copy, stages.DuplicateClusters)
-        # and the roots' ids, a Python dict entry per cluster (~245 B, tracemalloc of short ids).
+        # and the cluster roots' table (scoring.RootTable, its nbytes in report.json).
         copies = [r["rows"] - r["state_sizes"]["near_duplicate_roots"] for r in (lo, hi)]
         summary["local_growth"]["duplicate_copies_mib"] = round((copies[1] - copies[0]) * COPY_BYTES / 2**20, 1)
-        if all("duplicate_clusters" in r["state_sizes"] for r in (lo, hi)):
-            grown = hi["state_sizes"]["duplicate_clusters"] - lo["state_sizes"]["duplicate_clusters"]
-            summary["local_growth"]["cluster_ids_mib"] = round(grown * CLUSTER_ID_BYTES / 2**20, 1)
+        if all("cluster_roots_bytes" in r["state_sizes"] for r in (lo, hi)):
+            grown = hi["state_sizes"]["cluster_roots_bytes"] - lo["state_sizes"]["cluster_roots_bytes"]
+            summary["local_growth"]["cluster_roots_mib"] = round(grown / 2**20, 1)
     return summary
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from shardguard.scoring import LabelCodes, RootTable
 from shardguard.stages import DuplicateClusters
 
 
@@ -37,6 +39,23 @@ def test_sizes_reference_and_majority_with_ties():
     assert rows.tolist() == [0, 1, 8, 9] and root.tolist() == [3, 3, 7, 7] and sim.dtype == np.float32
     assert contradicts is None  # recorded without statement judgements: judged by the first occurrence's label
     assert c.members("nowhere")[0].size == 0
+
+
+def test_root_labels_from_the_scans_root_table():
+    """The scan resolves its clusters from its RootTable (labels of the sorted roots), as from a dict."""
+    batches = [("s1", [1, 2, 3, 4], [0, 0, -1, 0], ["b", "b", "x", "a"]), ("s2", [0, 1, 5], [3, 3, -1], ["y", "y", "z"])]
+    by_dict, by_table = DuplicateClusters(flood_size=3), DuplicateClusters(flood_size=3)
+    record_all(by_dict, batches)
+    record_all(by_table, batches)
+    roots = RootTable(LabelCodes(), ["s1", "s2"])
+    roots.append(np.array([0, 3]), pa.array(["s1:0", "s2:3"]), roots.labels.encode(["a", None]),
+                 np.array([0, 3]), np.array([0, 1]))
+    by_dict.resolve({0: "a", 3: None})
+    by_table.resolve(roots.label_of)
+    for col in ("roots", "sizes", "reference", "majority", "flood"):
+        assert getattr(by_table.table(), col).tolist() == getattr(by_dict.table(), col).tolist()
+    assert roots.label_of(np.array([3, 0, 9])).tolist() == [None, "a", None]
+    assert [c.tolist() for c in roots.lookup(np.array([3]))] == [["s2:3"], ["s2"], [3], [None]]
 
 
 def test_tie_without_the_reference_goes_to_the_smallest_label():

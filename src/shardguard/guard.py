@@ -153,21 +153,18 @@ def _kept(verdicts: pa.Table) -> pa.ChunkedArray:
 def _copy_ids(pipeline: Any, state: Any) -> np.ndarray:
     """xxh3 hashes of the ids of the copies the scan recorded (uint64, in
     ``DuplicateClusters.copies`` order), read from pass 1's work files as the scan reads its
-    roots' ids (``shardguard.passes.index.root_ids``)."""
-    from shardguard.passes.index import root_ids
+    roots' ids (``shardguard.passes.index.root_table``)."""
+    from shardguard.passes.index import root_table
 
     seqs = state.clusters.copies()[3]
     if seqs is None or not seqs.size:
         return np.zeros(0 if seqs is None else seqs.size, np.uint64)
-
-    class _Rows:  # the rows root_ids reads: here the copies, not the roots
-        @staticmethod
-        def all_roots() -> np.ndarray:
-            return np.unique(seqs)
-
     ok = [o for o in state.outcomes if o.status == "ok"]
-    found = root_ids(_Rows, ok, state.seq_start, state.work_dir)
-    return id_hashes([found[s][0] for s in seqs.tolist()])
+    rows = root_table(np.unique(seqs), ok, state.seq_start, state.work_dir)
+    found, pos = rows.positions(seqs)
+    if not found.all():
+        raise RuntimeError(f"{int((~found).sum())} recorded copies are missing from the work files")
+    return id_hashes(rows.ids(pos))
 
 
 class Guard:

@@ -53,7 +53,7 @@ from shardguard.io.outputs import OutputLock, check_scan_output, file_sha256, js
 from shardguard.io.idlist import allowed_ids
 from shardguard.io.readers import discover_shards
 from shardguard.io.writers import QuarantineWriter, atomic_write_json, remove_stale_temps
-from shardguard.passes.index import fetch_rows, index_shard, root_ids as cluster_root_ids
+from shardguard.passes.index import fetch_rows, index_shard, root_table
 from shardguard.passes.read_embed import (
     ShardOutcome,
     digest as _digest,
@@ -65,7 +65,7 @@ from shardguard.passes.read_embed import (
     work_path as _work_path,
 )
 from shardguard.passes.statistics import ShardStatistics, StatisticsSpec, count_shard_ngrams, shard_statistics
-from shardguard.scoring import BatchScorer, MappingRoots
+from shardguard.scoring import BatchScorer, LabelCodes, RootTable
 from shardguard.stages import (
     DUPLICATE_FLOOD,
     NEAR_DUPLICATE,
@@ -128,8 +128,8 @@ class ScanState:
     root_rows: list[np.ndarray] = field(default_factory=list)
     root_shards: list[np.ndarray] = field(default_factory=list)  # index into the ok shards, in scan order
     root_labels: list[np.ndarray] = field(default_factory=list)
-    #: Cluster root sequence number -> (id, shard, row, label), for ``duplicate_of*`` and the report.
-    cluster_roots: dict[int, tuple[str, str, int, Any]] = field(default_factory=dict)
+    #: The cluster roots by sequence number (id, shard, row, label), for ``duplicate_of*`` and the report.
+    cluster_roots: RootTable = field(default_factory=lambda: RootTable(LabelCodes()))
     #: What each indexed root says (length, words, negations, hashes), to judge its copies.
     root_features: RootFeatures = field(default_factory=RootFeatures)
     #: Ids confirmed clean by a review (``review.allow``), as an Arrow array for ``is_in``.
@@ -189,7 +189,7 @@ class Engine(Protocol):
         """``fn(*job)`` for every job, yielded in the jobs' order."""
 
     def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
-                    clusters: ClusterTable, root_ids: dict[int, tuple[str, str, int, Any]],
+                    clusters: ClusterTable, roots: RootTable,
                     columns: list[str]) -> Iterable[ShardOutcome]:
         """Pass 2 for every shard in ``todo``; yields each outcome (updated) once its lists are written."""
 
@@ -211,10 +211,10 @@ class LocalEngine:
             yield fn(*job)
 
     def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
-                    clusters: ClusterTable, root_ids: dict[int, tuple[str, str, int, Any]],
+                    clusters: ClusterTable, roots: RootTable,
                     columns: list[str]) -> Iterator[ShardOutcome]:
         for o in todo:
-            pipeline._pass2_shard(o, state, clusters, root_ids, columns)
+            pipeline._pass2_shard(o, state, clusters, roots, columns)
             yield o
 
 
@@ -278,9 +278,9 @@ class ScanPipeline:
 
         # Pass 2 (map, per shard): verdicts and lists.
         t = time.perf_counter()
-        root_ids = state.cluster_roots
+        roots = state.cluster_roots
         clusters = state.clusters.table()
-        self.state_sizes["duplicate_clusters"] = int(clusters.roots.size)  # each a dict entry in root_ids
+        self.state_sizes["duplicate_clusters"] = int(clusters.roots.size)  # each a row of roots
         columns = score_columns(self.config, list(state.detectors))
         manifest = self._manifest_base(state.run_key, state.embedder_info)
 
@@ -302,13 +302,13 @@ class ScanPipeline:
                 mark_done(o)
             else:
                 todo.append(o)
-        for o in self.engine.score_write(self, todo, state, clusters, root_ids, columns):
+        for o in self.engine.score_write(self, todo, state, clusters, roots, columns):
             mark_done(o)
         self.progress.finish()
         self.timings["score_write"] += time.perf_counter() - t
 
         wall = time.perf_counter() - t_start
-        report = self._report(state.outcomes, state.detectors, clusters, wall, state.input_bytes, root_ids)
+        report = self._report(state.outcomes, state.detectors, clusters, wall, state.input_bytes, roots)
         report["skipped_detectors"] = state.skipped_detectors
         report["embedder"] = _embedder_summary(state.embedder_info)
         report["run_key"] = state.run_key
@@ -445,8 +445,8 @@ class ScanPipeline:
                 self.progress.advance(o.rows)
             stats = stats_future.result()
         self.progress.finish()
-        state.cluster_roots = cluster_root_ids(state.clusters, ok, seq_start, work_dir)
-        state.clusters.resolve({k: v[3] for k, v in state.cluster_roots.items()}, state.root_features,
+        state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
+        state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
                                lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
         self.timings["index"] += time.perf_counter() - t
         # The reduces' state that grows with the corpus (docs/scaling.md reads these).
@@ -454,6 +454,7 @@ class ScanPipeline:
             self.state_sizes["near_duplicate_index_bytes"] = int(dup_index.nbytes)
             self.state_sizes["near_duplicate_roots"] = int(dup_index.n_roots)
         self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
+        self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
 
         # Fit.
         t = time.perf_counter()
@@ -483,12 +484,12 @@ class ScanPipeline:
 
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
-                     root_ids: dict[int, tuple[str, str, int, Any]], columns: list[str]) -> None:
+                     roots: RootTable, columns: list[str]) -> None:
         m_rows, m_root, m_sim, m_contradicts = state.clusters.members(o.shard.name)
         o.clean = o.quarantined = o.invalid = o.allowed = 0
         o.reasons = Counter()
         seq = state.seq_start[o.shard.name]
-        scorer = BatchScorer(state.detectors, self.config.near_duplicates.copies, clusters, MappingRoots(root_ids),
+        scorer = BatchScorer(state.detectors, self.config.near_duplicates.copies, clusters, roots,
                              columns, state.allow, self.config.review.text_chars)
         with workfile.WorkFileReader(_work_path(state.work_dir, o.shard)) as reader, QuarantineWriter(
             self.out_dir, o.shard.output_name, columns
@@ -567,7 +568,7 @@ class ScanPipeline:
         }
 
     def _report(self, outcomes, detectors, table: ClusterTable, wall, total_bytes,
-                root_ids: dict[int, tuple[str, str, int, Any]] | None = None) -> dict[str, Any]:
+                roots: RootTable | None = None) -> dict[str, Any]:
         reasons: Counter = Counter()
         for o in outcomes:
             reasons.update(o.reasons)
@@ -617,10 +618,12 @@ class ScanPipeline:
             thresholds[name] = det.threshold_info()
             findings.update(det.findings())
         largest = np.lexsort((table.roots, -table.sizes))[:10]  # by size, then scan order
-        where = root_ids or {}
+        roots = roots if roots is not None else RootTable(LabelCodes())
+        big_id, big_shard, big_row, _ = roots.lookup(table.roots[largest])
         agreement = table.agreement if table.agreement is not None else np.full(table.roots.size, np.nan)
         measured = np.flatnonzero(np.isfinite(agreement))
         judged = measured[np.lexsort((table.roots[measured], -agreement[measured]))][:10]
+        judged_id = roots.lookup(table.roots[judged])[0]
         return {
             **findings,
             "version": __version__,
@@ -629,9 +632,9 @@ class ScanPipeline:
             "thresholds": thresholds,
             "largest_duplicate_clusters": [
                 {
-                    "root_id": where.get(k, (None, None, None))[0],
-                    "root_shard": where.get(k, (None, None, None))[1],
-                    "root_row": where.get(k, (None, None, None))[2],
+                    "root_id": big_id[j],
+                    "root_shard": big_shard[j],
+                    "root_row": big_row[j],
                     "size": int(table.sizes[i]),
                     "flood": bool(table.flood[i]),
                     # consensus_agreement of its rows, where the flood rule measured it (else null)
@@ -639,14 +642,14 @@ class ScanPipeline:
                     "first_label": table.reference[i],
                     "majority_label": table.majority[i],
                 }
-                for i, k in zip(largest.tolist(), table.roots[largest].tolist())
+                for j, i in enumerate(largest.tolist())
             ],
             # the clusters whose agreement the flood rule measured, most agreeing first (the
             # rows that decide between a flood of edited copies and rows filling one frame)
             "judged_duplicate_clusters": [
-                {"root_id": where.get(k, (None,))[0], "size": int(table.sizes[i]),
+                {"root_id": judged_id[j], "size": int(table.sizes[i]),
                  "agreement": round(float(agreement[i]), 3), "flood": bool(table.flood[i])}
-                for i, k in zip(judged.tolist(), table.roots[judged].tolist())
+                for j, i in enumerate(judged.tolist())
             ],
             "timings_s": {k: round(v, 3) for k, v in sorted(self.timings.items())},
             "state_sizes": dict(sorted(self.state_sizes.items())),

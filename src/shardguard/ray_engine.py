@@ -26,6 +26,7 @@ from shardguard.passes.read_embed import ShardOutcome, read_embed_shard
 
 if TYPE_CHECKING:
     from shardguard.pipeline import ScanPipeline, ScanState
+    from shardguard.scoring import RootTable
     from shardguard.stages import ClusterTable
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ class _Worker:
         """Pass 2 of one shard: the pipeline's own ``_pass2_shard``."""
         from shardguard.pipeline import ScanPipeline
 
-        config, out_dir, state, clusters, root_ids, columns = ctx
-        ScanPipeline(config, out_dir)._pass2_shard(o, state, clusters, root_ids, columns)
+        config, out_dir, state, clusters, roots, columns = ctx
+        ScanPipeline(config, out_dir)._pass2_shard(o, state, clusters, roots, columns)
         return o
 
 
@@ -191,12 +192,12 @@ class RayEngine:
         yield from pool.map(lambda a, job: a.call.remote(fn, *job), jobs)
 
     def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
-                    clusters: "ClusterTable", root_ids: dict[int, tuple[str, str, int, Any]],
+                    clusters: "ClusterTable", roots: "RootTable",
                     columns: list[str]) -> Iterator[ShardOutcome]:
         if not todo:
             return
         shared = _for_pass2(state)
-        ctx = self.ray.put((pipeline.config, pipeline.out_dir, shared, clusters, root_ids, columns))
+        ctx = self.ray.put((pipeline.config, pipeline.out_dir, shared, clusters, roots, columns))
         by_name = {o.shard.name: o for o in todo}
         pool = self.ray.util.ActorPool(self._pool())
         for done in pool.map_unordered(lambda a, o: a.score_write.remote(ctx, o), list(todo)):

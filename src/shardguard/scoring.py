@@ -77,22 +77,6 @@ class ClusterLookup(Protocol):
         numbers, as :meth:`~shardguard.stages.ClusterTable.lookup` gives them."""
 
 
-class MappingRoots:
-    """A :class:`RootLookup` over scan's ``{root seq: (id, shard, row, label)}``."""
-
-    def __init__(self, roots: Mapping[int, tuple[str, str, int, Any]]):
-        self.roots = roots
-
-    def lookup(self, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        out = [np.full(len(seqs), None, dtype=object) for _ in range(4)]
-        for i, s in enumerate(np.asarray(seqs).tolist()):
-            hit = self.roots.get(s)
-            if hit is not None:
-                for col, v in zip(out, hit):
-                    col[i] = v
-        return out[0], out[1], out[2], out[3]
-
-
 def strings_to_arrays(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Offsets (int64 ``(n+1,)``, from 0) and UTF-8 bytes (uint8) of a string array without nulls."""
     if isinstance(arr, pa.ChunkedArray):
@@ -116,7 +100,8 @@ class RootTable:
 
     Roots arrive in increasing sequence order, so every column is an append-only array
     with geometric growth (amortised O(1) a root, no copy of the table per batch) and a
-    lookup is a binary search. 25 bytes a root plus its id's bytes.
+    lookup is a binary search. 32 bytes a root (sequence number, id offset, row: 8 each;
+    shard, label: 4 each) plus its id's bytes, and up to a quarter more of growth room.
     """
 
     COLUMNS = ("seqs", "id_offsets", "id_data", "rows", "shards", "labels")
@@ -165,6 +150,20 @@ class RootTable:
 
     def label_codes(self, pos: np.ndarray) -> np.ndarray:
         return self._labels.view[pos]
+
+    def label_of(self, seqs: np.ndarray) -> np.ndarray:
+        """Labels (object ``(k,)``, None where unknown or unlabelled) of the roots ``seqs``,
+        without building their ids (the cluster fit needs only these)."""
+        out = np.full(len(seqs), None, dtype=object)
+        found, pos = self.positions(seqs)
+        out[found] = self.labels.decode(self._labels.view[pos])
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the table's arrays, their unused growth room included."""
+        return sum(g.data.nbytes for g in (self._seqs, self._id_offsets, self._id_data, self._rows,
+                                           self._shards, self._labels))
 
     def lookup(self, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(id, shard, row, label) of the roots ``seqs``, object arrays ``(k,)``, None where unknown."""

@@ -267,10 +267,15 @@ class DuplicateClusters:
         """Sorted roots of every cluster so far (int64)."""
         return np.unique(np.concatenate(self._roots)) if self._roots else np.zeros(0, np.int64)
 
-    def resolve(self, root_labels: Mapping[int, Any], root_features: "RootFeatures | None" = None,
+    def resolve(self, root_labels: Mapping[int, Any] | Callable[[np.ndarray], Sequence[Any]],
+                root_features: "RootFeatures | None" = None,
                 texts: Callable[[np.ndarray], Sequence[str]] | None = None) -> None:
         """Fix every cluster's size, reference and majority label from its root's label, and
         whether it is a flood (with ``root_features``: from its rows' lengths and texts).
+
+        ``root_labels``: root sequence number -> label, or a function giving the labels of
+        the sorted roots (:meth:`all_roots`) in their order (the scan's
+        :meth:`~shardguard.scoring.RootTable.label_of`, with no dict per cluster).
 
         ``texts`` returns the texts of the rows with the given sequence numbers (sorted
         int64), in that order; it is asked once, for at most :data:`FLOOD_SAMPLE` rows of each
@@ -284,7 +289,8 @@ class DuplicateClusters:
             return
         roots, inv = np.unique(np.concatenate(self._roots), return_inverse=True)
         k = roots.size
-        ref_codes = self._encode([root_labels.get(r) for r in roots.tolist()])
+        ref_codes = self._encode(list(root_labels(roots)) if callable(root_labels)
+                                 else [root_labels.get(r) for r in roots.tolist()])
         labels = list(self._code_of)  # code -> label
         inv = inv.ravel()
         # every row's cluster and label code: copies, then roots (the root's own row included)

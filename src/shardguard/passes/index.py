@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from shardguard.io import workfile
 from shardguard.passes.read_embed import ShardOutcome, embedding_dim, work_path
 from shardguard.dedup import index_texts
-from shardguard.stages import DuplicateClusters
+from shardguard.scoring import LabelCodes, RootTable
 
 if TYPE_CHECKING:
     from shardguard.pipeline import ScanState
@@ -91,26 +91,30 @@ def fetch_rows(ok: Sequence[ShardOutcome], seq_start: dict[str, int], work_dir: 
     return X, labels, texts
 
 
-def root_ids(clusters: DuplicateClusters, ok: Sequence[ShardOutcome], seq_start: dict[str, int],
-             work_dir: Path) -> dict[int, tuple[str, str, int, Any]]:
-    """Global sequence number of every cluster root -> (id, shard, row, label)."""
-    roots = clusters.all_roots()
-    if roots.size == 0:
-        return {}
+def root_table(seqs: np.ndarray, ok: Sequence[ShardOutcome], seq_start: dict[str, int],
+               work_dir: Path, labels: LabelCodes | None = None) -> RootTable:
+    """The rows with global sequence numbers ``seqs`` (sorted, unique int64 ``(k,)``; the
+    cluster roots, or the Guard's copies) as a :class:`~shardguard.scoring.RootTable`: id,
+    shard, row and label, read from pass 1's work files one shard at a time.
+
+    Columnar (about 25 bytes a row plus its id's bytes), not a dict of tuples (~245 B a row),
+    since it holds one entry per duplicate cluster for the whole scan and goes to every pass-2
+    worker on Ray."""
     names = [o.shard.name for o in ok]
+    table = RootTable(labels if labels is not None else LabelCodes(), names)
+    seqs = np.asarray(seqs, np.int64)
+    if seqs.size == 0:
+        return table
     starts = np.array([seq_start[n] for n in names], dtype=np.int64)
-    which = np.searchsorted(starts, roots, side="right") - 1
-    out: dict[int, tuple[str, str, int, Any]] = {}
-    for k in np.unique(which):
-        o = ok[int(k)]
+    which = np.searchsorted(starts, seqs, side="right") - 1
+    # seqs ascend and the shards' ranges follow scan order, so the table is appended in order
+    for k in np.unique(which).tolist():
+        o = ok[k]
         with workfile.WorkFileReader(work_path(work_dir, o.shard)) as r:
             t = r.read_columns(["id", "row", "label", "detail"])
         t = t.filter(t.column("detail").is_null())
-        mine = roots[which == k]
+        mine = seqs[which == k]
         local = pa.array(mine - starts[k])
-        ids = t.column("id").take(local).to_pylist()
-        rows = t.column("row").take(local).to_pylist()
-        labels = t.column("label").take(local).to_pylist()
-        for s, i, r, lab in zip(mine.tolist(), ids, rows, labels):
-            out[s] = (i, o.shard.name, r, lab)
-    return out
+        table.append(mine, t.column("id").take(local), table.labels.encode(t.column("label").take(local).to_pylist()),
+                     t.column("row").take(local).to_numpy(), np.full(mine.size, k, np.int32))
+    return table
