@@ -399,3 +399,20 @@ def test_fixed_response_to_templated_prompts_and_injected_sentences_that_make_an
         poisoned = {sc.ids[i] for i in np.flatnonzero(sc.is_poison).tolist()}
         assert poisoned <= flagged, name
         assert len(flagged - poisoned) <= 0.0005 * len(sc.ids), name
+
+
+def test_unlabelled_phrases_sharing_a_long_ending_with_whole_rows_do_not_crash(shared_data, embed):
+    """GLUE SST-2's first 20,000 phrases scanned as unlabelled text (no response column): a
+    group of rows sharing their last 8 tokens shares a longer ending, and some of its rows are
+    that ending alone (phrase-level data stores every sub-phrase). Those rows have no prompt and
+    are not counted among the corpus's endings, so the group's own count there differs from its
+    size: the fit used to raise ValueError (list.remove) instead of testing it. Nothing in clean
+    phrases is a fixed response given to unrelated prompts."""
+    import pyarrow.parquet as pq
+
+    texts = np.array(pq.read_table(shared_data / "sst2_glue" / "train.parquet").column("text").to_pylist()[:20_000],
+                     dtype=object)
+    X = embed(texts)
+    det = TriggerDetector().fit(X, None, texts=texts)
+    assert not (det.score_samples(X, None, texts=texts) > det.threshold_).any()
+    assert not det.suffixes_

@@ -130,7 +130,8 @@ def _power_law_alpha(repeats: list[int]) -> float:
 def _shared_response_log_p(k: int, counts: list[int], group_count: int,
                            longer: list[int] | None = None) -> tuple[float, int]:
     """ln P(a response reaches ``k`` copies) in its bucket, and the bucket's distinct responses,
-    from the bucket's ``counts`` without the tested response (``group_count`` of them):
+    from the bucket's ``counts`` without the tested response (``group_count`` of them; 0: it has
+    no entry there):
     ``r`` (share of distinct responses that repeat) x the power-law tail ``P(C >= k | C >= 2)``
     fitted on the repeats' copies. Measured on Alpaca: one-token answers repeat with a heavy
     tail (alpha ~1.8: "negative" 59 times is ordinary), 17-32-token answers hardly at all
@@ -138,7 +139,8 @@ def _shared_response_log_p(k: int, counts: list[int], group_count: int,
     the repeats of this bucket and every longer one (``longer``: their copies), since long
     answers repeat too rarely for one bucket to say how far."""
     others = list(counts)
-    others.remove(group_count)
+    if group_count:  # 0: the tested response has no entry in ``counts``
+        others.remove(group_count)
     n_units = len(counts)
     rep = [c for c in others if c >= 2]
     r = (len(rep) + 0.5) / (len(others) + 1.0)
@@ -186,7 +188,7 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
     endings_of: dict[int, Counter] = {}
     for u, rows in tested.items():
         k = len(rows)
-        counts, longer = by_bucket[_bucket(len(u.split()))], None
+        counts, longer, own = by_bucket[_bucket(len(u.split()))], None, k
         if responses is None:
             # Without a response column the unit is the last L tokens; the response shared by the
             # group may be longer. Judge it at the length the rows share (their longest common
@@ -196,10 +198,13 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
                 if shared not in endings_of:
                     endings_of[shared] = Counter(" ".join(t[-shared:]) for t in all_tokens if len(t) > shared)
                 counts = list(endings_of[shared].values())
+                # the group's own entry there: its rows longer than the ending (a row that is
+                # the ending alone has no prompt and is not counted), none when all are
+                own = sum(1 for i in rows if len(all_tokens[i]) > shared)
         else:
             b = _bucket(len(u.split()))
             longer = [c for bb, cs in by_bucket.items() if bb > b for c in cs]
-        log_p, n_units = _shared_response_log_p(k, counts, k, longer)
+        log_p, n_units = _shared_response_log_p(k, counts, own, longer)
         s = neglog10_bonferroni(log_p + math.log(n_units), n_buckets)
         if s <= self.threshold_:
             continue
