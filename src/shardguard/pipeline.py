@@ -188,6 +188,16 @@ class Engine(Protocol):
     def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterable[Any]:
         """``fn(*job)`` for every job, yielded in the jobs' order."""
 
+    #: Whether the statistics map may run in a thread beside :meth:`near_duplicates` (an
+    #: engine whose reduce needs the CPUs the maps hold runs them one after the other).
+    parallel_reduces: bool
+
+    def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
+                        copies: str) -> None:
+        """The near-duplicate reduce over the valid rows of ``ok`` (scan order): records every
+        copy into ``state.clusters`` and the cluster roots' features into
+        ``state.root_features``, as the sequential replay does."""
+
     def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
                     clusters: ClusterTable, roots: RootTable,
                     columns: list[str]) -> Iterable[ShardOutcome]:
@@ -209,6 +219,15 @@ class LocalEngine:
     def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterator[Any]:
         for job in jobs:
             yield fn(*job)
+
+    parallel_reduces = True
+
+    def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
+                        copies: str) -> None:
+        """The sequential replay: every work file into one index, in scan order."""
+        for position, o in enumerate(ok):
+            index_shard(o, position, state, copies)
+            pipeline.progress.advance(o.rows)
 
     def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
                     clusters: ClusterTable, roots: RootTable,
@@ -436,21 +455,23 @@ class ScanPipeline:
         # statistics (numpy / BLAS, or waiting on Ray) run in a second thread. The index stays
         # in this thread: its temporaries grow with the index, and a second thread's allocator
         # arena would keep what they leave behind.
+        parallel = getattr(self.engine, "parallel_reduces", True)
         with ThreadPoolExecutor(1, "shardguard-statistics") as pool:
-            stats_future = pool.submit(statistics)
+            stats_future = pool.submit(statistics) if parallel else None
+            stats = None if parallel else statistics()
             self.progress.start("index", sum(o.rows for o in ok))
-            for position, o in enumerate(ok):
-                if dup_index is not None:
-                    index_shard(o, position, state, cfg.near_duplicates.copies)
-                self.progress.advance(o.rows)
-            stats = stats_future.result()
+            if dup_index is not None:
+                self.engine.near_duplicates(self, ok, state, cfg.near_duplicates.copies)
+            else:
+                self.progress.advance(sum(o.rows for o in ok))
+            stats = stats_future.result() if stats_future is not None else stats
         self.progress.finish()
         state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
         state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
                                lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
         self.timings["index"] += time.perf_counter() - t
         # The reduces' state that grows with the corpus (docs/scaling.md reads these).
-        if dup_index is not None:
+        if dup_index is not None and dup_index.n_docs:  # an engine that partitions the reduce reports its own
             self.state_sizes["near_duplicate_index_bytes"] = int(dup_index.nbytes)
             self.state_sizes["near_duplicate_roots"] = int(dup_index.n_roots)
         self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)

@@ -5,8 +5,12 @@ read-and-embed map (:func:`~shardguard.passes.read_embed.read_embed_shard`) in a
 each hold an embedder (one GPU per actor where the cluster has GPUs, one CPU otherwise), the
 n-gram count and statistics maps (:mod:`shardguard.passes.statistics`) as tasks, and pass 2
 (``ScanPipeline._pass2_shard``) as one task per shard -- while the driver merges the maps'
-states in scan order, runs the near-duplicate reduce and the fit. So its lists equal the
-local engine's, and a rerun resumes per shard through the same work files and manifest.
+states in scan order and runs the fit. The near-duplicate reduce is split by connected
+component (:mod:`shardguard.dedup.components`): bucket keys and words as map tasks, the
+group-bys by bucket and by word as shuffles through the object store into reduce tasks, the
+components on the driver from the edges alone, and the replay of each partition of components
+as one more shuffle and reduce. So its lists equal
+the local engine's, and a rerun resumes per shard through the same work files and manifest.
 
 Workers read the inputs and write into ``OUT``: on a cluster of several machines both must
 be on a file system every node sees, and every node needs shardguard and its model.
@@ -88,6 +92,12 @@ def _for_pass2(state: "ScanState") -> "ScanState":
     stand_in = None if idx is None else NearDuplicateIndex(idx.threshold, idx.num_perm, idx.ngram, idx.seed)
     return dataclasses.replace(state, embedder=None, dup_index=stand_in, root_features=RootFeatures(),
                                root_seqs=[], root_ids=None, root_rows=[], root_shards=[], root_labels=[])
+
+
+#: Valid rows per partition of the near-duplicate reduce's group-bys (a replay partition holds
+#: about 400 B of index per row of a component, plus the rows' texts; a bucket partition 16 B
+#: per row and band): the partitions are at least the cluster's CPUs.
+PARTITION_ROWS = 500_000
 
 
 class RayEngine:
@@ -190,6 +200,75 @@ class RayEngine:
         # ActorPool.map yields in the jobs' order and keeps one job per actor in flight
         pool = self.ray.util.ActorPool(self._pool())
         yield from pool.map(lambda a, job: a.call.remote(fn, *job), jobs)
+
+    # -- the near-duplicate reduce, by component -------------------------------------------------
+    parallel_reduces = False  # the reduce's tasks need the CPUs the actors hold: released first
+
+    def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
+                        copies: str) -> None:
+        """:mod:`shardguard.dedup.components`' stages as Ray tasks, each group-by a shuffle
+        through the object store: every map task returns one piece per partition
+        (``num_returns``), every reduce task takes its piece of every map. No node gathers the
+        signatures or the texts: the driver holds the bucket edges (16 B each, one per row
+        and bucket beyond a bucket's first), each word's first row (8 B a distinct word) and
+        the copies with their roots, which the clusters hold anyway."""
+        import time
+
+        import numpy as np
+        import pyarrow as pa
+
+        from shardguard.dedup import components as C
+        from shardguard.passes.read_embed import work_path
+
+        if state.root_ids is not None:
+            raise ValueError("a guard's fit (remember_roots) replays the index in one process: use the local engine")
+        ray = self.ray
+        self._kill(self._workers or [])  # their CPUs go to the tasks below; pass 2 makes new ones
+        self._workers = None
+        clock = [time.perf_counter()]
+
+        def lap(stage: str) -> None:  # report.json's timings_s: index_<stage>
+            now = time.perf_counter()
+            pipeline.timings[f"index_{stage}"] += now - clock[0]
+            clock[0] = now
+
+        params, judged = C.IndexParams.of(state.dup_index), copies == "conflicting"
+        paths = [work_path(state.work_dir, o.shard) for o in ok]
+        starts = [state.seq_start[o.shard.name] for o in ok]
+        rows = sum(o.valid for o in ok)
+        # group-by partitions: at least 2 (a task's single return is not a list) and the CPUs
+        P = max(2, self.cpus, -(-rows // PARTITION_ROWS))
+        task = ray.remote(num_cpus=1)
+        keys = [task(C.shard_keys_split).options(num_returns=2 * P).remote(p, s, params, judged, P)
+                for p, s in zip(paths, starts)]
+        # group by bucket -> edges to each bucket's earliest row; group by word -> first rows
+        edge_refs = [task(C.edges_of).remote(*(k[j] for k in keys)) for j in range(P)]
+        word_refs = [task(C.first_words_of).remote(*(k[P + j] for k in keys)) for j in range(P)] if judged else []
+        edges = ray.get(edge_refs)
+        lap("bucket_edges")
+        src = np.concatenate([t.column("src").to_numpy() for t in edges])
+        dst = np.concatenate([t.column("dst").to_numpy() for t in edges])
+        del edges, keys
+        seqs, comp = C.components(src, dst)  # the driver: edges only
+        lap("components")
+        first = np.unique(np.concatenate(ray.get(word_refs))) if word_refs else np.zeros(0, np.int64)
+        lap("first_words")
+        pipeline.state_sizes.update({"near_duplicate_edges": int(src.size), "near_duplicate_component_rows": int(seqs.size),
+                                     "near_duplicate_partitions": int(P)})
+        del src, dst
+        parts, new_word = C.partition_of(comp, P), np.isin(seqs, first)
+        pipeline.state_sizes["near_duplicate_largest_partition_rows"] = int(np.bincount(parts, minlength=P).max())
+        # group by partition -> the sequential replay of each partition's components
+        bounds = np.searchsorted(seqs, np.append(np.asarray(starts, np.int64), np.iinfo(np.int64).max))
+        pieces = [task(C.shard_rows_split).options(num_returns=P).remote(
+            p, s, k, *(a[bounds[k]:bounds[k + 1]] for a in (seqs, parts, new_word)), P)
+            for k, (p, s) in enumerate(zip(paths, starts))]
+        results: list[pa.Table] = ray.get([task(C.replay_of).remote(params, judged, *(r[j] for r in pieces))
+                                           for j in range(P)])
+        lap("replay")
+        C.record_results(results, [o.shard.name for o in ok], starts, state.clusters, state.root_features)
+        lap("record")
+        pipeline.progress.advance(sum(o.rows for o in ok))
 
     def score_write(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], state: "ScanState",
                     clusters: "ClusterTable", roots: "RootTable",

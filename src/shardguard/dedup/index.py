@@ -221,6 +221,15 @@ class NearDuplicateIndex:
             h += blocks[:, :, j].astype(np.uint64) * mult[j]
         return np.ascontiguousarray((h >> np.uint64(32)).astype(np.uint32).T)
 
+    def buckets(self, cps: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """``(bands, n)`` uint64: the LSH bucket of each normalised text
+        (:func:`normalize_codepoints` output) in each band, ``band << 32 | key`` -- the
+        buckets :meth:`add_judged` looks texts up in. Texts in no common bucket, directly
+        or through others, never meet in the index."""
+        keys = self._band_keys(self.hasher.signatures_codepoints(cps, lens)).astype(np.uint64)
+        keys |= np.arange(self.bands, dtype=np.uint64)[:, None] << np.uint64(32)
+        return keys
+
     @staticmethod
     def _bbit(sig: np.ndarray) -> np.ndarray:
         return (_fmix32(sig) & np.uint32(0xFF)).astype(np.uint8)
@@ -272,7 +281,7 @@ class NearDuplicateIndex:
         return added.root, added.sim
 
     def add_judged(self, texts: "Sequence[str] | pa.Array", judge: np.ndarray | None = None,
-                   says_same: SaysSame | None = None) -> Added:
+                   says_same: SaysSame | None = None, seqs: np.ndarray | None = None) -> Added:
         """:meth:`add`, and for the texts marked in ``judge`` (bool ``(n,)``) the
         earliest earlier statement each says the same as, by ``says_same`` (see
         :data:`SaysSame`; called on pairs the index verified as near-copies).
@@ -283,6 +292,13 @@ class NearDuplicateIndex:
         statement; it is still indexed as a root (``new_root``). Otherwise ``root`` and
         ``sim`` do not depend on ``judge``. Without ``judge`` nothing is judged (every
         ``said`` is -1), no statement is indexed and the answers are :meth:`add`'s.
+
+        ``seqs`` (int64 ``(n,)``, increasing, from :attr:`n_docs` on): the texts' sequence
+        numbers, when the index sees a subsequence of the stream (one partition of its
+        near-duplicate components, :mod:`shardguard.dedup.components`); default: the next
+        ``n`` numbers. The answers for a text depend only on the texts that share an LSH
+        bucket with it, directly or through others, and on where the calls split the stream,
+        so a partition of whole components replayed with the same calls answers as the whole.
         """
         n = len(texts)
         root = np.full(n, -1, dtype=np.int64)
@@ -302,8 +318,14 @@ class NearDuplicateIndex:
             if not judge.any():
                 judge = None
         base = self.n_docs
-        if base + n > np.iinfo(np.int64).max:
-            raise OverflowError("too many documents")
+        if seqs is None:
+            if base + n > np.iinfo(np.int64).max:
+                raise OverflowError("too many documents")
+            pos_seq = base + np.arange(n, dtype=np.int64)
+        else:
+            pos_seq = np.asarray(seqs, dtype=np.int64)
+            if pos_seq.shape != (n,) or pos_seq[0] < base or np.any(np.diff(pos_seq) <= 0):
+                raise ValueError(f"seqs must be {n} increasing sequence numbers from {base} on")
         cps, lens = normalize_codepoints(texts)
         hashes = self._text_hashes(cps, lens)
 
@@ -332,7 +354,7 @@ class NearDuplicateIndex:
             else:
                 fcps, flens = cps, lens
             judge_F = None if judge is None or not judge[F].any() else judge[F]
-            fr, fs, fnew, fsaid, fsaid_sim, fstmt = self._near(F, fcps, flens, base, judge_F, says_same)
+            fr, fs, fnew, fsaid, fsaid_sim, fstmt = self._near(F, fcps, flens, pos_seq, judge_F, says_same)
             new_root[F] = fnew
             root[F] = fr
             sim[F] = fs
@@ -340,11 +362,11 @@ class NearDuplicateIndex:
             said_sim[F] = fsaid_sim
             statement[F] = fstmt
             # the statement each distinct new text says: its own, the earlier one, or none
-            stmt_of_F = np.where(fsaid >= 0, fsaid, np.where(fstmt, base + F, -1))
+            stmt_of_F = np.where(fsaid >= 0, fsaid, np.where(fstmt, pos_seq[F], -1))
             # the exact table learns every distinct new text: a root maps to itself (a
             # joined text to the group it joined)
             is_root = fr < 0
-            self._exact.add(hashes[F], np.where(is_root, base + F, fr), np.where(is_root, np.float32(1.0), fs),
+            self._exact.add(hashes[F], np.where(is_root, pos_seq[F], fr), np.where(is_root, np.float32(1.0), fs),
                             stmt_of_F)
             # later exact copies inside the call follow their first occurrence
             is_copy = F[follow] != rest
@@ -353,21 +375,22 @@ class NearDuplicateIndex:
                 src = F[follow[is_copy]]
                 src_root = root[src]
                 own = src_root < 0
-                root[fol] = np.where(own, base + src, src_root)
+                root[fol] = np.where(own, pos_seq[src], src_root)
                 sim[fol] = np.where(own, np.float32(1.0), sim[src])
                 if judge is not None:
                     jf = judge[fol]
                     said[fol[jf]] = stmt_of_F[follow[is_copy]][jf]
 
-        self.n_docs = base + n
+        self.n_docs = int(pos_seq[-1]) + 1
         return Added(root, sim, new_root, said, said_sim, statement)
 
     def _near(
-        self, F: np.ndarray, cps: np.ndarray, lens: np.ndarray, base: int,
+        self, F: np.ndarray, cps: np.ndarray, lens: np.ndarray, pos_seq: np.ndarray,
         judge: np.ndarray | None, says_same: SaysSame | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Near-duplicate resolution of the distinct new texts ``F`` (batch positions):
-        ``(root, sim, new_root, said, said_sim, statement)`` as in :class:`Added`, for ``F``."""
+        """Near-duplicate resolution of the distinct new texts ``F`` (batch positions;
+        ``pos_seq``: each batch position's sequence number): ``(root, sim, new_root, said,
+        said_sim, statement)`` as in :class:`Added`, for ``F``."""
         m = F.size
         root = np.full(m, -1, dtype=np.int64)
         sim = np.full(m, np.nan, dtype=np.float32)
@@ -418,7 +441,7 @@ class NearDuplicateIndex:
 
         # 4. candidates among earlier texts of this call that matched nothing indexed
         def copies_root(i: int, j: int, e: float) -> None:
-            root[j] = base + F[i]
+            root[j] = pos_seq[F[i]]
             sim[j] = e
 
         is_root = root < 0
@@ -428,12 +451,12 @@ class NearDuplicateIndex:
             # 4b. statements among earlier texts of this call, for the judged texts that
             # repeat no indexed statement: the earliest in-call statement they say
             def says(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-                return np.asarray(says_same(F[j], base + F[i]), bool)
+                return np.asarray(says_same(F[j], pos_seq[F[i]]), bool)
 
             def repeats(i: int, j: int, e: float) -> None:
-                said[j] = base + F[i]
+                said[j] = pos_seq[F[i]]
                 said_sim[j] = e
-                said_root[j] = root[i] if root[i] >= 0 else base + F[i]
+                said_root[j] = root[i] if root[i] >= 0 else pos_seq[F[i]]
 
             statement = judge & (said < 0)
             self._link_in_call(comp, order, statement.copy(), statement, sk, says, repeats)
@@ -446,7 +469,7 @@ class NearDuplicateIndex:
                 raise OverflowError("more than 2**32 - 1 roots")
             ords_new = np.arange(first_ord, first_ord + new.size, dtype=np.uint32)
             self._sketch.append(sk[new])
-            self._root_ids.append((base + F[new]).astype(np.int64))
+            self._root_ids.append((pos_seq[F[new]]).astype(np.int64))
             self._root_stmt.append(statement[new])
             self._bands.add(keys_t[:, new], ords_new)
         other = np.flatnonzero(statement & ~is_root)
@@ -455,7 +478,7 @@ class NearDuplicateIndex:
             if first_ord + other.size > 0xFFFFFFFF:
                 raise OverflowError("more than 2**32 - 1 statements")
             self._s_sketch.append(sk[other])
-            self._s_ids.append((base + F[other]).astype(np.int64))
+            self._s_ids.append((pos_seq[F[other]]).astype(np.int64))
             self._s_root.append(root[other])
             self._s_bands.add(keys_t[:, other], np.arange(first_ord, first_ord + other.size, dtype=np.uint32))
 

@@ -209,23 +209,11 @@ class SeenWords:
         """Learn the words of the normalised texts ``norm``, in order; returns, per text
         (bool ``(n,)``), whether it holds a word no earlier text held (this call's earlier
         texts included)."""
-        n = len(norm)
-        novel = np.zeros(n, bool)
-        words = pc.split_pattern(norm, " ")
-        offsets = words.offsets.to_numpy()
-        flat = words.flatten()
-        if len(flat) == 0:
+        novel = np.zeros(len(norm), bool)
+        vocab, first_row = first_words(norm)
+        if not vocab.size:
             return novel
-        row = np.repeat(np.arange(n), np.diff(offsets - offsets[0]))
-        enc = pc.dictionary_encode(flat)
-        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        h = xxhash.xxh3_64_intdigest
-        vocab = np.fromiter((h(w.encode("utf-8", "surrogatepass")) for w in enc.dictionary.to_pylist()),
-                            np.uint64, len(enc.dictionary))
         fresh = ~self.contains(vocab)
-        fresh &= vocab != h(b"")  # the empty text's "word"
-        _, first = np.unique(code, return_index=True)  # each word's first token, in text order
-        first_row = row[first]
         novel[first_row[fresh]] = True
         new = np.unique(vocab[fresh])
         if new.size:
@@ -234,6 +222,30 @@ class SeenWords:
                 b, a = self.runs.pop(), self.runs.pop()
                 self.runs.append(np.sort(np.concatenate([a, b]), kind="stable"))
         return novel
+
+
+def first_words(norm: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct words of the normalised texts ``norm`` (split on spaces, the empty text's
+    empty "word" left out) as 64-bit xxh3 hashes (uint64 ``(k,)``), and the position of the
+    first text holding each (int64 ``(k,)``). What :meth:`SeenWords.see` learns, and what the
+    partitioned reduce groups by word (:mod:`shardguard.dedup.components`)."""
+    n = len(norm)
+    words = pc.split_pattern(norm, " ")
+    offsets = words.offsets.to_numpy()
+    flat = words.flatten()
+    if len(flat) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    row = np.repeat(np.arange(n), np.diff(offsets - offsets[0]))
+    enc = pc.dictionary_encode(flat)
+    code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    h = xxhash.xxh3_64_intdigest
+    vocab = np.fromiter((h(w.encode("utf-8", "surrogatepass")) for w in enc.dictionary.to_pylist()),
+                        np.uint64, len(enc.dictionary))
+    # the dictionary holds exactly the words present, so the codes are 0..k-1
+    _, at = np.unique(code, return_index=True)  # each word's first token, in text order
+    first = row[at].astype(np.int64)
+    keep = vocab != h(b"")
+    return vocab[keep], first[keep]
 
 
 def label_hashes(labels: Any, n: int) -> np.ndarray:
@@ -327,7 +339,8 @@ class RootFeatures:
 
 
 def index_texts(index: NearDuplicateIndex, kept: RootFeatures, texts: pa.Array | pa.ChunkedArray,
-                labels: Any) -> tuple[Added, np.ndarray, StatementFeatures]:
+                labels: Any, seqs: np.ndarray | None = None,
+                new_word: np.ndarray | None = None) -> tuple[Added, np.ndarray, StatementFeatures]:
     """Add ``texts`` to the near-duplicate index, judging every labelled row by what it says.
 
     A labelled row *contradicts* an earlier row when it says the same thing
@@ -340,6 +353,11 @@ def index_texts(index: NearDuplicateIndex, kept: RootFeatures, texts: pa.Array |
     Unlabelled rows are not judged and contradict nothing. ``kept`` learns the words of
     the texts and the new roots' and statements' features and labels.
 
+    ``seqs`` and ``new_word`` are for a partition of the stream
+    (:mod:`shardguard.dedup.components`): the texts' sequence numbers (see
+    ``NearDuplicateIndex.add_judged``) and, per text, whether it holds a word no earlier text
+    of the whole stream held (computed there as a group-by; ``kept.seen`` is then not used).
+
     Returns ``(added, contradicts, features)``: the index's answer, bool ``(n,)``, and
     every text's :class:`StatementFeatures`. Shared by scan and Guard.
     """
@@ -348,24 +366,26 @@ def index_texts(index: NearDuplicateIndex, kept: RootFeatures, texts: pa.Array |
     feats = StatementFeatures.of_normalized(norm, cps, lens)
     lab = label_hashes(labels, n)
     judge = lab != 0
-    new_word = kept.seen.see(norm) if judge.any() else np.zeros(n, bool)
-    first = index.n_docs
+    if new_word is None:
+        new_word = kept.seen.see(norm) if judge.any() else np.zeros(n, bool)
+    seq_of = index.n_docs + np.arange(n, dtype=np.int64) if seqs is None else np.asarray(seqs, np.int64)
+    first = int(seq_of[0]) if n else index.n_docs
 
     def says_same(q: np.ndarray, seq: np.ndarray) -> np.ndarray:
         inside = seq >= first  # an earlier text of this very call
         if inside.all():
-            other = feats.take(seq - first)
+            other = feats.take(np.searchsorted(seq_of, seq))
         elif not inside.any():
             other = kept.lookup(seq)
         else:
             a, b = np.flatnonzero(inside), np.flatnonzero(~inside)
-            other = StatementFeatures.concat([feats.take(seq[a] - first), kept.lookup(seq[b])])
+            other = StatementFeatures.concat([feats.take(np.searchsorted(seq_of, seq[a])), kept.lookup(seq[b])])
             other = other.take(np.argsort(np.concatenate([a, b])))
         return same_statement(feats.take(q), other, new_word[q])
 
-    added = index.add_judged(texts, judge if judge.any() else None, says_same)
+    added = index.add_judged(texts, judge if judge.any() else None, says_same, seqs)
     new = np.flatnonzero(added.new_root | added.statement)
-    kept.add(first + new, feats.take(new), lab[new])
+    kept.add(seq_of[new], feats.take(new), lab[new])
     contradicts = np.zeros(n, bool)
     repeats = np.flatnonzero(added.said >= 0)
     if repeats.size:

@@ -1,0 +1,368 @@
+"""The near-duplicate reduce split into independent partitions, for an engine that spreads it.
+
+Why the split is exact. :class:`~shardguard.dedup.index.NearDuplicateIndex` answers for a text
+from the texts it meets in its LSH buckets (band, 32-bit key): candidate roots and statements
+come from the text's buckets (the ``MAX_BUCKET`` earliest of each), in-call pairs from the
+call's members of its buckets (the ``MAX_BUCKET_CALL`` earliest), exact copies share every
+bucket, and ``says_same`` is asked only of pairs found that way. So the answers for the texts of
+one connected component of "shares a bucket" depend on that component's texts alone, and on
+where the stream's ``add`` calls split it. Replaying any union of whole components in scan
+order, with each text's global sequence number and the same calls (one per work-file batch),
+gives each text the answer the whole replay gives it. A text that shares no bucket is a root of
+nothing and is not replayed at all.
+
+The one global thing outside the buckets is :class:`~shardguard.dedup.statements.SeenWords`,
+"the text holds a word no earlier text held": the earliest sequence number per word, a
+min-group-by over the words of the calls that judge a row.
+
+The stages, each a plain function over Arrow tables so that any engine can place them. A
+group-by is a shuffle: each map splits its output by a hash of the key into ``partitions``
+pieces (:func:`split_by`), and each partition's reduce gets its piece from every map, so it
+holds whole groups and works on them vectorised (the Ray engine passes the pieces through the
+object store; :func:`reduce_in_process` chains the stages in one process, which the tests
+compare with the sequential replay):
+
+1. map, per shard: :func:`shard_keys` -- every valid row's buckets, and each labelled call's
+   words with their first row;
+2. group by bucket: :func:`star_edges` -- every row of a bucket of two rows or more linked to
+   the bucket's earliest row;
+3. :func:`components` -- connected components of the edges (scipy), named by their earliest
+   row, hashed into ``partitions``; on the driver, which holds only the edges;
+4. group by word: :func:`first_word_rows` -- the smallest sequence number of each word, the
+   rows that hold a word no earlier row held;
+5. map, per shard: :func:`shard_partition_rows` -- the rows of some component, with their
+   partition, call, text and label;
+6. per partition: :func:`replay_partition` -- the index and ``index_texts`` over the
+   partition's rows in scan order, one call per original call; it returns the copies and the
+   roots they copy (:data:`RESULT_SCHEMA`);
+7. :func:`record_results` -- the driver records them into the clusters and root features in
+   scan order, as the sequential replay would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shardguard.dedup.index import NearDuplicateIndex
+from shardguard.dedup.normalize import normalized
+from shardguard.dedup.statements import (
+    HALF_PERM,
+    RootFeatures,
+    StatementFeatures,
+    first_words,
+    index_texts,
+    label_hashes,
+)
+from shardguard.embed.hashing import _splitmix64
+from shardguard.io import workfile
+
+__all__ = [
+    "IndexParams",
+    "RESULT_SCHEMA",
+    "components",
+    "edges_of",
+    "first_word_rows",
+    "first_words_of",
+    "partition_of",
+    "record_results",
+    "reduce_in_process",
+    "replay_of",
+    "replay_partition",
+    "shard_keys",
+    "shard_keys_split",
+    "shard_partition_rows",
+    "shard_rows_split",
+    "split_by",
+    "star_edges",
+]
+
+BUCKETS_SCHEMA = pa.schema([("bucket", pa.int64()), ("seq", pa.int64())])
+WORDS_SCHEMA = pa.schema([("word", pa.int64()), ("seq", pa.int64())])
+ROWS_SCHEMA = pa.schema([("seq", pa.int64()), ("part", pa.int64()), ("call", pa.int64()),
+                         ("row", pa.int64()), ("text", pa.string()), ("label", pa.string()),
+                         ("new_word", pa.bool_())])
+#: What a partition's replay returns: its copies (``root >= 0``) and the roots they copy
+#: (``cluster_root``), with what the clusters record of each (``record``) and what the flood
+#: test reads of a root (its :class:`StatementFeatures` and label hash).
+RESULT_SCHEMA = pa.schema([
+    ("seq", pa.int64()), ("row", pa.int64()), ("label", pa.string()), ("root", pa.int64()),
+    ("sim", pa.float32()), ("contradicts", pa.bool_()), ("cluster_root", pa.bool_()),
+    ("label_hash", pa.uint64()), ("length", pa.int32()), ("words", pa.int32()), ("negations", pa.int16()),
+    ("h_full", pa.uint64()), ("h_tail", pa.uint64()), ("h_head", pa.uint64()),
+    ("head_sketch", pa.binary(HALF_PERM)), ("tail_sketch", pa.binary(HALF_PERM)),
+])
+_PART_SEED = 0x5F3759DF
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """The near-duplicate index's parameters (``near_duplicates`` config), picklable for workers."""
+
+    threshold: float = 0.5
+    num_perm: int = 128
+    ngram: int = 3
+    seed: int = 1
+
+    @classmethod
+    def of(cls, index: NearDuplicateIndex) -> "IndexParams":
+        return cls(index.threshold, index.num_perm, index.ngram, index.seed)
+
+    def index(self) -> NearDuplicateIndex:
+        return NearDuplicateIndex(self.threshold, self.num_perm, self.ngram, self.seed)
+
+
+def _valid_batches(path: Path) -> Iterable[tuple[int, pa.RecordBatch]]:
+    """``(batch index, valid rows)`` of a work file: the calls the sequential replay makes."""
+    with workfile.WorkFileReader(path) as reader:
+        for b, batch in enumerate(reader):
+            vb = batch.filter(batch.column("detail").is_null())
+            if vb.num_rows:
+                yield b, vb
+
+
+def shard_keys(path: Path, seq_start: int, params: IndexParams, judged: bool) -> tuple[pa.Table, pa.Table]:
+    """Map stage 1 over one shard's work file: ``(buckets, words)``.
+
+    ``buckets`` (:data:`BUCKETS_SCHEMA`): ``bands`` rows per valid row, its LSH bucket
+    (``band << 32 | key``) and sequence number. ``words`` (:data:`WORDS_SCHEMA`, word hashes
+    as int64 bits): with ``judged`` (labels are judged: ``near_duplicates.copies`` is
+    "conflicting"), each call with a labelled row contributes its distinct words with the first
+    row holding each -- what :meth:`SeenWords.see` learns from that call; empty otherwise.
+    """
+    index = params.index()
+    buckets, words = [], []
+    seq = seq_start
+    for _, vb in _valid_batches(path):
+        n = vb.num_rows
+        norm, cps, lens = normalized(vb.column("text"))
+        seqs = seq + np.arange(n, dtype=np.int64)
+        b = index.buckets(cps, lens)  # (bands, n)
+        buckets.append(pa.table({"bucket": b.ravel().view(np.int64), "seq": np.tile(seqs, b.shape[0])},
+                                schema=BUCKETS_SCHEMA))
+        if judged and (label_hashes(vb.column("label").to_numpy(zero_copy_only=False), n) != 0).any():
+            vocab, first = first_words(norm)
+            words.append(pa.table({"word": vocab.view(np.int64), "seq": seqs[first]}, schema=WORDS_SCHEMA))
+        seq += n
+    return (pa.concat_tables(buckets) if buckets else BUCKETS_SCHEMA.empty_table(),
+            pa.concat_tables(words) if words else WORDS_SCHEMA.empty_table())
+
+
+def star_edges(buckets: pa.Table) -> pa.Table:
+    """Group by bucket: each row of a bucket holding two rows or more, linked to the bucket's
+    earliest row. ``buckets``: :data:`BUCKETS_SCHEMA` rows, any order, any subset of whole
+    buckets; returns ``src`` (the earliest) and ``dst`` (int64), one edge per pair and bucket."""
+    key = buckets.column("bucket").to_numpy()
+    seq = buckets.column("seq").to_numpy()
+    if key.size < 2:
+        return pa.table({"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64)})
+    o = np.lexsort((seq, key))
+    key, seq = key[o], seq[o]
+    start = np.r_[True, key[1:] != key[:-1]]
+    head = seq[np.maximum.accumulate(np.where(start, np.arange(key.size), 0))]
+    keep = ~start
+    return pa.table({"src": head[keep], "dst": seq[keep]})
+
+
+def components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of the edges ``src -> dst`` (int64 sequence numbers):
+    ``(seqs, comp)``, the sorted rows in some edge and, for each, its component's earliest
+    row. Rows in no edge are components of their own and are not listed."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nodes = np.unique(np.concatenate([src, dst]).astype(np.int64))
+    if not nodes.size:
+        return nodes, nodes.copy()
+    a, b = np.searchsorted(nodes, src), np.searchsorted(nodes, dst)
+    graph = coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(nodes.size, nodes.size))
+    _, label = connected_components(graph, directed=False)
+    earliest = np.full(label.max() + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(earliest, label, nodes)
+    return nodes, earliest[label]
+
+
+def partition_of(key: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition (0..partitions-1) of each key (int64: a component's earliest row, a
+    bucket, a word hash), by a 64-bit mix of it."""
+    with np.errstate(over="ignore"):
+        h = _splitmix64(np.asarray(key, np.int64).view(np.uint64) ^ np.uint64(_PART_SEED))
+    return (h % np.uint64(partitions)).astype(np.int64)
+
+
+def split_by(table: pa.Table, column: str, partitions: int, hashed: bool = True) -> list[pa.Table]:
+    """The shuffle's map side: ``table``'s rows in ``partitions`` pieces by the partition of
+    ``column`` (:func:`partition_of`; with ``hashed`` False the column is the partition)."""
+    key = table.column(column).to_numpy()
+    part = partition_of(key, partitions) if hashed else key
+    order = np.argsort(part, kind="stable")
+    bounds = np.searchsorted(part[order], np.arange(partitions + 1))
+    table = table.take(pa.array(order))
+    return [table.slice(int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def first_word_rows(words: pa.Table) -> np.ndarray:
+    """Group by word (:data:`WORDS_SCHEMA` rows holding whole words): the sorted rows that
+    are the earliest to hold some word -- the rows with a word no earlier row held."""
+    if not words.num_rows:
+        return np.zeros(0, np.int64)
+    first = words.group_by("word").aggregate([("seq", "min")]).column("seq_min").to_numpy()
+    return np.unique(first.astype(np.int64))
+
+
+def shard_partition_rows(path: Path, seq_start: int, position: int, seqs: np.ndarray, parts: np.ndarray,
+                         new_word: np.ndarray) -> pa.Table:
+    """Map stage 5 over one shard's work file: its rows among ``seqs`` (sorted sequence numbers
+    of this shard's rows in some component; ``parts`` their partitions; ``new_word`` bool)
+    as :data:`ROWS_SCHEMA` rows, each with its call (``position << 32 | batch index``: the
+    shard's place in scan order and the work-file batch the sequential replay adds it with)."""
+    out = []
+    seq = seq_start
+    for b, vb in _valid_batches(path):
+        n = vb.num_rows
+        i, j = np.searchsorted(seqs, [seq, seq + n])
+        if j > i:
+            local = seqs[i:j] - seq
+            take = pa.array(local)
+            out.append(pa.table({
+                "seq": seqs[i:j], "part": parts[i:j], "call": np.full(j - i, (position << 32) | b, np.int64),
+                "row": vb.column("row").take(take), "text": vb.column("text").take(take),
+                "label": vb.column("label").take(take), "new_word": new_word[i:j],
+            }, schema=ROWS_SCHEMA))
+        seq += n
+    return pa.concat_tables(out) if out else ROWS_SCHEMA.empty_table()
+
+
+def _binary(a: np.ndarray) -> pa.Array:
+    a = np.ascontiguousarray(a, np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(a.shape[1]), a.shape[0], [None, pa.py_buffer(a.tobytes())])
+
+
+def replay_partition(rows: pa.Table, params: IndexParams, judged: bool) -> pa.Table:
+    """Stage 6: the sequential reduce (``index_texts`` into a fresh index) over one partition's
+    rows (:data:`ROWS_SCHEMA`, any order), in scan order with one call per original call.
+    ``judged``: labels are judged (``near_duplicates.copies`` is "conflicting").
+
+    Returns :data:`RESULT_SCHEMA` rows: the copies and the roots they copy, in scan order."""
+    rows = rows.sort_by("seq")
+    index, kept = params.index(), RootFeatures()
+    calls = rows.column("call").to_numpy()
+    bounds = np.flatnonzero(np.r_[True, calls[1:] != calls[:-1], True])
+    seqs_all = rows.column("seq").to_numpy()
+    nw_all = rows.column("new_word").to_numpy(zero_copy_only=False)
+    parts: list[dict[str, np.ndarray]] = []
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        call = rows.slice(a, b - a)
+        y = call.column("label").to_numpy(zero_copy_only=False)
+        judged_y = y if judged else None
+        added, contradicts, feats = index_texts(index, kept, call.column("text"), judged_y, seqs_all[a:b], nw_all[a:b])
+        parts.append({"root": added.root, "sim": added.sim, "contradicts": contradicts,
+                      "label_hash": label_hashes(judged_y, b - a),
+                      **{f: getattr(feats, f) for f in StatementFeatures.FIELDS}})
+    if not parts:
+        return RESULT_SCHEMA.empty_table()
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    copy = cat["root"] >= 0
+    is_root = np.isin(seqs_all, cat["root"][copy])
+    keep = np.flatnonzero(copy | is_root)
+    take = pa.array(keep)
+    return pa.table({
+        "seq": seqs_all[keep], "row": rows.column("row").take(take), "label": rows.column("label").take(take),
+        "root": cat["root"][keep], "sim": cat["sim"][keep], "contradicts": cat["contradicts"][keep],
+        "cluster_root": is_root[keep], "label_hash": cat["label_hash"][keep],
+        **{f: cat[f][keep] for f in ("length", "words", "negations", "h_full", "h_tail", "h_head")},
+        "head_sketch": _binary(cat["head_sketch"][keep]), "tail_sketch": _binary(cat["tail_sketch"][keep]),
+    }, schema=RESULT_SCHEMA)
+
+
+def _features(t: pa.Table) -> StatementFeatures:
+    def sketch(name: str) -> np.ndarray:
+        col = t.column(name).combine_chunks()
+        if not len(col):
+            return np.zeros((0, HALF_PERM), np.uint8)
+        return np.frombuffer(col.buffers()[1], np.uint8, len(col) * HALF_PERM, col.offset * HALF_PERM).reshape(-1, HALF_PERM)
+
+    return StatementFeatures(*(t.column(f).to_numpy() for f in StatementFeatures.FIELDS[:6]),
+                             sketch("head_sketch"), sketch("tail_sketch"))
+
+
+def record_results(results: Sequence[pa.Table], shard_names: Sequence[str], seq_starts: Sequence[int],
+                   clusters, root_features: RootFeatures) -> None:
+    """Stage 7, on the driver: every partition's :func:`replay_partition` rows recorded into
+    ``clusters`` (``stages.DuplicateClusters``, one ``record`` per shard in scan order) and
+    the cluster roots' features and labels into ``root_features`` -- what the sequential
+    replay records of them, in the same order."""
+    t = pa.concat_tables([r for r in results if r.num_rows] or [RESULT_SCHEMA.empty_table()]).sort_by("seq")
+    seq = t.column("seq").to_numpy()
+    roots = t.filter(t.column("cluster_root"))
+    root_features.add(roots.column("seq").to_numpy(), _features(roots), roots.column("label_hash").to_numpy())
+    copies = t.filter(pc.greater_equal(t.column("root"), 0))
+    seq = copies.column("seq").to_numpy()
+    bounds = np.searchsorted(seq, np.append(np.asarray(seq_starts, np.int64), np.iinfo(np.int64).max))
+    feats = _features(copies)
+    for k, name in enumerate(shard_names):
+        a, b = int(bounds[k]), int(bounds[k + 1])
+        if b <= a:
+            continue
+        part = copies.slice(a, b - a)
+        clusters.record(name, part.column("row").to_numpy(), part.column("root").to_numpy(),
+                        part.column("sim").to_numpy(), part.column("label").to_numpy(zero_copy_only=False),
+                        part.column("contradicts").to_numpy(zero_copy_only=False),
+                        feats.take(np.arange(a, b)), seq[a:b])
+
+
+def shard_keys_split(path: Path, seq_start: int, params: IndexParams, judged: bool,
+                     partitions: int) -> list[pa.Table]:
+    """:func:`shard_keys` split for the two group-bys: ``partitions`` pieces of buckets by
+    bucket, then ``partitions`` pieces of words by word."""
+    buckets, words = shard_keys(path, seq_start, params, judged)
+    return split_by(buckets, "bucket", partitions) + split_by(words, "word", partitions)
+
+
+def shard_rows_split(path: Path, seq_start: int, position: int, seqs: np.ndarray, parts: np.ndarray,
+                     new_word: np.ndarray, partitions: int) -> list[pa.Table]:
+    """:func:`shard_partition_rows` split by partition, for the replays."""
+    return split_by(shard_partition_rows(path, seq_start, position, seqs, parts, new_word), "part", partitions,
+                    hashed=False)
+
+
+def edges_of(*pieces: pa.Table) -> pa.Table:
+    """Reduce of the bucket group-by: :func:`star_edges` of one partition's pieces."""
+    return star_edges(pa.concat_tables(pieces))
+
+
+def first_words_of(*pieces: pa.Table) -> np.ndarray:
+    """Reduce of the word group-by: :func:`first_word_rows` of one partition's pieces."""
+    return first_word_rows(pa.concat_tables(pieces))
+
+
+def replay_of(params: IndexParams, judged: bool, *pieces: pa.Table) -> pa.Table:
+    """Reduce of the partition group-by: :func:`replay_partition` of one partition's pieces."""
+    return replay_partition(pa.concat_tables(pieces), params, judged)
+
+
+def reduce_in_process(paths: Sequence[Path], seq_starts: Sequence[int], shard_names: Sequence[str],
+                      params: IndexParams, judged: bool, partitions: int, clusters,
+                      root_features: RootFeatures) -> dict[str, int]:
+    """Stages 1-7 in this process, with the same maps, splits and reduces the Ray engine
+    places on a cluster. Used to check the split against the sequential replay. Returns sizes
+    (rows in a component, edges, the largest partition's rows)."""
+    P = partitions
+    keys = [shard_keys_split(p, s, params, judged, P) for p, s in zip(paths, seq_starts)]
+    edges = pa.concat_tables([edges_of(*(k[j] for k in keys)) for j in range(P)])
+    first = np.unique(np.concatenate([first_words_of(*(k[P + j] for k in keys)) for j in range(P)]))
+    seqs, comp = components(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
+    parts = partition_of(comp, P)
+    new_word = np.isin(seqs, first)
+    bounds = np.searchsorted(seqs, np.append(np.asarray(seq_starts, np.int64), np.iinfo(np.int64).max))
+    rows = [shard_rows_split(p, s, k, *(a[bounds[k]:bounds[k + 1]] for a in (seqs, parts, new_word)), P)
+            for k, (p, s) in enumerate(zip(paths, seq_starts))]
+    results = [replay_of(params, judged, *(r[j] for r in rows)) for j in range(P)]
+    record_results(results, shard_names, seq_starts, clusters, root_features)
+    return {"component_rows": int(seqs.size), "edges": int(edges.num_rows),
+            "largest_partition_rows": int(np.bincount(parts, minlength=P).max()) if parts.size else 0}
