@@ -222,6 +222,8 @@ class RayEngine:
 
         if state.root_ids is not None:
             raise ValueError("a guard's fit (remember_roots) replays the index in one process: use the local engine")
+        if not ok:
+            return
         ray = self.ray
         self._kill(self._workers or [])  # their CPUs go to the tasks below; pass 2 makes new ones
         self._workers = None

@@ -1,9 +1,10 @@
 """The near-duplicate reduce, in global scan order, and reading rows back by sequence number.
 
-The index is sequential by definition: only roots are indexed, a copy is judged against
-the earliest earlier row that says the same thing, and a word's "seen earlier" is global.
-So this reduce replays the work files one shard after another, in scan order, on one
-process (the driver, for the Ray engine too): its result does not depend on how the maps
+The index is sequential: only roots are indexed, a copy is judged against the earliest
+earlier row that says the same thing, and a word's "seen earlier" is global. The local
+engine replays the work files one shard after another, in scan order, in one process
+(:func:`index_shard`); the Ray engine splits the same replay by connected component
+(:mod:`shardguard.dedup.components`). Either way the result does not depend on how the maps
 were split.
 """
 
