@@ -6,10 +6,11 @@ each hold an embedder (one GPU per actor where the cluster has GPUs, one CPU oth
 n-gram count and statistics maps (:mod:`shardguard.passes.statistics`) as tasks, and pass 2
 (``ScanPipeline._pass2_shard``) as one task per shard -- while the driver merges the maps'
 states in scan order and runs the fit. The near-duplicate reduce is split by connected
-component (:mod:`shardguard.dedup.components`): bucket keys and words as map tasks, the
-group-bys by bucket and by word as shuffles through the object store into reduce tasks, the
-components on the driver from the edges alone, and the replay of each partition of components
-as one more shuffle and reduce. So its lists equal
+component (:mod:`shardguard.dedup.components`), its maps, group-bys and joins as calls on the
+same actors, each group-by a shuffle through the object store (a map returns one piece per
+partition, a reduce takes its piece of every map): bucket keys, sketches and words; candidate
+pairs verified; components on the driver from the edges alone; each partition of components
+replayed in scan order. So its lists equal
 the local engine's, and a rerun resumes per shard through the same work files and manifest.
 
 Workers read the inputs and write into ``OUT``: on a cluster of several machines both must
@@ -202,16 +203,17 @@ class RayEngine:
         yield from pool.map(lambda a, job: a.call.remote(fn, *job), jobs)
 
     # -- the near-duplicate reduce, by component -------------------------------------------------
-    parallel_reduces = False  # the reduce's tasks need the CPUs the actors hold: released first
+    parallel_reduces = False  # the reduce's calls queue on the actors the statistics use
 
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:
-        """:mod:`shardguard.dedup.components`' stages as Ray tasks, each group-by a shuffle
-        through the object store: every map task returns one piece per partition
+        """:mod:`shardguard.dedup.components`' stages as Ray tasks, each group-by or join a
+        shuffle through the object store: every map task returns one piece per partition
         (``num_returns``), every reduce task takes its piece of every map. No node gathers the
-        signatures or the texts: the driver holds the bucket edges (16 B each, one per row
-        and bucket beyond a bucket's first), each word's first row (8 B a distinct word) and
-        the copies with their roots, which the clusters hold anyway."""
+        signatures or the texts: the driver holds the edges (a spanning forest from each
+        reduce: at most 16 B per row in a component and reduce), each word's first row (8 B
+        a distinct word, labelled scans) and the copies with their roots, which the clusters
+        hold anyway."""
         import time
 
         import numpy as np
@@ -225,8 +227,15 @@ class RayEngine:
         if not ok:
             return
         ray = self.ray
-        self._kill(self._workers or [])  # their CPUs go to the tasks below; pass 2 makes new ones
-        self._workers = None
+        actors = self._pool()
+        turn = iter(range(1 << 62))
+
+        def task(fn: Any, *args: Any, n: int = 1) -> Any:
+            """``fn(*args)`` on the next actor in turn (``n`` returns). An actor runs its calls
+            in the order they were made, and every call here depends only on earlier ones, so
+            the queue never waits on itself; the actors' processes are already up."""
+            return actors[next(turn) % len(actors)].call.options(num_returns=n).remote(fn, *args)
+
         clock = [time.perf_counter()]
 
         def lap(stage: str) -> None:  # report.json's timings_s: index_<stage>
@@ -240,17 +249,19 @@ class RayEngine:
         rows = sum(o.valid for o in ok)
         # group-by partitions: at least 2 (a task's single return is not a list) and the CPUs
         P = max(2, self.cpus, -(-rows // PARTITION_ROWS))
-        task = ray.remote(num_cpus=1)
-        keys = [task(C.shard_keys_split).options(num_returns=2 * P).remote(p, s, params, judged, P)
-                for p, s in zip(paths, starts)]
-        # group by bucket -> edges to each bucket's earliest row; group by word -> first rows
-        edge_refs = [task(C.edges_of).remote(*(k[j] for k in keys)) for j in range(P)]
-        word_refs = [task(C.first_words_of).remote(*(k[P + j] for k in keys)) for j in range(P)] if judged else []
-        edges = ray.get(edge_refs)
+        keys = [task(C.shard_keys_split, p, s, params, judged, P, n=3 * P) for p, s in zip(paths, starts)]
+        # group by bucket -> a large bucket's edges, a small bucket's candidate pairs; the
+        # candidates joined with their rows' sketches twice and verified; group by word
+        links = [task(C.links_of, P, *(k[j] for k in keys), n=1 + P) for j in range(P)]
+        sketches = [task(C.concat, *(k[2 * P + j] for k in keys)) for j in range(P)]
+        firsts = [task(C.first_join_of, P, sketches[j], *(lk[1 + j] for lk in links), n=P) for j in range(P)]
+        verified = [task(C.verified_of, params, sketches[j], *(f[j] for f in firsts)) for j in range(P)]
+        word_refs = [task(C.first_words_of, *(k[P + j] for k in keys)) for j in range(P)] if judged else []
+        edges = ray.get([lk[0] for lk in links] + verified)
         lap("bucket_edges")
         src = np.concatenate([t.column("src").to_numpy() for t in edges])
         dst = np.concatenate([t.column("dst").to_numpy() for t in edges])
-        del edges, keys
+        del edges, keys, links, sketches, firsts
         seqs, comp = C.components(src, dst)  # the driver: edges only
         lap("components")
         first = np.unique(np.concatenate(ray.get(word_refs))) if word_refs else np.zeros(0, np.int64)
@@ -260,12 +271,12 @@ class RayEngine:
         del src, dst
         parts, new_word = C.partition_of(comp, P), np.isin(seqs, first)
         pipeline.state_sizes["near_duplicate_largest_partition_rows"] = int(np.bincount(parts, minlength=P).max())
+        pipeline.state_sizes["near_duplicate_largest_component_rows"] = int(np.unique(comp, return_counts=True)[1].max())
         # group by partition -> the sequential replay of each partition's components
         bounds = np.searchsorted(seqs, np.append(np.asarray(starts, np.int64), np.iinfo(np.int64).max))
-        pieces = [task(C.shard_rows_split).options(num_returns=P).remote(
-            p, s, k, *(a[bounds[k]:bounds[k + 1]] for a in (seqs, parts, new_word)), P)
-            for k, (p, s) in enumerate(zip(paths, starts))]
-        results: list[pa.Table] = ray.get([task(C.replay_of).remote(params, judged, *(r[j] for r in pieces))
+        pieces = [task(C.shard_rows_split, p, s, k, *(a[bounds[k]:bounds[k + 1]] for a in (seqs, parts, new_word)), P,
+                       n=P) for k, (p, s) in enumerate(zip(paths, starts))]
+        results: list[pa.Table] = ray.get([task(C.replay_of, params, judged, *(r[j] for r in pieces))
                                            for j in range(P)])
         lap("replay")
         C.record_results(results, [o.shard.name for o in ok], starts, state.clusters, state.root_features)

@@ -15,7 +15,7 @@ import pytest
 
 from shardguard.config import load_config
 from shardguard.dedup import NearDuplicateIndex, RootFeatures
-from shardguard.dedup.components import IndexParams, components, reduce_in_process, star_edges
+from shardguard.dedup.components import SMALL_BUCKET, IndexParams, bucket_links, components, forest, reduce_in_process
 from shardguard.passes.read_embed import work_path
 from shardguard.pipeline import ScanPipeline
 from shardguard.stages import DuplicateClusters
@@ -79,14 +79,24 @@ def test_partitioned_reduce_equals_the_sequential_replay(tmp_path, shared_data, 
             assert sum(int(m[3].sum()) for m in (got.members(n) for n in names)) >= 30
 
 
-def test_components_of_bucket_edges():
-    buckets = pa.table({"bucket": np.array([7, 7, 9, 9, 9, 4], np.int64), "seq": np.array([5, 2, 8, 5, 11, 3], np.int64)})
-    edges = star_edges(buckets)
-    assert sorted(zip(edges.column("src").to_pylist(), edges.column("dst").to_pylist())) == [(2, 5), (5, 8), (5, 11)]
-    seqs, comp = components(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
-    assert seqs.tolist() == [2, 5, 8, 11] and comp.tolist() == [2, 2, 2, 2]  # 3 shares no bucket: not listed
-    empty = star_edges(buckets.slice(0, 0))
-    assert components(empty.column("src").to_numpy(), empty.column("dst").to_numpy())[0].size == 0
+def _pairs(t: pa.Table) -> list[tuple[int, int]]:
+    return sorted(zip(t.column("src").to_pylist(), t.column("dst").to_pylist()))
+
+
+def test_bucket_links_components_and_forest():
+    """A bucket of more than SMALL_BUCKET rows links every row to its earliest; a small one
+    lists its pairs once (a pair sharing two buckets too) as candidates to verify."""
+    big = np.arange(100, 100 + SMALL_BUCKET + 1, dtype=np.int64)[::-1]  # any order
+    buckets = pa.table({"bucket": np.r_[np.full(big.size, 7), [9, 9, 9, 4, 12, 12]].astype(np.int64),
+                        "seq": np.r_[big, [8, 5, 11, 3, 11, 5]].astype(np.int64)})
+    edges, candidates = bucket_links(buckets)
+    assert _pairs(edges) == [(100, int(s)) for s in range(101, 101 + SMALL_BUCKET)]
+    assert _pairs(candidates) == [(5, 8), (5, 11), (8, 11)]  # 3 shares no bucket
+    seqs, comp = components(candidates.column("src").to_numpy(), candidates.column("dst").to_numpy())
+    assert seqs.tolist() == [5, 8, 11] and comp.tolist() == [5, 5, 5]
+    assert _pairs(forest(candidates)) == [(5, 8), (5, 11)]  # one edge per row beyond the earliest
+    none, _ = bucket_links(buckets.slice(0, 0))
+    assert components(none.column("src").to_numpy(), none.column("dst").to_numpy())[0].size == 0
 
 
 def test_explicit_sequence_numbers_must_increase():

@@ -11,6 +11,14 @@ order, with each text's global sequence number and the same calls (one per work-
 gives each text the answer the whole replay gives it. A text that shares no bucket is a root of
 nothing and is not replayed at all.
 
+Fewer links suffice. In a bucket of at most :data:`SMALL_BUCKET` texts neither cap can bind,
+so a text meets every other text of it, and one it does not verify as a near-copy (the b-bit
+estimate below the threshold, :meth:`NearDuplicateIndex.verified`) changes nothing of its
+answer. Such a bucket links only its verified pairs; a larger bucket links all its texts. On
+real text the unverified links are most of them, and they chain: on the scale benchmark's
+corpus one component of "shares a bucket" held most rows, which one replay would have had to
+take alone.
+
 The one global thing outside the buckets is :class:`~shardguard.dedup.statements.SeenWords`,
 "the text holds a word no earlier text held": the earliest sequence number per word, a
 min-group-by over the words of the calls that judge a row.
@@ -22,12 +30,15 @@ holds whole groups and works on them vectorised (the Ray engine passes the piece
 object store; :func:`reduce_in_process` chains the stages in one process, which the tests
 compare with the sequential replay):
 
-1. map, per shard: :func:`shard_keys` -- every valid row's buckets, and each labelled call's
-   words with their first row;
-2. group by bucket: :func:`star_edges` -- every row of a bucket of two rows or more linked to
-   the bucket's earliest row;
+1. map, per shard: :func:`shard_keys` -- every valid row's buckets and b-bit sketch, and each
+   labelled call's words with their first row;
+2. group by bucket: :func:`bucket_links` -- a large bucket's rows linked to its earliest row
+   (edges), a small bucket's pairs (candidates);
+2b. join the candidates with the sketches of their first row (:func:`candidates_with_first`),
+   then of their second (:func:`verified_edges`), which keeps the verified ones as edges;
 3. :func:`components` -- connected components of the edges (scipy), named by their earliest
-   row, hashed into ``partitions``; on the driver, which holds only the edges;
+   row, hashed into ``partitions``; on the driver, which holds only the edges (each reduce
+   sends a spanning forest of its own, :func:`forest`);
 4. group by word: :func:`first_word_rows` -- the smallest sequence number of each word, the
    rows that hold a word no earlier row held;
 5. map, per shard: :func:`shard_partition_rows` -- the rows of some component, with their
@@ -49,8 +60,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shardguard.dedup.index import NearDuplicateIndex
+from shardguard.dedup.index import MAX_BUCKET, MAX_BUCKET_CALL, NearDuplicateIndex
 from shardguard.dedup.normalize import normalized
+from shardguard.dedup.storage import _expand
 from shardguard.dedup.statements import (
     HALF_PERM,
     RootFeatures,
@@ -65,10 +77,15 @@ from shardguard.io import workfile
 __all__ = [
     "IndexParams",
     "RESULT_SCHEMA",
+    "bucket_links",
+    "candidates_with_first",
     "components",
-    "edges_of",
+    "concat",
+    "first_join_of",
     "first_word_rows",
     "first_words_of",
+    "forest",
+    "links_of",
     "partition_of",
     "record_results",
     "reduce_in_process",
@@ -79,10 +96,14 @@ __all__ = [
     "shard_partition_rows",
     "shard_rows_split",
     "split_by",
-    "star_edges",
+    "verified_edges",
+    "verified_of",
 ]
 
+#: A bucket of at most this many texts links only its verified pairs (see the module docstring).
+SMALL_BUCKET = min(MAX_BUCKET, MAX_BUCKET_CALL)
 BUCKETS_SCHEMA = pa.schema([("bucket", pa.int64()), ("seq", pa.int64())])
+EDGES_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 WORDS_SCHEMA = pa.schema([("word", pa.int64()), ("seq", pa.int64())])
 ROWS_SCHEMA = pa.schema([("seq", pa.int64()), ("part", pa.int64()), ("call", pa.int64()),
                          ("row", pa.int64()), ("text", pa.string()), ("label", pa.string()),
@@ -126,47 +147,117 @@ def _valid_batches(path: Path) -> Iterable[tuple[int, pa.RecordBatch]]:
                 yield b, vb
 
 
-def shard_keys(path: Path, seq_start: int, params: IndexParams, judged: bool) -> tuple[pa.Table, pa.Table]:
-    """Map stage 1 over one shard's work file: ``(buckets, words)``.
+def _sketch_table(seqs: np.ndarray, sk: np.ndarray) -> pa.Table:
+    return pa.table({"seq": seqs, "sketch": _binary(sk)})
+
+
+def _sketches(t: pa.Table, column: str = "sketch") -> np.ndarray:
+    """A fixed-size binary column as a ``(n, width)`` uint8 array."""
+    col = t.column(column).combine_chunks()
+    width = col.type.byte_width
+    if not len(col):
+        return np.zeros((0, width), np.uint8)
+    return np.frombuffer(col.buffers()[1], np.uint8, len(col) * width, col.offset * width).reshape(-1, width)
+
+
+def shard_keys(path: Path, seq_start: int, params: IndexParams,
+               judged: bool) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Map stage 1 over one shard's work file: ``(buckets, words, sketches)``.
 
     ``buckets`` (:data:`BUCKETS_SCHEMA`): ``bands`` rows per valid row, its LSH bucket
     (``band << 32 | key``) and sequence number. ``words`` (:data:`WORDS_SCHEMA`, word hashes
     as int64 bits): with ``judged`` (labels are judged: ``near_duplicates.copies`` is
     "conflicting"), each call with a labelled row contributes its distinct words with the first
     row holding each -- what :meth:`SeenWords.see` learns from that call; empty otherwise.
+    ``sketches``: each valid row's sequence number and b-bit sketch (``num_perm`` bytes).
     """
     index = params.index()
-    buckets, words = [], []
+    buckets, words, sketches = [], [], []
     seq = seq_start
     for _, vb in _valid_batches(path):
         n = vb.num_rows
         norm, cps, lens = normalized(vb.column("text"))
         seqs = seq + np.arange(n, dtype=np.int64)
-        b = index.buckets(cps, lens)  # (bands, n)
+        b, sk = index.buckets(cps, lens)  # (bands, n), (n, num_perm)
         buckets.append(pa.table({"bucket": b.ravel().view(np.int64), "seq": np.tile(seqs, b.shape[0])},
                                 schema=BUCKETS_SCHEMA))
+        sketches.append(_sketch_table(seqs, sk))
         if judged and (label_hashes(vb.column("label").to_numpy(zero_copy_only=False), n) != 0).any():
             vocab, first = first_words(norm)
             words.append(pa.table({"word": vocab.view(np.int64), "seq": seqs[first]}, schema=WORDS_SCHEMA))
         seq += n
+    empty_sk = _sketch_table(np.zeros(0, np.int64), np.zeros((0, params.num_perm), np.uint8))
     return (pa.concat_tables(buckets) if buckets else BUCKETS_SCHEMA.empty_table(),
-            pa.concat_tables(words) if words else WORDS_SCHEMA.empty_table())
+            pa.concat_tables(words) if words else WORDS_SCHEMA.empty_table(),
+            pa.concat_tables(sketches) if sketches else empty_sk)
 
 
-def star_edges(buckets: pa.Table) -> pa.Table:
-    """Group by bucket: each row of a bucket holding two rows or more, linked to the bucket's
-    earliest row. ``buckets``: :data:`BUCKETS_SCHEMA` rows, any order, any subset of whole
-    buckets; returns ``src`` (the earliest) and ``dst`` (int64), one edge per pair and bucket."""
+def _sorted_buckets(buckets: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bucket entries sorted by (bucket, seq): ``(seq, group start of each entry, group sizes
+    per entry)``."""
     key = buckets.column("bucket").to_numpy()
     seq = buckets.column("seq").to_numpy()
-    if key.size < 2:
-        return pa.table({"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64)})
     o = np.lexsort((seq, key))
     key, seq = key[o], seq[o]
-    start = np.r_[True, key[1:] != key[:-1]]
-    head = seq[np.maximum.accumulate(np.where(start, np.arange(key.size), 0))]
-    keep = ~start
-    return pa.table({"src": head[keep], "dst": seq[keep]})
+    start = np.r_[True, key[1:] != key[:-1]] if key.size else np.zeros(0, bool)
+    idx = np.arange(key.size)
+    gstart = np.maximum.accumulate(np.where(start, idx, 0)) if key.size else idx
+    starts = np.flatnonzero(start)
+    sizes = np.diff(np.append(starts, key.size))
+    return seq, gstart, np.repeat(sizes, sizes)
+
+
+def bucket_links(buckets: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Group by bucket, into ``(edges, candidates)`` (both :data:`EDGES_SCHEMA`, ``src`` the
+    earlier row): a bucket of more than :data:`SMALL_BUCKET` rows links every row to its
+    earliest (edges); a smaller one gives every pair of its rows as a candidate, to be
+    verified. Candidates are distinct (a pair sharing several bands is listed once)."""
+    seq, gstart, size = _sorted_buckets(buckets)
+    idx = np.arange(seq.size)
+    big = (size > SMALL_BUCKET) & (gstart != idx)
+    edges = pa.table({"src": seq[gstart[big]], "dst": seq[big]}, schema=EDGES_SCHEMA)
+    small = np.flatnonzero((size <= SMALL_BUCKET) & (gstart != idx))  # each pairs with its earlier entries
+    owner, pos = _expand(gstart[small], idx[small] - gstart[small], int((idx[small] - gstart[small]).sum()))
+    src, dst = seq[pos], seq[small[owner]]
+    if src.size:
+        pairs = np.unique(np.stack([src, dst], axis=1), axis=0)
+        src, dst = pairs[:, 0], pairs[:, 1]
+    return edges, pa.table({"src": src, "dst": dst}, schema=EDGES_SCHEMA)
+
+
+def _lookup_sketch(sketches: pa.Table, seqs: np.ndarray) -> np.ndarray:
+    """The sketches (``(m, num_perm)`` uint8) of rows ``seqs``, all in ``sketches``."""
+    have = sketches.column("seq").to_numpy()
+    order = np.argsort(have, kind="stable")
+    pos = order[np.searchsorted(have[order], seqs)]
+    if pos.size and not np.array_equal(have[pos], seqs):
+        raise KeyError("a candidate's sketch is missing from its partition")
+    return _sketches(sketches)[pos]
+
+
+def candidates_with_first(sketches: pa.Table, candidates: pa.Table, partitions: int) -> list[pa.Table]:
+    """First join of the verification: the candidates whose ``src`` is in this partition
+    (``sketches``: that partition's rows) with ``src``'s sketch, split by ``dst`` for the
+    second join."""
+    src = candidates.column("src").to_numpy()
+    with_first = candidates.append_column("sketch", _binary(_lookup_sketch(sketches, src)))
+    return split_by(with_first, "dst", partitions)
+
+
+def verified_edges(params: IndexParams, sketches: pa.Table, candidates: pa.Table) -> pa.Table:
+    """Second join: the candidates whose ``dst`` is in this partition, with ``src``'s sketch
+    (:func:`candidates_with_first`), kept where the pair verifies as the index verifies it."""
+    dst = candidates.column("dst").to_numpy()
+    ok = params.index().verified(_sketches(candidates), _lookup_sketch(sketches, dst))
+    return pa.table({"src": candidates.column("src").to_numpy()[ok], "dst": dst[ok]}, schema=EDGES_SCHEMA)
+
+
+def forest(edges: pa.Table) -> pa.Table:
+    """A spanning forest of ``edges``: each component as edges from its earliest row, at most
+    one per row -- what a reduce sends the driver."""
+    seqs, comp = components(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
+    other = seqs != comp
+    return pa.table({"src": comp[other], "dst": seqs[other]}, schema=EDGES_SCHEMA)
 
 
 def components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -281,14 +372,8 @@ def replay_partition(rows: pa.Table, params: IndexParams, judged: bool) -> pa.Ta
 
 
 def _features(t: pa.Table) -> StatementFeatures:
-    def sketch(name: str) -> np.ndarray:
-        col = t.column(name).combine_chunks()
-        if not len(col):
-            return np.zeros((0, HALF_PERM), np.uint8)
-        return np.frombuffer(col.buffers()[1], np.uint8, len(col) * HALF_PERM, col.offset * HALF_PERM).reshape(-1, HALF_PERM)
-
     return StatementFeatures(*(t.column(f).to_numpy() for f in StatementFeatures.FIELDS[:6]),
-                             sketch("head_sketch"), sketch("tail_sketch"))
+                             _sketches(t, "head_sketch"), _sketches(t, "tail_sketch"))
 
 
 def record_results(results: Sequence[pa.Table], shard_names: Sequence[str], seq_starts: Sequence[int],
@@ -318,10 +403,11 @@ def record_results(results: Sequence[pa.Table], shard_names: Sequence[str], seq_
 
 def shard_keys_split(path: Path, seq_start: int, params: IndexParams, judged: bool,
                      partitions: int) -> list[pa.Table]:
-    """:func:`shard_keys` split for the two group-bys: ``partitions`` pieces of buckets by
-    bucket, then ``partitions`` pieces of words by word."""
-    buckets, words = shard_keys(path, seq_start, params, judged)
-    return split_by(buckets, "bucket", partitions) + split_by(words, "word", partitions)
+    """:func:`shard_keys` split for the shuffles: ``partitions`` pieces each of buckets (by
+    bucket), words (by word) and sketches (by row)."""
+    buckets, words, sketches = shard_keys(path, seq_start, params, judged)
+    return (split_by(buckets, "bucket", partitions) + split_by(words, "word", partitions)
+            + split_by(sketches, "seq", partitions))
 
 
 def shard_rows_split(path: Path, seq_start: int, position: int, seqs: np.ndarray, parts: np.ndarray,
@@ -331,9 +417,26 @@ def shard_rows_split(path: Path, seq_start: int, position: int, seqs: np.ndarray
                     hashed=False)
 
 
-def edges_of(*pieces: pa.Table) -> pa.Table:
-    """Reduce of the bucket group-by: :func:`star_edges` of one partition's pieces."""
-    return star_edges(pa.concat_tables(pieces))
+def links_of(partitions: int, *pieces: pa.Table) -> list[pa.Table]:
+    """Reduce of the bucket group-by over one partition's pieces: the forest of its edges,
+    then its candidates split by ``src`` (``1 + partitions`` tables)."""
+    edges, candidates = bucket_links(pa.concat_tables(pieces))
+    return [forest(edges)] + split_by(candidates, "src", partitions)
+
+
+def concat(*pieces: pa.Table) -> pa.Table:
+    """One partition's pieces from every map (the shuffle's reduce side)."""
+    return pa.concat_tables(pieces)
+
+
+def first_join_of(partitions: int, sketches: pa.Table, *pieces: pa.Table) -> list[pa.Table]:
+    """:func:`candidates_with_first` over one partition's candidate pieces."""
+    return candidates_with_first(sketches, pa.concat_tables(pieces), partitions)
+
+
+def verified_of(params: IndexParams, sketches: pa.Table, *pieces: pa.Table) -> pa.Table:
+    """:func:`verified_edges` over one partition's pieces, as a forest."""
+    return forest(verified_edges(params, sketches, pa.concat_tables(pieces)))
 
 
 def first_words_of(*pieces: pa.Table) -> np.ndarray:
@@ -354,7 +457,11 @@ def reduce_in_process(paths: Sequence[Path], seq_starts: Sequence[int], shard_na
     (rows in a component, edges, the largest partition's rows)."""
     P = partitions
     keys = [shard_keys_split(p, s, params, judged, P) for p, s in zip(paths, seq_starts)]
-    edges = pa.concat_tables([edges_of(*(k[j] for k in keys)) for j in range(P)])
+    links = [links_of(P, *(k[j] for k in keys)) for j in range(P)]
+    sketches = [concat(*(k[2 * P + j] for k in keys)) for j in range(P)]
+    firsts = [first_join_of(P, sketches[j], *(lk[1 + j] for lk in links)) for j in range(P)]
+    verified = [verified_of(params, sketches[j], *(f[j] for f in firsts)) for j in range(P)]
+    edges = pa.concat_tables([lk[0] for lk in links] + verified)
     first = np.unique(np.concatenate([first_words_of(*(k[P + j] for k in keys)) for j in range(P)]))
     seqs, comp = components(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
     parts = partition_of(comp, P)

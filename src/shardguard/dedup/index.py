@@ -221,14 +221,21 @@ class NearDuplicateIndex:
             h += blocks[:, :, j].astype(np.uint64) * mult[j]
         return np.ascontiguousarray((h >> np.uint64(32)).astype(np.uint32).T)
 
-    def buckets(self, cps: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        """``(bands, n)`` uint64: the LSH bucket of each normalised text
-        (:func:`normalize_codepoints` output) in each band, ``band << 32 | key`` -- the
-        buckets :meth:`add_judged` looks texts up in. Texts in no common bucket, directly
-        or through others, never meet in the index."""
-        keys = self._band_keys(self.hasher.signatures_codepoints(cps, lens)).astype(np.uint64)
+    def buckets(self, cps: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The LSH bucket of each normalised text (:func:`normalize_codepoints` output) in each
+        band, ``(bands, n)`` uint64 ``band << 32 | key`` -- the buckets :meth:`add_judged`
+        looks texts up in -- and its b-bit sketch, ``(n, num_perm)`` uint8, which
+        :meth:`verified` compares. Texts in no common bucket, directly or through others,
+        never meet in the index."""
+        sig = self.hasher.signatures_codepoints(cps, lens)
+        keys = self._band_keys(sig).astype(np.uint64)
         keys |= np.arange(self.bands, dtype=np.uint64)[:, None] << np.uint64(32)
-        return keys
+        return keys, self._bbit(sig)
+
+    def verified(self, sk_a: np.ndarray, sk_b: np.ndarray) -> np.ndarray:
+        """Whether each pair of b-bit sketch rows (``(m, num_perm)`` uint8 each) passes the
+        verification :meth:`add_judged` applies to a candidate pair, bool ``(m,)``."""
+        return self._estimate(sk_a, sk_b) >= self.threshold
 
     @staticmethod
     def _bbit(sig: np.ndarray) -> np.ndarray:
