@@ -30,7 +30,9 @@ load and Ray start included) and rows/s over it; the scan's own ``wall_s`` from 
 process among it and its waited-for descendants) and the peak of the summed RSS of its process
 tree, sampled every 0.2 s with psutil (for Ray: the driver, raylet, GCS and workers; pages of
 Ray's shared object store count in every process that maps them, so this over-counts); and
-report.json's ``state_sizes``: the near-duplicate index's ``nbytes``, the root features
+report.json's ``state_sizes``: the near-duplicate index's ``nbytes`` (local; the Ray engine
+reports the rows its partitioned reduce replayed, its largest component and partition, and the
+edges the driver joined), the root features
 (``StatementFeatures`` and label hashes of the indexed rows) and the trigger detector's
 candidate rows (16 bytes each while gathered); and the disk the scan's ``OUT/.work`` held
 (work files: texts and float16 embeddings; n-gram runs).
@@ -285,8 +287,12 @@ def main() -> None:
         s = r["state_sizes"]
         print(f"{engine:5s} {r['rows']:>9,} rows: {r['process_wall_s']:7.1f} s ({r['process_rows_per_s']:,} rows/s; "
               f"scan {r['scan_wall_s']:.1f} s, {r['scan_rows_per_s']:,.0f} rows/s), peak RSS {r['peak_rss_mib']:,} MiB "
-              f"(tree {r['peak_tree_rss_mib']:,}), index {s.get('near_duplicate_index_bytes', 0) / 2**20:.1f} MiB, "
-              f"candidate rows {sum(v for k, v in s.items() if k.endswith('_candidate_rows')):,}", flush=True)
+              f"(tree {r['peak_tree_rss_mib']:,}), "
+              + (f"index {s['near_duplicate_index_bytes'] / 2**20:.1f} MiB, " if "near_duplicate_index_bytes" in s else
+                 f"{s.get('near_duplicate_component_rows', 0):,} rows in components (largest "
+                 f"{s.get('near_duplicate_largest_component_rows', 0):,}, partitions of <= "
+                 f"{s.get('near_duplicate_largest_partition_rows', 0):,}), {s.get('near_duplicate_edges', 0):,} edges, ")
+              + f"candidate rows {sum(v for k, v in s.items() if k.endswith('_candidate_rows')):,}", flush=True)
         args.json.write_text(json.dumps({**meta, "results": results, "summary": summarise(results)}, indent=1))
     summary = summarise(results)
     print(json.dumps(summary, indent=1))
