@@ -3,15 +3,15 @@
 It runs the same stage functions as :class:`shardguard.pipeline.LocalEngine` -- the
 read-and-embed map (:func:`~shardguard.passes.read_embed.read_embed_shard`) in actors that
 each hold an embedder (one GPU per actor where the cluster has GPUs, one CPU otherwise), the
-n-gram count and statistics maps (:mod:`shardguard.passes.statistics`) as tasks, and pass 2
-(``ScanPipeline._pass2_shard``) as one task per shard -- while the driver merges the maps'
-states in scan order and runs the fit. The near-duplicate reduce is split by connected
-component (:mod:`shardguard.dedup.components`), its maps, group-bys and joins as calls on the
-same actors, each group-by a shuffle through the object store (a map returns one piece per
-partition, a reduce takes its piece of every map): bucket keys, sketches and words; candidate
-pairs verified; components on the driver from the edges alone; each partition of components
-replayed in scan order. So its lists equal
-the local engine's, and a rerun resumes per shard through the same work files and manifest.
+n-gram count and statistics maps (:mod:`shardguard.passes.statistics`) and pass 2
+(``ScanPipeline._pass2_shard``) as calls on one actor per CPU, a shard each -- while the
+driver merges the maps' states in scan order and runs the fit. The near-duplicate reduce is
+split by connected component (:mod:`shardguard.dedup.components`), its maps, group-bys and
+joins as calls on the same actors, each group-by a shuffle through the object store (a map
+returns one piece per partition, a reduce takes its piece of every map): bucket keys,
+sketches and words; candidate pairs verified; components on the driver from the edges alone;
+each partition of components replayed in scan order. So its lists equal the local engine's,
+and a rerun resumes per shard through the same work files and manifest.
 
 Workers read the inputs and write into ``OUT``: on a cluster of several machines both must
 be on a file system every node sees, and every node needs shardguard and its model.

@@ -9,7 +9,9 @@ one connected component of "shares a bucket" depend on that component's texts al
 where the stream's ``add`` calls split it. Replaying any union of whole components in scan
 order, with each text's global sequence number and the same calls (one per work-file batch),
 gives each text the answer the whole replay gives it. A text that shares no bucket is a root of
-nothing and is not replayed at all.
+nothing and is not replayed at all. (One exception, by odds: two different texts whose 64-bit
+normalised-text hashes collide are exact copies to the index without sharing a bucket; for n
+distinct texts the odds of any such pair are about n**2 / 2**65, 3% at a billion.)
 
 Fewer links suffice. In a bucket of at most :data:`SMALL_BUCKET` texts neither cap can bind,
 so a text meets every other text of it, and one it does not verify as a near-copy (the b-bit
