@@ -58,6 +58,27 @@ def test_root_labels_from_the_scans_root_table():
     assert [c.tolist() for c in roots.lookup(np.array([3]))] == [["s2:3"], ["s2"], [3], [None]]
 
 
+def test_a_shards_subset_of_clusters_and_roots_answers_as_the_whole():
+    """Pass 2 on Ray sends each shard only the clusters its rows belong to: the subsets must
+    answer the same for those keys, and as 'no cluster' for the rest."""
+    c = DuplicateClusters(flood_size=3)
+    record_all(c, [("s1", [1, 2, 3, 4], [0, 0, -1, 0], ["b", "b", "x", "a"]), ("s2", [0, 1, 5], [3, 3, -1], ["y", "y", "z"]),
+                   ("s2", [8, 9], [7, 7], ["q", "r"])])
+    c.resolve({0: "a", 3: "x", 7: "p"})
+    roots = RootTable(LabelCodes(), ["s1", "s2"])
+    roots.append(np.array([0, 3, 7]), pa.array(["s1:0", "s1:3", "s1:7"]), roots.labels.encode(["a", "x", "p"]),
+                 np.array([0, 3, 7]), np.array([0, 0, 0]))
+    keys = np.array([3, 7])
+    table, sub = c.table(), c.table().subset(keys)
+    for whole, part in zip(table.lookup(keys), sub.lookup(keys)):  # found, size, reference, majority, flood
+        assert whole.tolist() == part.tolist()
+    assert sub.lookup(np.array([0]))[0].tolist() == [False]  # not in the subset: no cluster
+    small = roots.subset(keys)
+    assert len(small) == 2 and small.labels is roots.labels
+    assert [col.tolist() for col in small.lookup(keys)] == [col.tolist() for col in roots.lookup(keys)]
+    assert small.lookup(np.array([0]))[0].tolist() == [None]
+
+
 def test_tie_without_the_reference_goes_to_the_smallest_label():
     c = DuplicateClusters(flood_size=3)
     record_all(c, [("s", [1, 2, 3, 4], [0, 0, 0, 0], ["d", "c", "d", "c"])])

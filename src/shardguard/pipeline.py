@@ -505,8 +505,11 @@ class ScanPipeline:
 
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,
-                     roots: RootTable, columns: list[str]) -> None:
-        m_rows, m_root, m_sim, m_contradicts = state.clusters.members(o.shard.name)
+                     roots: RootTable, columns: list[str], members: tuple | None = None) -> None:
+        """Score and write one shard. ``members``: its copies as ``DuplicateClusters.members``
+        gives them (default: from ``state.clusters``); ``clusters`` and ``roots`` need hold
+        only the clusters those copies and the shard's own rows belong to."""
+        m_rows, m_root, m_sim, m_contradicts = members if members is not None else state.clusters.members(o.shard.name)
         o.clean = o.quarantined = o.invalid = o.allowed = 0
         o.reasons = Counter()
         seq = state.seq_start[o.shard.name]

@@ -73,26 +73,32 @@ class _Worker:
     def call(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
-    def score_write(self, ctx: tuple, o: ShardOutcome) -> ShardOutcome:
-        """Pass 2 of one shard: the pipeline's own ``_pass2_shard``."""
+    def score_write(self, ctx: tuple, o: ShardOutcome, members: tuple, clusters: Any, roots: Any) -> ShardOutcome:
+        """Pass 2 of one shard: the pipeline's own ``_pass2_shard``, with the shard's copies and
+        the clusters they and its rows belong to."""
         from shardguard.pipeline import ScanPipeline
 
-        config, out_dir, state, clusters, roots, columns = ctx
-        ScanPipeline(config, out_dir)._pass2_shard(o, state, clusters, roots, columns)
+        config, out_dir, state, columns = ctx
+        ScanPipeline(config, out_dir)._pass2_shard(o, state, clusters, roots, columns, members)
         return o
 
 
 def _for_pass2(state: "ScanState") -> "ScanState":
-    """What pass 2 reads of the scan's state, for the workers: the fitted detectors, the
-    clusters, the sequence numbers. The embedder stays on the driver (pass 2 reads the cached
-    embeddings) and so does the near-duplicate index, which pass 2 asks only whether there is
-    one (an empty index with its parameters says so); the roots' features and ids stay too."""
+    """What every pass-2 worker reads of the scan's state: the fitted detectors and the
+    sequence numbers. The embedder stays on the driver (pass 2 reads the cached embeddings) and
+    so does the near-duplicate index, which pass 2 asks only whether there is one (an empty
+    index with its parameters says so); the roots' features and ids stay too, and the copies
+    and clusters go with each shard's job, only that shard's (:meth:`RayEngine.score_write`)."""
     from shardguard.dedup import NearDuplicateIndex, RootFeatures
+    from shardguard.scoring import LabelCodes, RootTable
+    from shardguard.stages import DuplicateClusters
 
     idx = state.dup_index
     stand_in = None if idx is None else NearDuplicateIndex(idx.threshold, idx.num_perm, idx.ngram, idx.seed)
     return dataclasses.replace(state, embedder=None, dup_index=stand_in, root_features=RootFeatures(),
-                               root_seqs=[], root_ids=None, root_rows=[], root_shards=[], root_labels=[])
+                               clusters=DuplicateClusters(state.clusters.flood_size), root_seqs=[],
+                               root_ids=None, root_rows=[], root_shards=[], root_labels=[],
+                               cluster_roots=RootTable(LabelCodes()))
 
 
 #: Valid rows per partition of the near-duplicate reduce's group-bys (a replay partition holds
@@ -288,11 +294,22 @@ class RayEngine:
                     columns: list[str]) -> Iterator[ShardOutcome]:
         if not todo:
             return
-        shared = _for_pass2(state)
-        ctx = self.ray.put((pipeline.config, pipeline.out_dir, shared, clusters, roots, columns))
+        import numpy as np
+
+        ctx = self.ray.put((pipeline.config, pipeline.out_dir, _for_pass2(state), columns))
         by_name = {o.shard.name: o for o in todo}
+
+        def job(actor: Any, o: ShardOutcome) -> Any:
+            # the shard's copies, and the clusters they and the shard's own rows (roots) belong
+            # to: a worker holds its shard's part of the clusters, not all of them
+            members = state.clusters.members(o.shard.name)
+            lo = state.seq_start[o.shard.name]
+            own = clusters.roots[(clusters.roots >= lo) & (clusters.roots < lo + o.valid)]
+            keys = np.union1d(members[1], own)
+            return actor.score_write.remote(ctx, o, members, clusters.subset(keys), roots.subset(keys))
+
         pool = self.ray.util.ActorPool(self._pool())
-        for done in pool.map_unordered(lambda a, o: a.score_write.remote(ctx, o), list(todo)):
+        for done in pool.map_unordered(job, list(todo)):
             mine = by_name[done.shard.name]
             mine.clean, mine.quarantined, mine.invalid = done.clean, done.quarantined, done.invalid
             mine.allowed, mine.reasons = done.allowed, done.reasons

@@ -145,6 +145,15 @@ class RootTable:
         found = keys[pos] == seqs
         return found, pos[found]
 
+    def subset(self, seqs: np.ndarray) -> "RootTable":
+        """The roots among ``seqs`` (sorted int64) as a table of their own, same lookups for them."""
+        found, pos = self.positions(seqs)
+        t = RootTable(self.labels, self.shard_names)
+        if pos.size:
+            ids = arrays_to_strings(self._id_offsets.view, self._id_data.view).take(pa.array(pos, pa.int64()))
+            t.append(self._seqs.view[pos], ids, self._labels.view[pos], self._rows.view[pos], self._shards.view[pos])
+        return t
+
     def ids(self, pos: np.ndarray) -> list[str]:
         return arrays_to_strings(self._id_offsets.view, self._id_data.view).take(pa.array(pos, pa.int64())).to_pylist()
 

@@ -431,6 +431,12 @@ class ClusterTable:
     flood: np.ndarray  # bool: a flood (see DuplicateClusters)
     agreement: np.ndarray | None = None  # float64: consensus_agreement where measured, else NaN
 
+    def subset(self, keys: np.ndarray) -> "ClusterTable":
+        """The clusters among ``keys`` (root sequence numbers), same lookups for those keys."""
+        keep = np.isin(self.roots, np.asarray(keys, np.int64))
+        return ClusterTable(self.roots[keep], self.sizes[keep], self.reference[keep], self.majority[keep],
+                            self.flood[keep], None if self.agreement is None else self.agreement[keep])
+
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(found, size, reference, majority, flood) for cluster keys (root sequence numbers);
         size 1, labels None and no flood where ``keys`` is no cluster's root (negative keys included)."""
