@@ -129,7 +129,8 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: the maps (read + embed, statistics, score + write) "
-                        "as Ray tasks and actors, same lists (needs pip install 'shardguard[ray]')")
+                        "and the near-duplicate reduce (split by component) on Ray actors, same lists "
+                        "(needs pip install 'shardguard[ray]')")
     g.add_argument("--ray-address", metavar="ADDR",
                    help="a running Ray cluster (inputs and OUT on a file system every node sees); default: "
                         "start a local one")
