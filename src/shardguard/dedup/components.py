@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -75,6 +75,9 @@ from shardguard.dedup.statements import (
 )
 from shardguard.embed.hashing import _splitmix64
 from shardguard.io import workfile
+
+if TYPE_CHECKING:  # the clusters live a layer up (stages imports dedup)
+    from shardguard.stages import DuplicateClusters
 
 __all__ = [
     "IndexParams",
@@ -379,13 +382,12 @@ def _features(t: pa.Table) -> StatementFeatures:
 
 
 def record_results(results: Sequence[pa.Table], shard_names: Sequence[str], seq_starts: Sequence[int],
-                   clusters, root_features: RootFeatures) -> None:
+                   clusters: "DuplicateClusters", root_features: RootFeatures) -> None:
     """Stage 7, on the driver: every partition's :func:`replay_partition` rows recorded into
     ``clusters`` (``stages.DuplicateClusters``, one ``record`` per shard in scan order) and
     the cluster roots' features and labels into ``root_features`` -- what the sequential
     replay records of them, in the same order."""
     t = pa.concat_tables([r for r in results if r.num_rows] or [RESULT_SCHEMA.empty_table()]).sort_by("seq")
-    seq = t.column("seq").to_numpy()
     roots = t.filter(t.column("cluster_root"))
     root_features.add(roots.column("seq").to_numpy(), _features(roots), roots.column("label_hash").to_numpy())
     copies = t.filter(pc.greater_equal(t.column("root"), 0))
@@ -452,7 +454,7 @@ def replay_of(params: IndexParams, judged: bool, *pieces: pa.Table) -> pa.Table:
 
 
 def reduce_in_process(paths: Sequence[Path], seq_starts: Sequence[int], shard_names: Sequence[str],
-                      params: IndexParams, judged: bool, partitions: int, clusters,
+                      params: IndexParams, judged: bool, partitions: int, clusters: "DuplicateClusters",
                       root_features: RootFeatures) -> dict[str, int]:
     """Stages 1-7 in this process, with the same maps, splits and reduces the Ray engine
     places on a cluster. Used to check the split against the sequential replay. Returns sizes
