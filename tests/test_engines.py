@@ -141,7 +141,9 @@ def test_ray_engine_on_sst2_with_planted_copies_and_trigger_equals_the_local_eng
 @pytest.mark.parametrize("overrides", [
     {"input.id_column": "id", "embed.embedder": "static"},  # unlabelled: no per-label statistics, no candidates
     {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "hashing"},  # spectral flags rows
-], ids=["unlabelled", "hashing"])
+    # every label-sharing copy flagged, no statement judged: the partitioned reduce without words
+    {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "none", "near_duplicates.copies": "all"},
+], ids=["unlabelled", "hashing", "copies-all"])
 def test_ray_engine_on_the_samples_unlabelled_and_with_the_hashing_embedder(tmp_path, samples_dir, ray_engine, overrides):
     cfg = load_config(None, overrides)
     scan([samples_dir], tmp_path / "local", cfg)
