@@ -17,6 +17,7 @@ import xxhash
 from shardguard.detectors.base import as_labels, label_groups
 from shardguard.dedup.consensus import consensus_agreement
 from shardguard.dedup.statements import MAX_WORD_DIFF, MIN_LENGTH_RATIO, RootFeatures, StatementFeatures
+from shardguard.mixing import splitmix64
 
 #: Reasons written by the near-duplicate stage and the validator.
 INVALID = "invalid"
@@ -39,10 +40,7 @@ def _reservoir_keys(random_state: int, seqs: np.ndarray) -> np.ndarray:
     splitmix64 of (seq, random_state). A row's key depends on nothing else, so any split of
     the stream draws the same key for it."""
     with np.errstate(over="ignore"):
-        z = seqs.astype(np.uint64) + np.uint64((random_state * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        return splitmix64(seqs.astype(np.uint64) + np.uint64((random_state * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF))
 
 
 class ReservoirSample:

@@ -73,8 +73,8 @@ from shardguard.dedup.statements import (
     index_texts,
     label_hashes,
 )
-from shardguard.embed.hashing import _splitmix64
 from shardguard.io import workfile
+from shardguard.mixing import splitmix64
 
 if TYPE_CHECKING:  # the clusters live a layer up (stages imports dedup)
     from shardguard.stages import DuplicateClusters
@@ -286,8 +286,7 @@ def components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def partition_of(key: np.ndarray, partitions: int) -> np.ndarray:
     """The partition (0..partitions-1) of each key (int64: a component's earliest row, a
     bucket, a word hash), by a 64-bit mix of it."""
-    with np.errstate(over="ignore"):
-        h = _splitmix64(np.asarray(key, np.int64).view(np.uint64) ^ np.uint64(_PART_SEED))
+    h = splitmix64(np.asarray(key, np.int64).view(np.uint64) ^ np.uint64(_PART_SEED))
     return (h % np.uint64(partitions)).astype(np.int64)
 
 

@@ -42,21 +42,14 @@ import xxhash
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.utils import murmurhash3_32
 
+from shardguard.mixing import splitmix64
+
 #: What separates tokens: anything but a Unicode letter, combining mark, number or "_".
 TOKEN_SEPARATOR = r"[^\pL\pM\pN_]+"
 
 _U = np.uint64
 _GOLDEN = _U(0x9E3779B97F4A7C15)
 _BIGRAM_SALT = _U(0x632BE59BD9B4E019)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser on a uint64 array (wraps modulo 2**64, as specified)."""
-    x = x ^ (x >> _U(30))
-    x = x * _U(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> _U(27))
-    x = x * _U(0x94D049BB133111EB)
-    return x ^ (x >> _U(31))
 
 
 def word_features(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +71,7 @@ def word_features(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     vocab_hash = np.fromiter((xxhash.xxh3_64_intdigest(t) for t in vocab), dtype=np.uint64, count=len(vocab))
     uni = vocab_hash[encoded.indices.to_numpy()]
     pair = rows[1:] == rows[:-1]  # consecutive tokens of one row
-    bi = _splitmix64(uni[:-1][pair] * _GOLDEN + (uni[1:][pair] ^ _BIGRAM_SALT))
+    bi = splitmix64(uni[:-1][pair] * _GOLDEN + (uni[1:][pair] ^ _BIGRAM_SALT))
     return np.concatenate([uni, bi]), np.concatenate([rows, rows[:-1][pair]])
 
 
