@@ -63,7 +63,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shardguard.dedup.index import MAX_BUCKET, MAX_BUCKET_CALL, NearDuplicateIndex
-from shardguard.dedup.normalize import normalized
+from shardguard.dedup.normalize import normalize_codepoints, normalized
 from shardguard.dedup.storage import _expand
 from shardguard.dedup.statements import (
     HALF_PERM,
@@ -181,13 +181,18 @@ def shard_keys(path: Path, seq_start: int, params: IndexParams,
     seq = seq_start
     for _, vb in _valid_batches(path):
         n = vb.num_rows
-        norm, cps, lens = normalized(vb.column("text"))
         seqs = seq + np.arange(n, dtype=np.int64)
+        # the normalised texts as strings (a Python step per text) only where their words count
+        words_count = judged and bool((label_hashes(vb.column("label").to_numpy(zero_copy_only=False), n) != 0).any())
+        if words_count:
+            norm, cps, lens = normalized(vb.column("text"))
+        else:
+            cps, lens = normalize_codepoints(vb.column("text"))
         b, sk = index.buckets(cps, lens)  # (bands, n), (n, num_perm)
         buckets.append(pa.table({"bucket": b.ravel().view(np.int64), "seq": np.tile(seqs, b.shape[0])},
                                 schema=BUCKETS_SCHEMA))
         sketches.append(_sketch_table(seqs, sk))
-        if judged and (label_hashes(vb.column("label").to_numpy(zero_copy_only=False), n) != 0).any():
+        if words_count:
             vocab, first = first_words(norm)
             words.append(pa.table({"word": vocab.view(np.int64), "seq": seqs[first]}, schema=WORDS_SCHEMA))
         seq += n
