@@ -308,9 +308,10 @@ class GrowingClusters:
             pos = np.minimum(np.searchsorted(fr, keys), fr.size - 1)
             hit = fr[pos] == keys
             slot[hit] = pos[hit]
-        if self._new_slot:
-            for i in np.flatnonzero(slot < 0).tolist():
-                slot[i] = self._new_slot.get(int(keys[i]), -1)
+        if self._new_slot:  # clusters first seen in the stream: one dict probe per other key
+            miss = np.flatnonzero(slot < 0)
+            get = self._new_slot.get
+            slot[miss] = np.fromiter((get(k, -1) for k in keys[miss].tolist()), np.int64, miss.size)
         return slot
 
     def _slots(self, keys: np.ndarray, ref_codes: np.ndarray | None = None) -> np.ndarray:
