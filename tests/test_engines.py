@@ -150,3 +150,34 @@ def test_ray_engine_on_the_samples_unlabelled_and_with_the_hashing_embedder(tmp_
     scan([samples_dir], tmp_path / "ray", cfg, engine=ray_engine)
     report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
     assert report["totals"]["quarantined"] > report["totals"]["invalid"]
+
+
+@pytest.mark.slow  # ~15 s on the module's Ray cluster
+def test_ray_data_read_fails_bad_shards_alone_as_the_local_engine_does(tmp_path, samples_dir, sst2, ray_engine):
+    """Batches of 64 rows, so Ray Data carries each shard in several batches; beside the
+    samples, a shard whose line 141 is not JSON (two batches already embedded when its read
+    fails), one whose id repeats (found after its last batch) and an empty one. Both engines
+    fail the first two alone with the same one-line reasons, write the same lists and work
+    files for the rest, and leave no parts."""
+    data = tmp_path / "data"
+    shutil.copytree(samples_dir, data)
+    lines = [json.dumps({"id": f"b{i}", "text": t, "label": "ham"}) for i, t in enumerate(sst2[:150])]
+    (data / "broken.jsonl").write_text("\n".join(lines[:140] + ["{oops"] + lines[140:]) + "\n")
+    ids = [f"r{i}" for i in range(200)]
+    ids[170] = "r3"
+    pq.write_table(pa.table({"id": ids, "text": sst2[200:400], "label": ["spam"] * 200}), data / "ids.parquet")
+    (data / "empty.jsonl").write_text("")  # no rows: a work file all the same, with the embedder's width
+    cfg = load_config(None, {"input": {"id_column": "id", "label_column": "label", "batch_size": 64},
+                             "embed": {"embedder": "static"}})
+    local = scan([data], tmp_path / "local", cfg)
+    ray = scan([data], tmp_path / "ray", cfg, engine=ray_engine)
+    assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    failed = {o.shard.name: o.status for o in ray.shards if o.status != "ok"}
+    assert failed == {o.shard.name: o.status for o in local.shards if o.status != "ok"}
+    assert sorted(failed) == ["broken.jsonl", "ids.parquet"]
+    assert "line 141" in failed["broken.jsonl"] and "'r3' repeats (rows 3 and 170)" in failed["ids.parquet"]
+    assert not list((tmp_path / "ray" / ".work").rglob("*.parts"))
+    assert sum(o.rows for o in ray.shards if o.status == "ok") == 1996
+    for path in sorted((tmp_path / "local" / ".work").rglob("*.arrow")):  # the work files too
+        other = tmp_path / "ray" / path.relative_to(tmp_path / "local")
+        assert pa.ipc.open_file(str(other)).read_all().equals(pa.ipc.open_file(str(path)).read_all()), path.name

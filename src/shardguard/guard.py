@@ -64,7 +64,8 @@ from shardguard.memo import EmbeddingMemo, text_keys
 from shardguard.io.idlist import allowed_ids
 from shardguard.io.workfile import cache_dtype, embeddings_from_arrow, embeddings_to_arrow
 from shardguard.scoring import BatchScorer, GrowingClusters, LabelCodes, RootTable
-from shardguard.stages import DuplicateVerdict, id_hashes
+from shardguard.mixing import id_hashes
+from shardguard.stages import DuplicateVerdict
 from shardguard.validate import RowNormalizer
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
 """The Ray engine: the scan's maps as Ray tasks and actors (``shardguard scan --engine ray``).
 
-It runs the same stage functions as :class:`shardguard.pipeline.LocalEngine` -- the
-read-and-embed map (:func:`~shardguard.passes.read_embed.read_embed_shard`) in actors that
-each hold an embedder (one GPU per actor where the cluster has GPUs, one CPU otherwise), the
+It runs the same stage functions as :class:`shardguard.pipeline.LocalEngine`. The
+read-and-embed map is a Ray Data pipeline (:mod:`shardguard.ray_read`): the shards read as
+Arrow batches by ``ShardReader`` in read tasks, embedded in actors that each hold an embedder
+(one GPU per actor where the cluster has GPUs, CPUs otherwise), written per shard. The
 n-gram count and statistics maps (:mod:`shardguard.passes.statistics`) and pass 2
-(``ScanPipeline._pass2_shard``) as calls on one actor per CPU, a shard each -- while the
+(``ScanPipeline._pass2_shard``) run as calls on one actor per CPU, a shard each, while the
 driver merges the maps' states in scan order and runs the fit. The near-duplicate reduce is
 split by connected component (:mod:`shardguard.dedup.components`), its maps, group-bys and
 joins as calls on the same actors, each group-by a shuffle through the object store (a map
@@ -26,8 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from shardguard.config import Config
-from shardguard.passes.read_embed import ShardOutcome, read_embed_shard
+from shardguard.passes.read_embed import ShardOutcome, reuse_work_file
 
 if TYPE_CHECKING:
     from shardguard.pipeline import ScanPipeline, ScanState
@@ -54,21 +54,8 @@ def _import_ray():
 
 
 class _Worker:
-    """A Ray actor that runs stage functions. It imports shardguard once and builds its
-    embedder on first use (loading a model is the slow part), so the maps after the first
-    pay neither again."""
-
-    def __init__(self, config: Config | None) -> None:
-        self.config = config  # for the embedder; None for a pool made by a map before any embedding
-        self.embedder: Any = None
-
-    def embed(self, o: ShardOutcome, embedder_info: dict[str, Any] | None, work_dir: Path) -> tuple[ShardOutcome, Counter]:
-        if self.embedder is None:
-            from shardguard.embed import make_embedder
-
-            self.embedder = make_embedder(self.config.embed, self.config.random_state)
-        timings: Counter = Counter()
-        return read_embed_shard(self.config, o, self.embedder, embedder_info, work_dir, timings), timings
+    """A Ray actor that runs stage functions: it imports shardguard once, so the calls after
+    the first do not pay for it again."""
 
     def call(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
@@ -139,7 +126,6 @@ class RayEngine:
         self.cpus = max(1, int(res.get("CPU", 1)))
         self.gpus = int(res.get("GPU", 0))
         self._workers: list[Any] | None = None
-        self._config: Config | None = None
 
     def close(self) -> None:
         """Stop the engine's actors and the local cluster it started (a cluster given by address
@@ -158,18 +144,17 @@ class RayEngine:
         self.close()
 
     # -- workers ----------------------------------------------------------------------------
-    def _pool(self, config: Config | None = None, gpu: bool = False) -> list[Any]:
-        """The engine's actors: one per CPU, made on first use and kept for the following maps
-        (made again for another ``config``, which only the embedder reads); with ``gpu`` (the
-        embedding map on a cluster with GPUs), one actor per GPU instead, for that map alone."""
-        ray = self.ray
-        if gpu and self.gpus:
-            cls = ray.remote(num_gpus=1, num_cpus=1)(_Worker)
-            return [cls.remote(config) for _ in range(self.gpus)]
-        if self._workers is None or (config is not None and self._config is not config):
-            self._kill(self._workers or [])
-            cls = ray.remote(num_cpus=1)(_Worker)
-            self._workers, self._config = [cls.remote(config) for _ in range(self.cpus)], config
+    def _pool(self) -> list[Any]:
+        """The engine's actors: one per CPU, made on first use (before the embedding map, so
+        that they start beside it) and kept for the following maps and the reduce.
+
+        They take Ray's default actor resources: a CPU to be placed, none while they live. An
+        idle pool then leaves the CPUs to Ray Data's read tasks and embedding actors, and the
+        engine keeps one job per actor in flight, so the pool never runs more jobs than the
+        cluster has CPUs. They are spread over the nodes (Ray would pack them onto one)."""
+        if self._workers is None:
+            cls = self.ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_Worker)
+            self._workers = [cls.remote() for _ in range(self.cpus)]
         return self._workers
 
     def _kill(self, actors: Sequence[Any]) -> None:
@@ -179,20 +164,18 @@ class RayEngine:
     # -- maps -------------------------------------------------------------------------------
     def read_embed(self, pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], embedder: Any,
                    embedder_info: dict[str, Any] | None, work_dir: Path) -> None:
+        """Ray Data: :mod:`shardguard.ray_read` reads the shards as Arrow batches and embeds
+        them in actors of its own; a shard with a work file of the same key is resumed."""
+        from shardguard import ray_read
+
+        resumed = [o for o in todo if reuse_work_file(pipeline.config, o, embedder_info, work_dir)]
+        pipeline.progress.advance(sum(o.rows for o in resumed))
+        todo = [o for o in todo if not o.resumed]
         if not todo:
             return
-        actors = self._pool(pipeline.config, gpu=True)
-        by_name = {o.shard.name: o for o in todo}
-        try:
-            pool = self.ray.util.ActorPool(actors)
-            for done, timings in pool.map_unordered(lambda a, o: a.embed.remote(o, embedder_info, work_dir), list(todo)):
-                mine = by_name[done.shard.name]
-                mine.rows, mine.invalid, mine.resumed, mine.status = done.rows, done.invalid, done.resumed, done.status
-                pipeline.timings.update(timings)
-                pipeline.progress.advance(mine.rows)
-        finally:
-            if actors is not self._workers:
-                self._kill(actors)
+        self._pool()  # its processes start while Ray Data's do; it commits the shards
+        ray_read.read_embed(self, pipeline, todo, embedder_info, work_dir,
+                            getattr(embedder, "dim", None) if embedder is not None else None)
 
     def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterator[Any]:
         # An argument every job shares (the statistics' spec with its candidates) goes into the

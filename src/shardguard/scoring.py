@@ -291,7 +291,7 @@ class GrowingClusters:
             self._add_copies(self._slots(c["roots"]), {f: c[f] for f in self.COPY_FIELDS})
 
     #: Per copy: cluster root, label code, length, words, normalised text hash, sequence number,
-    #: id hash (:func:`~shardguard.stages.id_hashes`; 0 without an id column).
+    #: id hash (:func:`~shardguard.mixing.id_hashes`; 0 without an id column).
     COPY_FIELDS = {"roots": np.int64, "labels": np.int32, "length": np.int32, "words": np.int32,
                    "h_full": np.uint64, "seqs": np.int64, "ids": np.uint64}
 

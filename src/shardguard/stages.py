@@ -12,7 +12,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from shardguard.detectors.base import as_labels, label_groups
 from shardguard.dedup.consensus import consensus_agreement
@@ -25,9 +24,6 @@ NEAR_DUPLICATE = "near_duplicate"
 DUPLICATE_FLOOD = "duplicate_flood"
 
 
-def id_hashes(ids: list[str]) -> np.ndarray:
-    """64-bit xxh3 hashes of row ids, ``(n,)`` uint64: ids kept at 8 bytes each instead of as strings."""
-    return np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), dtype=np.uint64, count=len(ids))
 
 #: A cluster without a label contradiction is a flood only if its copies agree on one text
 #: (:func:`consensus_agreement`) from its first this many rows of about the median length

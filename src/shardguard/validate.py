@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from shardguard.config import InputConfig
 from shardguard.io.readers import NONSTRING_PREFIX, ROW_ERROR_COLUMN, Shard, ShardError
-from shardguard.stages import id_hashes
+from shardguard.mixing import id_hashes
 
 INVALID_SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("detail", pa.string())])
 

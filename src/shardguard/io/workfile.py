@@ -105,6 +105,27 @@ class WorkFileWriter:
         self.rows += table.num_rows
         self.valid += n_valid
 
+    def conform(self, part: pa.RecordBatch) -> pa.RecordBatch:
+        """Rows already in work-file form (a part of the shard written by :meth:`write`
+        elsewhere: the Ray engine embeds a shard's batches in several actors) in this file's
+        schema. A part written before the dimension was known (no valid row yet, from
+        precomputed features) gets null embeddings; one of another dimension is an error."""
+        if self.dim is not None:
+            field = self.schema.field("embedding")
+            if "embedding" not in part.schema.names:
+                part = part.append_column(field, pa.nulls(part.num_rows, field.type))
+            elif part.schema.field("embedding").type != field.type:
+                raise ValueError(f"rows from {part.column('row')[0]} on have embeddings of type "
+                                 f"{part.schema.field('embedding').type}, earlier rows {field.type}")
+        return part.select(self.schema.names)
+
+    def append(self, part: pa.RecordBatch) -> None:
+        """Add rows in work-file form (see :meth:`conform`), in row order."""
+        part = self.conform(part)
+        self._writer.write_batch(part)
+        self.rows += part.num_rows
+        self.valid += part.column("detail").null_count  # a valid row has no detail
+
     def close(self) -> None:
         """Finish the file under its temporary name (idempotent); ``commit`` renames it."""
         if not self._closed:
@@ -119,10 +140,13 @@ class WorkFileWriter:
             t = r.read_columns(["row", "id"])
         return t.column("id")[pc.index(t.column("row"), row).as_py()].as_py()
 
-    def commit(self, meta: dict[str, Any]) -> None:
+    def commit(self, meta: dict[str, Any] | None) -> None:
+        """Rename the finished file to its path, with the JSON sidecar that marks a complete
+        work file (``meta`` None: a part, which has none)."""
         self.close()
         _commit(self.tmp, self.path)
-        atomic_write_json(meta_path(self.path), {**meta, "rows": self.rows, "valid": self.valid, "dim": self.dim})
+        if meta is not None:
+            atomic_write_json(meta_path(self.path), {**meta, "rows": self.rows, "valid": self.valid, "dim": self.dim})
 
     def abort(self) -> None:
         try:

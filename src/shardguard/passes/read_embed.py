@@ -117,7 +117,7 @@ def pass1_key(config: Config, sha: str, embedder_info: dict[str, Any] | None) ->
     return digest({"version": __version__, "sha256": sha, "input": config.to_dict()["input"], "embedder": embedder_info})
 
 
-def _timed(timings: Counter, stage: str, iterable):
+def timed(timings: Counter, stage: str, iterable):
     it = iter(iterable)
     while True:
         t = time.perf_counter()
@@ -130,6 +130,20 @@ def _timed(timings: Counter, stage: str, iterable):
         yield item
 
 
+def reuse_work_file(config: Config, o: ShardOutcome, embedder_info: dict[str, Any] | None, work_dir: Path) -> bool:
+    """Whether ``o`` has a complete work file made under the same key (shard, input config,
+    embedder): then ``o.rows``, ``o.invalid`` and ``o.resumed`` are set from it, and the
+    shard is neither read nor embedded again."""
+    meta = workfile.read_meta(work_path(work_dir, o.shard))
+    if meta is None or meta.get("key") != pass1_key(config, o.sha256, embedder_info):
+        return False
+    o.rows = int(meta["rows"])
+    o.invalid = int(meta["rows"] - meta["valid"])
+    o.resumed = True
+    log.info("%s: reusing pass-1 work file", o.shard.name)
+    return True
+
+
 def read_embed_shard(config: Config, o: ShardOutcome, embedder: Any, embedder_info: dict[str, Any] | None,
                      work_dir: Path, timings: Counter, advance: Callable[[int], None] | None = None) -> ShardOutcome:
     """Write (or reuse) ``o``'s work file; sets ``o.rows``, ``o.invalid``, ``o.resumed`` and, when the
@@ -140,16 +154,11 @@ def read_embed_shard(config: Config, o: ShardOutcome, embedder: Any, embedder_in
     """
     cfg = config
     advance = advance or (lambda n: None)
+    if reuse_work_file(cfg, o, embedder_info, work_dir):
+        advance(o.rows)
+        return o
     path = work_path(work_dir, o.shard)
     key = pass1_key(cfg, o.sha256, embedder_info)
-    meta = workfile.read_meta(path)
-    if meta is not None and meta.get("key") == key:
-        o.rows = int(meta["rows"])
-        o.invalid = int(meta["rows"] - meta["valid"])
-        o.resumed = True
-        advance(o.rows)
-        log.info("%s: reusing pass-1 work file", o.shard.name)
-        return o
     normalizer = RowNormalizer(o.shard, cfg.input)
     reader = ShardReader(o.shard, cfg.input.batch_size, normalizer.source_columns())
     writer: workfile.WorkFileWriter | None = None
@@ -158,7 +167,7 @@ def read_embed_shard(config: Config, o: ShardOutcome, embedder: Any, embedder_in
     # invalid so far) wait here; they hold invalid rows only.
     pending: list[Any] = []
     try:
-        for batch in _timed(timings, "read", reader):
+        for batch in timed(timings, "read", reader):
             t = time.perf_counter()
             nb = normalizer(batch)
             timings["validate"] += time.perf_counter() - t

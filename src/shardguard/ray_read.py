@@ -1,0 +1,355 @@
+"""Pass 1a on Ray Data, the Ray engine's read-and-embed map: the shards read as Arrow
+batches, embedded in actors, written per shard.
+
+    ShardDatasource            one read task per shard: ShardReader + RowNormalizer, one Arrow
+                               table per input batch (its valid and invalid rows)
+    .map_batches(EmbedParts)   actors (one GPU each where the cluster has GPUs, one CPU
+                               otherwise) embed the valid rows and write the batch as a part of
+                               its shard's work file (OUT/.work/<shard>.parts/<first row>.arrow),
+                               returning one summary row per part
+    driver                     streams the summaries (progress: rows, never texts or vectors)
+    commit_parts               per shard, on the engine's actors: the parts in row order into
+                               the work file, cut at the input's batches (the index's calls):
+                               the rows and batches the local engine's map writes
+
+The read, the validation and the embedding are the local engine's own (``ShardReader``,
+``RowNormalizer``, the embedder's ``embed_batch``, ``WorkFileWriter.write``) on the same
+batches, so the work files, and with them the lists, are the same.
+
+A shard's own failure never fails the dataset, whose one failing task would stop every shard
+(Ray Data's ``max_errored_blocks`` is 0): the read task ends that shard's rows and records the
+reason in ``<shard>.parts/read.json``; an actor records an embedding failure in its summary
+row. The shard's commit then fails it alone, with the one-line status naming the file (and
+row or column) that the local engine gives, and removes its parts. Should Ray Data itself stop
+(a node lost past its retries), the shards it had finished are committed and the others fail
+with its error, not the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shardguard.config import Config, InputConfig
+from shardguard.io import workfile
+from shardguard.io.readers import Shard, ShardError, ShardReader
+from shardguard.io.writers import atomic_write_json
+from shardguard.passes.read_embed import ShardOutcome, no_rows, one_line, pass1_key, timed, work_path
+from shardguard.validate import NormalizedBatch, RowNormalizer
+
+if TYPE_CHECKING:
+    from shardguard.pipeline import ScanPipeline
+    from shardguard.ray_engine import RayEngine
+
+log = logging.getLogger(__name__)
+
+#: the read task's closing record, beside the parts
+READ_DONE = "read.json"
+#: one row per part written: what the driver and the commits learn of a batch
+SUMMARY_SCHEMA = pa.schema([("shard", pa.int32()), ("batch", pa.int64()), ("first_row", pa.int64()), ("rows", pa.int64()),
+                            ("dim", pa.int64()), ("embed_s", pa.float64()), ("error", pa.string())])
+
+
+def parts_dir(work_dir: Path, shard: Shard) -> Path:
+    """Where a shard's parts wait for their commit: ``OUT/.work/<shard>.parts``."""
+    return work_path(work_dir, shard).with_suffix(".parts")
+
+
+def rows_table(nb: NormalizedBatch, index: int, start: int) -> pa.Table:
+    """One input batch as one table in row order: the valid rows (``detail`` null) and the
+    invalid ones (``detail`` says why; their other columns null), with the shard's position
+    in the scan and the batch's first row (Ray Data joins a read task's tables into blocks of
+    its size target: the actor embeds each input batch alone, as the local engine does)."""
+    valid = pa.Table.from_batches([nb.valid])
+    valid = valid.append_column("detail", pa.nulls(valid.num_rows, pa.string()))
+    table = pa.concat_tables([valid, nb.invalid], promote_options="default")
+    table = table.take(pa.array(np.argsort(table.column("row").to_numpy(), kind="stable")))
+    table = table.append_column("shard", pa.array(np.full(table.num_rows, index, np.int32)))
+    return table.append_column("batch", pa.array(np.full(table.num_rows, start, np.int64)))
+
+
+def runs(block: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """(shard, rows) for each run of consecutive rows of one input batch in ``block``: its
+    input batches, each whole unless Ray Data split one that was over its block size target
+    (then each piece is a run, and the commit joins them)."""
+    shard, batch, row = (block.column(c).to_numpy() for c in ("shard", "batch", "row"))
+    order = np.lexsort((row, shard))
+    shard, batch, row = shard[order], batch[order], row[order]
+    cuts = np.flatnonzero((np.diff(shard) != 0) | (np.diff(batch) != 0) | (np.diff(row) != 1)) + 1
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, row.size]):
+        yield int(shard[lo]), block.take(pa.array(order[lo:hi]))
+
+
+def split_rows(part: pa.Table) -> tuple[pa.RecordBatch, pa.Table]:
+    """:func:`rows_table`'s inverse for one shard's rows: (valid rows as the normaliser gave
+    them, invalid rows as ``row``, ``id``, ``detail``)."""
+    is_valid = pc.is_null(part.column("detail"))
+    valid = part.filter(is_valid).drop_columns(["detail", "shard", "batch"])
+    valid_batch = pa.RecordBatch.from_arrays([c.combine_chunks() for c in valid.columns], schema=valid.schema)
+    invalid = part.filter(pc.invert(is_valid)).select(["row", "id", "detail"])
+    return valid_batch, invalid
+
+
+def _id_of_row(shard: Shard, cfg: InputConfig, row: int) -> str:
+    """The id of ``row``, read again from the shard: for the message of a repeated id, once."""
+    normalizer = RowNormalizer(shard, cfg)
+    for batch in ShardReader(shard, cfg.batch_size, normalizer.source_columns()):
+        nb = normalizer(batch)
+        for t in (nb.valid, nb.invalid):
+            hit = np.flatnonzero(np.asarray(t.column("row")) == row)
+            if hit.size:
+                return t.column("id")[int(hit[0])].as_py()
+    raise KeyError(row)
+
+
+def read_shard(config: Config, o: ShardOutcome, index: int, parts: str) -> Iterator[pa.Table]:
+    """A read task: the shard's rows, one table per input batch, then its closing record
+    (rows, invalid rows, status, seconds reading and validating) in ``parts/read.json``.
+    Never raises for the shard's own failure: its rows end there and the record says why."""
+    cfg = config.input
+    timings: Counter = Counter()
+    rows = invalid = 0
+    status = "ok"
+    try:
+        normalizer = RowNormalizer(o.shard, cfg)
+        reader = ShardReader(o.shard, cfg.batch_size, normalizer.source_columns())
+        for batch in timed(timings, "read", reader):
+            t = time.perf_counter()
+            nb = normalizer(batch)
+            timings["validate"] += time.perf_counter() - t
+            if batch.num_rows:
+                yield rows_table(nb, index, rows)
+            rows += batch.num_rows
+            invalid += nb.invalid.num_rows
+        if cfg.id_column:
+            normalizer.check_unique_ids(lambda r: _id_of_row(o.shard, cfg, r))
+    except ShardError as exc:
+        status = one_line(str(exc))
+        log.error("%s", exc)
+    except Exception as exc:  # a shard's failure must not stop the others
+        status = one_line(f"{o.shard.path}: {type(exc).__name__}: {exc}")
+        log.exception("%s failed", o.shard.path)
+    atomic_write_json(Path(parts) / READ_DONE, {"rows": rows, "invalid": invalid, "status": status,
+                                                "timings": dict(timings)})
+
+
+def shard_datasource(config: Config, todo: Sequence[ShardOutcome], parts: Sequence[Path]) -> Any:
+    """The shards as a Ray Data source: one read task per shard (a shard's batches stay in
+    order within its task; the parts record where each begins)."""
+    import functools
+
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    class ShardDatasource(Datasource):
+        def get_name(self) -> str:
+            return "ShardguardShards"
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return sum(o.size for o in todo) or None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[Any]:
+            return [ReadTask(functools.partial(read_shard, config, o, i, str(parts[i])),
+                             BlockMetadata(num_rows=None, size_bytes=o.size or None, exec_stats=None,
+                                           input_files=(str(o.shard.path),)))
+                    for i, o in enumerate(todo)]
+
+    return ShardDatasource()
+
+
+class EmbedParts:
+    """The Ray Data actor of the map: holds an embedder (built once: loading a model is the
+    slow part) and turns each table of rows into a part file of its shard and a summary row."""
+
+    def __init__(self, config: Config, parts: Sequence[str], inputs: Sequence[str]) -> None:
+        from shardguard.embed import make_embedder
+
+        self.config = config
+        self.parts = [Path(p) for p in parts]
+        self.inputs = list(inputs)  # each shard's path, for the messages
+        self.embedder = make_embedder(config.embed, config.random_state)
+        self.dtype = workfile.cache_dtype(config.embed.embedder)
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self._part(i, run) for i, run in runs(block)], schema=SUMMARY_SCHEMA)
+
+    def _part(self, index: int, part: pa.Table) -> dict[str, Any]:
+        rows = part.column("row").to_numpy()
+        first = int(rows.min())
+        summary: dict[str, Any] = {"shard": index, "batch": part.column("batch")[0].as_py(), "first_row": first,
+                                   "rows": part.num_rows, "dim": None,
+                                   "embed_s": 0.0, "error": None}
+        folder = self.parts[index]
+        try:
+            valid, invalid = split_rows(part)
+            emb, dim = None, None
+            if self.embedder is not None:
+                if valid.num_rows:
+                    t = time.perf_counter()
+                    try:
+                        emb = self.embedder.embed_batch(valid)
+                    except ValueError as exc:  # the local engine's message for the same batch
+                        raise ShardError(f"{self.inputs[index]}: {exc}") from exc
+                    summary["embed_s"] = time.perf_counter() - t
+                    dim = emb.shape[1]
+                else:
+                    dim = getattr(self.embedder, "dim", None)
+            writer = workfile.WorkFileWriter(folder / f"{first:012d}.arrow", dim, self.dtype,
+                                             response=bool(self.config.input.response_column))
+            try:
+                writer.write(valid, emb if emb is not None else no_rows(dim), invalid)
+                writer.commit(None)
+            except BaseException:
+                writer.abort()
+                raise
+            summary["dim"] = dim
+        except ShardError as exc:
+            summary["error"] = one_line(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the shard fails, not the dataset
+            summary["error"] = one_line(f"{self.inputs[index]}: {type(exc).__name__}: {exc}")
+        return summary
+
+
+def _part_batches(folder: Path, firsts: Sequence[int]) -> Iterator[pa.RecordBatch]:
+    for first in firsts:
+        with workfile.WorkFileReader(folder / f"{first:012d}.arrow") as reader:
+            yield from reader
+
+
+def rebatch(batches: Iterator[pa.RecordBatch], bounds: Sequence[int]) -> Iterator[pa.RecordBatch]:
+    """The rows of ``batches`` (consecutive, from row 0) cut at ``bounds`` (each batch's first
+    row, then the row count): the input's batches, which are the index's calls, whatever
+    blocks Ray Data made of them."""
+    held: list[pa.RecordBatch] = []
+    have = 0  # rows held
+    edge = iter(bounds[1:])
+    end = next(edge, None)
+    start = bounds[0] if bounds else 0
+    for batch in batches:
+        held.append(batch)
+        have += batch.num_rows
+        while end is not None and start + have >= end:
+            table = pa.Table.from_batches(held)
+            n = end - start
+            yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.slice(0, n).columns],
+                                             schema=table.schema)
+            rest = table.slice(n)
+            held = rest.to_batches() if rest.num_rows else []
+            have -= n
+            start, end = end, next(edge, None)
+
+
+def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, parts: pa.Table,
+                 stopped: str | None, dim: int | None = None) -> tuple[ShardOutcome, Counter]:
+    """One shard's parts, in row order, into its work file (sidecar under ``key``); or the shard
+    fails with its read's, its embedding's or Ray Data's reason. Removes the parts either way.
+    ``parts`` are the shard's summary rows; ``stopped`` is Ray Data's error when it stopped;
+    ``dim`` the embedder's width, for a shard without rows (a part's width wins)."""
+    timings: Counter = Counter()
+    folder = parts_dir(work_dir, o.shard)
+    path = work_path(work_dir, o.shard)
+    writer: workfile.WorkFileWriter | None = None
+    try:
+        done_path = folder / READ_DONE
+        if not done_path.exists():
+            raise ShardError(f"{o.shard.path}: not read: Ray Data stopped: {stopped or 'the read task did not finish'}")
+        done = json.loads(done_path.read_text())
+        timings.update(done["timings"])
+        o.rows, o.invalid = int(done["rows"]), int(done["invalid"])
+        if done["status"] != "ok":
+            raise ShardError(done["status"])
+        parts = parts.sort_by("first_row")
+        errors = [e for e in parts.column("error").to_pylist() if e]
+        if errors:
+            raise ShardError(errors[0])
+        firsts, counts = parts.column("first_row").to_numpy(), parts.column("rows").to_numpy()
+        ends = np.cumsum(counts)
+        if not (np.array_equal(firsts, ends - counts) and (ends[-1] if ends.size else 0) == o.rows):
+            raise ShardError(f"{o.shard.path}: {int(counts.sum())} of {o.rows} rows embedded: "
+                             f"Ray Data stopped: {stopped or 'parts are missing'}")
+        bounds = np.append(np.unique(parts.column("batch").to_numpy()), o.rows).tolist()  # the input's batches
+        t = time.perf_counter()
+        dims = [d for d in parts.column("dim").to_pylist() if d is not None]
+        writer = workfile.WorkFileWriter(path, dims[0] if dims else dim, workfile.cache_dtype(config.embed.embedder),
+                                         response=bool(config.input.response_column))
+        try:
+            for batch in rebatch((writer.conform(b) for b in _part_batches(folder, firsts)), bounds):
+                writer.append(batch)
+        except ValueError as exc:  # parts of two embedding dimensions
+            raise ShardError(f"{o.shard.path}: {exc}") from exc
+        writer.commit({"key": key, "shard": o.shard.name, "sha256": o.sha256})
+        timings["write_work"] += time.perf_counter() - t
+    except ShardError as exc:
+        o.status = one_line(str(exc))
+        log.error("%s", o.status)
+    except Exception as exc:  # a shard's failure must not stop the others
+        o.status = one_line(f"{o.shard.path}: {type(exc).__name__}: {exc}")
+        log.exception("%s failed", o.shard.path)
+    finally:
+        if o.status != "ok":
+            if writer is not None:
+                writer.abort()
+            workfile.remove(path)
+        shutil.rmtree(folder, ignore_errors=True)
+    return o, timings
+
+
+def read_embed(engine: "RayEngine", pipeline: "ScanPipeline", todo: Sequence[ShardOutcome],
+               embedder_info: dict[str, Any] | None, work_dir: Path, dim: int | None) -> None:
+    """The map for every shard in ``todo`` (none resumable): the dataset, then the commits on
+    the engine's actors. Updates the outcomes as the local engine's map does. ``dim`` is the
+    driver's embedder's width (None before precomputed features are seen, or without one)."""
+    import ray
+
+    cfg = pipeline.config
+    parts = [parts_dir(work_dir, o.shard) for o in todo]
+    for folder in parts:  # a killed run's parts are not this run's
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI shows its own
+    context.print_on_execution_start = False
+    # one read task per shard, its output not split further to reach a parallelism (each
+    # block is one or more whole input batches, up to Ray Data's block size target)
+    ds = ray.data.read_datasource(shard_datasource(cfg, todo, parts), override_num_blocks=len(todo))
+    # Ray Data fuses the read into this map: a shard is read, validated and embedded in one
+    # actor, and only its part files and summary rows leave it
+    if engine.gpus:
+        actors: dict[str, Any] = {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=engine.gpus)}
+    else:
+        actors = {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=engine.cpus)}
+    ds = ds.map_batches(EmbedParts, fn_constructor_args=(cfg, [str(p) for p in parts], [str(o.shard.path) for o in todo]),
+                        batch_size=None, batch_format="pyarrow", **actors)
+    summaries: list[pa.Table] = []
+    stopped = None
+    # Ray Data logs each execution's start and end; its errors reach this function as exceptions
+    ray_log = logging.getLogger("ray.data")
+    level = ray_log.level
+    ray_log.setLevel(max(level, logging.ERROR))
+    try:
+        for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            summaries.append(summary)
+            pipeline.progress.advance(int(pc.sum(summary.column("rows")).as_py() or 0))
+            pipeline.timings["embed"] += float(pc.sum(summary.column("embed_s")).as_py() or 0.0)
+    except Exception as exc:  # noqa: BLE001 - the finished shards are kept, the others fail
+        stopped = one_line(f"{type(exc).__name__}: {exc}")[:500]
+        log.error("Ray Data stopped: %s", stopped)
+    finally:
+        ray_log.setLevel(level)
+    table = pa.concat_tables(summaries) if summaries else SUMMARY_SCHEMA.empty_table()
+    index = table.column("shard").to_numpy()
+    jobs = [(cfg, o, pass1_key(cfg, o.sha256, embedder_info), work_dir, table.filter(pa.array(index == i)), stopped,
+             dim) for i, o in enumerate(todo)]
+    for o, (done, timings) in zip(todo, engine.map(commit_parts, jobs)):
+        o.rows, o.invalid, o.status = done.rows, done.invalid, done.status
+        pipeline.timings.update(timings)
