@@ -170,6 +170,10 @@ def test_ray_data_read_fails_bad_shards_alone_as_the_local_engine_does(tmp_path,
     cfg = load_config(None, {"input": {"id_column": "id", "label_column": "label", "batch_size": 64},
                              "embed": {"embedder": "static"}})
     local = scan([data], tmp_path / "local", cfg)
+    stale = tmp_path / "ray" / ".work" / "sms_000.parts"  # what a killed run leaves: not this run's
+    stale.mkdir(parents=True)
+    (stale / "read.json").write_text('{"rows": 1, "invalid": 0, "status": "ok", "timings": {}}')
+    (stale / "000000000000.arrow").write_bytes(b"not arrow")
     ray = scan([data], tmp_path / "ray", cfg, engine=ray_engine)
     assert_same_scan(tmp_path / "local", tmp_path / "ray")
     failed = {o.shard.name: o.status for o in ray.shards if o.status != "ok"}

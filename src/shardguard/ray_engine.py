@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -169,6 +170,8 @@ class RayEngine:
         from shardguard import ray_read
 
         resumed = [o for o in todo if reuse_work_file(pipeline.config, o, embedder_info, work_dir)]
+        for o in resumed:  # a run killed between a commit and its cleanup leaves the parts
+            shutil.rmtree(ray_read.parts_dir(work_dir, o.shard), ignore_errors=True)
         pipeline.progress.advance(sum(o.rows for o in resumed))
         todo = [o for o in todo if not o.resumed]
         if not todo:
