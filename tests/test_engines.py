@@ -174,7 +174,12 @@ def test_ray_data_read_fails_bad_shards_alone_as_the_local_engine_does(tmp_path,
     stale.mkdir(parents=True)
     (stale / "read.json").write_text('{"rows": 1, "invalid": 0, "status": "ok", "timings": {}}')
     (stale / "000000000000.arrow").write_bytes(b"not arrow")
+    import ray as ray_module
+
+    context = ray_module.data.DataContext.get_current()
+    before = context.enable_progress_bars, context.print_on_execution_start
     ray = scan([data], tmp_path / "ray", cfg, engine=ray_engine)
+    assert (context.enable_progress_bars, context.print_on_execution_start) == before  # a library caller's settings
     assert_same_scan(tmp_path / "local", tmp_path / "ray")
     failed = {o.shard.name: o.status for o in ray.shards if o.status != "ok"}
     assert failed == {o.shard.name: o.status for o in local.shards if o.status != "ok"}
