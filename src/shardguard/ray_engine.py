@@ -177,8 +177,7 @@ class RayEngine:
         if not todo:
             return
         self._pool()  # its processes start while Ray Data's do; it commits the shards
-        ray_read.read_embed(self, pipeline, todo, embedder_info, work_dir,
-                            getattr(embedder, "dim", None) if embedder is not None else None)
+        ray_read.read_embed(self, pipeline, todo, embedder, embedder_info, work_dir)
 
     def map(self, fn: Any, jobs: Sequence[tuple]) -> Iterator[Any]:
         # An argument every job shares (the statistics' spec with its candidates) goes into the

@@ -27,6 +27,7 @@ with its error, not the run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -304,14 +305,18 @@ def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, part
     return o, timings
 
 
-def read_embed(engine: "RayEngine", pipeline: "ScanPipeline", todo: Sequence[ShardOutcome],
-               embedder_info: dict[str, Any] | None, work_dir: Path, dim: int | None) -> None:
+def read_embed(engine: "RayEngine", pipeline: "ScanPipeline", todo: Sequence[ShardOutcome], embedder: Any,
+               embedder_info: dict[str, Any] | None, work_dir: Path) -> None:
     """The map for every shard in ``todo`` (none resumable): the dataset, then the commits on
-    the engine's actors. Updates the outcomes as the local engine's map does. ``dim`` is the
-    driver's embedder's width (None before precomputed features are seen, or without one)."""
+    the engine's actors. Updates the outcomes as the local engine's map does. ``embedder`` is
+    the driver's (None without one): the actors build the kind it is, so that ``auto`` means
+    one embedder for the whole scan, the one the run's key names, even where the driver's
+    node has no GPU and the workers' do (``--embedder sentence-transformers`` uses them)."""
     import ray
 
-    cfg = pipeline.config
+    kind = "none" if embedder is None else getattr(embedder, "selection", {}).get("embedder", pipeline.config.embed.embedder)
+    dim = getattr(embedder, "dim", None) if embedder is not None else None  # for shards without rows
+    cfg = dataclasses.replace(pipeline.config, embed=dataclasses.replace(pipeline.config.embed, embedder=kind))
     parts = [parts_dir(work_dir, o.shard) for o in todo]
     for folder in parts:  # a killed run's parts are not this run's
         shutil.rmtree(folder, ignore_errors=True)
