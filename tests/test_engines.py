@@ -190,3 +190,33 @@ def test_ray_data_read_fails_bad_shards_alone_as_the_local_engine_does(tmp_path,
     for path in sorted((tmp_path / "local" / ".work").rglob("*.arrow")):  # the work files too
         other = tmp_path / "ray" / path.relative_to(tmp_path / "local")
         assert pa.ipc.open_file(str(other)).read_all().equals(pa.ipc.open_file(str(path)).read_all()), path.name
+
+
+_GPU_BRANCH = """
+import sys, ray
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+from shardguard.config import load_config
+from shardguard.pipeline import scan
+from shardguard.ray_engine import RayEngine
+with RayEngine() as engine:
+    assert engine.gpus == 1, engine.gpus
+    scan([sys.argv[1]], sys.argv[2], load_config(None, {"input": {"id_column": "id", "label_column": "label",
+         "batch_size": 128}, "embed": {"embedder": "static"}}), engine=engine)
+"""
+
+
+@pytest.mark.slow  # ~30 s: a cluster of its own, in a subprocess
+def test_ray_engine_gpu_branch_on_a_declared_gpu_equals_the_local_engine(tmp_path, samples_dir):
+    """The branch a cluster with GPUs takes (read tasks on CPUs feeding one embedding actor per
+    GPU, an input batch per call), on a local cluster that declares one GPU: this machine has
+    none, so the actor embeds on its CPU, but Ray Data plans and schedules it as on a GPU node.
+    Its lists equal the local engine's."""
+    proc = subprocess.run([sys.executable, "-c", _GPU_BRANCH, str(samples_dir), str(tmp_path / "ray")],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_config(None, {"input": {"id_column": "id", "label_column": "label", "batch_size": 128},
+                             "embed": {"embedder": "static"}})
+    scan([samples_dir], tmp_path / "local", cfg)
+    report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert report["totals"]["quarantined"] > 0

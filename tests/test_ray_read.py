@@ -38,8 +38,7 @@ def _info(cfg):
 
 def _ray_parts(cfg, shard, out: Path, keep=lambda summaries: summaries, stopped=None, reblock=lambda blocks: blocks):
     """The Ray engine's map of one shard, its stages in this process: read task -> actor ->
-    commit. ``reblock`` makes blocks of the read task's tables, as Ray Data may (joined into
-    one, split); ``keep`` picks the summaries that reach the commit, which come in reverse
+    commit. ``reblock`` makes blocks of the read task's rows, as Ray Data may; ``keep`` picks the summaries that reach the commit, which come in reverse
     order (Ray Data may finish parts in any order)."""
     o = hashed(shard)
     folder = parts_dir(out, shard)
@@ -61,19 +60,15 @@ def cfg():
                               "embed": {"embedder": "static"}})
 
 
-def _joined(blocks):  # Ray Data joins a read task's tables up to its block size target
+def _joined(blocks):  # Ray Data joins a read task's rows (input batches) up to its block size target
     return [pa.concat_tables(blocks)]
 
 
-def _split(blocks):  # and splits a block over the target: an input batch in two parts
-    return [piece for b in blocks for piece in (b.slice(0, 23), b.slice(23))]
-
-
-@pytest.mark.parametrize("name, reblock", [("sms_000.parquet", _joined), ("sms_001.jsonl", _split),
+@pytest.mark.parametrize("name, reblock", [("sms_000.parquet", _joined), ("sms_001.jsonl", _joined),
                                            ("extra/sms_003.jsonl.gz", lambda blocks: blocks)])
 def test_parts_committed_in_row_order_equal_the_local_work_file(tmp_path, samples_dir, cfg, name, reblock):
     """The work file has the local engine's rows and batches (the index's calls), whatever
-    blocks Ray Data made of the read task's tables."""
+    blocks Ray Data made of the read task's rows."""
     shard = [s for s in discover_shards([samples_dir]) if s.name == name][0]
     lo, local = _local(cfg, shard, tmp_path / "local")
     ro, timings, ray = _ray_parts(cfg, shard, tmp_path / "ray", reblock=reblock)

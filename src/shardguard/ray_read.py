@@ -1,20 +1,26 @@
 """Pass 1a on Ray Data, the Ray engine's read-and-embed map: the shards read as Arrow
 batches, embedded in actors, written per shard.
 
-    ShardDatasource            one read task per shard: ShardReader + RowNormalizer, one Arrow
-                               table per input batch (its valid and invalid rows)
+    ShardDatasource            one read task per shard: ShardReader + RowNormalizer; each input
+                               batch becomes one row of the dataset (the batch's rows, valid
+                               and invalid, as an Arrow IPC stream)
     .map_batches(EmbedParts)   actors (one GPU each where the cluster has GPUs, one CPU
-                               otherwise) embed the valid rows and write the batch as a part of
-                               its shard's work file (OUT/.work/<shard>.parts/<first row>.arrow),
-                               returning one summary row per part
+                               otherwise) embed each input batch's valid rows and write the
+                               batch as a part of its shard's work file
+                               (OUT/.work/<shard>.parts/<first row>.arrow), returning one
+                               summary row per part
     driver                     streams the summaries (progress: rows, never texts or vectors)
     commit_parts               per shard, on the engine's actors: the parts in row order into
-                               the work file, cut at the input's batches (the index's calls):
-                               the rows and batches the local engine's map writes
+                               the work file, the rows and batches the local engine's map writes
 
-The read, the validation and the embedding are the local engine's own (``ShardReader``,
-``RowNormalizer``, the embedder's ``embed_batch``, ``WorkFileWriter.write``) on the same
-batches, so the work files, and with them the lists, are the same.
+One dataset row per input batch, because Ray Data makes its own blocks and batches of rows
+(joining a read task's output up to its block size target, cutting batches of ``batch_size``
+rows across blocks, which GPU actors must be given): a batch carried whole is embedded in one
+call, as the local engine embeds it (a sentence-transformers vector depends, in its last bits,
+on the rows padded beside it), and becomes one batch of the work file, which is one call of
+the near-duplicate index. The read, the validation and the embedding are the local engine's
+own (``ShardReader``, ``RowNormalizer``, the embedder's ``embed_batch``,
+``WorkFileWriter.write``), so the work files, and with them the lists, are the same.
 
 A shard's own failure never fails the dataset, whose one failing task would stop every shard
 (Ray Data's ``max_errored_blocks`` is 0): the read task ends that shard's rows and records the
@@ -56,7 +62,7 @@ log = logging.getLogger(__name__)
 #: the read task's closing record, beside the parts
 READ_DONE = "read.json"
 #: one row per part written: what the driver and the commits learn of a batch
-SUMMARY_SCHEMA = pa.schema([("shard", pa.int32()), ("batch", pa.int64()), ("first_row", pa.int64()), ("rows", pa.int64()),
+SUMMARY_SCHEMA = pa.schema([("shard", pa.int32()), ("first_row", pa.int64()), ("rows", pa.int64()),
                             ("dim", pa.int64()), ("embed_s", pa.float64()), ("error", pa.string())])
 
 
@@ -65,36 +71,33 @@ def parts_dir(work_dir: Path, shard: Shard) -> Path:
     return work_path(work_dir, shard).with_suffix(".parts")
 
 
-def rows_table(nb: NormalizedBatch, index: int, start: int) -> pa.Table:
-    """One input batch as one table in row order: the valid rows (``detail`` null) and the
-    invalid ones (``detail`` says why; their other columns null), with the shard's position
-    in the scan and the batch's first row (Ray Data joins a read task's tables into blocks of
-    its size target: the actor embeds each input batch alone, as the local engine does)."""
+#: the dataset's rows: one per input batch
+BATCH_SCHEMA = pa.schema([("shard", pa.int32()), ("batch", pa.int64()), ("rows", pa.int64()),
+                          ("data", pa.large_binary())])
+
+
+def batch_row(nb: NormalizedBatch, index: int, start: int) -> pa.Table:
+    """One input batch as one dataset row: the shard's position in the scan, the batch's first
+    row, its row count and its rows in row order as an Arrow IPC stream: the valid rows
+    (``detail`` null) and the invalid ones (``detail`` says why; their other columns null)."""
     valid = pa.Table.from_batches([nb.valid])
     valid = valid.append_column("detail", pa.nulls(valid.num_rows, pa.string()))
     table = pa.concat_tables([valid, nb.invalid], promote_options="default")
     table = table.take(pa.array(np.argsort(table.column("row").to_numpy(), kind="stable")))
-    table = table.append_column("shard", pa.array(np.full(table.num_rows, index, np.int32)))
-    return table.append_column("batch", pa.array(np.full(table.num_rows, start, np.int64)))
-
-
-def runs(block: pa.Table) -> Iterator[tuple[int, pa.Table]]:
-    """(shard, rows) for each run of consecutive rows of one input batch in ``block``: its
-    input batches, each whole unless Ray Data split one that was over its block size target
-    (then each piece is a run, and the commit joins them)."""
-    shard, batch, row = (block.column(c).to_numpy() for c in ("shard", "batch", "row"))
-    order = np.lexsort((row, shard))
-    shard, batch, row = shard[order], batch[order], row[order]
-    cuts = np.flatnonzero((np.diff(shard) != 0) | (np.diff(batch) != 0) | (np.diff(row) != 1)) + 1
-    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, row.size]):
-        yield int(shard[lo]), block.take(pa.array(order[lo:hi]))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    buf = sink.getvalue()
+    data = pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, buf.size], np.int64)), buf])
+    return pa.Table.from_arrays([pa.array([index], pa.int32()), pa.array([start], pa.int64()),
+                                 pa.array([table.num_rows], pa.int64()), data], schema=BATCH_SCHEMA)
 
 
 def split_rows(part: pa.Table) -> tuple[pa.RecordBatch, pa.Table]:
-    """:func:`rows_table`'s inverse for one shard's rows: (valid rows as the normaliser gave
-    them, invalid rows as ``row``, ``id``, ``detail``)."""
+    """One input batch's rows as the normaliser gave them: (valid rows, invalid rows as
+    ``row``, ``id``, ``detail``)."""
     is_valid = pc.is_null(part.column("detail"))
-    valid = part.filter(is_valid).drop_columns(["detail", "shard", "batch"])
+    valid = part.filter(is_valid).drop_columns(["detail"])
     valid_batch = pa.RecordBatch.from_arrays([c.combine_chunks() for c in valid.columns], schema=valid.schema)
     invalid = part.filter(pc.invert(is_valid)).select(["row", "id", "detail"])
     return valid_batch, invalid
@@ -113,7 +116,7 @@ def _id_of_row(shard: Shard, cfg: InputConfig, row: int) -> str:
 
 
 def read_shard(config: Config, o: ShardOutcome, index: int, parts: str) -> Iterator[pa.Table]:
-    """A read task: the shard's rows, one table per input batch, then its closing record
+    """A read task: the shard's input batches, a dataset row each, then its closing record
     (rows, invalid rows, status, seconds reading and validating) in ``parts/read.json``.
     Never raises for the shard's own failure: its rows end there and the record says why."""
     cfg = config.input
@@ -128,7 +131,7 @@ def read_shard(config: Config, o: ShardOutcome, index: int, parts: str) -> Itera
             nb = normalizer(batch)
             timings["validate"] += time.perf_counter() - t
             if batch.num_rows:
-                yield rows_table(nb, index, rows)
+                yield batch_row(nb, index, rows)
             rows += batch.num_rows
             invalid += nb.invalid.num_rows
         if cfg.id_column:
@@ -170,7 +173,7 @@ def shard_datasource(config: Config, todo: Sequence[ShardOutcome], parts: Sequen
 
 class EmbedParts:
     """The Ray Data actor of the map: holds an embedder (built once: loading a model is the
-    slow part) and turns each table of rows into a part file of its shard and a summary row."""
+    slow part) and turns each input batch into a part file of its shard and a summary row."""
 
     def __init__(self, config: Config, parts: Sequence[str], inputs: Sequence[str]) -> None:
         from shardguard.embed import make_embedder
@@ -182,13 +185,16 @@ class EmbedParts:
         self.dtype = workfile.cache_dtype(config.embed.embedder)
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        return pa.Table.from_pylist([self._part(i, run) for i, run in runs(block)], schema=SUMMARY_SCHEMA)
+        """``block``: dataset rows (:data:`BATCH_SCHEMA`), each a whole input batch; returns
+        their summary rows (:data:`SUMMARY_SCHEMA`)."""
+        data = block.column("data")
+        return pa.Table.from_pylist(
+            [self._part(index, first, pa.ipc.open_stream(data[k].as_buffer()).read_all())
+             for k, (index, first) in enumerate(zip(block.column("shard").to_pylist(), block.column("batch").to_pylist()))],
+            schema=SUMMARY_SCHEMA)
 
-    def _part(self, index: int, part: pa.Table) -> dict[str, Any]:
-        rows = part.column("row").to_numpy()
-        first = int(rows.min())
-        summary: dict[str, Any] = {"shard": index, "batch": part.column("batch")[0].as_py(), "first_row": first,
-                                   "rows": part.num_rows, "dim": None,
+    def _part(self, index: int, first: int, part: pa.Table) -> dict[str, Any]:
+        summary: dict[str, Any] = {"shard": index, "first_row": first, "rows": part.num_rows, "dim": None,
                                    "embed_s": 0.0, "error": None}
         folder = self.parts[index]
         try:
@@ -227,29 +233,6 @@ def _part_batches(folder: Path, firsts: Sequence[int]) -> Iterator[pa.RecordBatc
             yield from reader
 
 
-def rebatch(batches: Iterator[pa.RecordBatch], bounds: Sequence[int]) -> Iterator[pa.RecordBatch]:
-    """The rows of ``batches`` (consecutive, from row 0) cut at ``bounds`` (each batch's first
-    row, then the row count): the input's batches, which are the index's calls, whatever
-    blocks Ray Data made of them."""
-    held: list[pa.RecordBatch] = []
-    have = 0  # rows held
-    edge = iter(bounds[1:])
-    end = next(edge, None)
-    start = bounds[0] if bounds else 0
-    for batch in batches:
-        held.append(batch)
-        have += batch.num_rows
-        while end is not None and start + have >= end:
-            table = pa.Table.from_batches(held)
-            n = end - start
-            yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.slice(0, n).columns],
-                                             schema=table.schema)
-            rest = table.slice(n)
-            held = rest.to_batches() if rest.num_rows else []
-            have -= n
-            start, end = end, next(edge, None)
-
-
 def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, parts: pa.Table,
                  stopped: str | None, dim: int | None = None) -> tuple[ShardOutcome, Counter]:
     """One shard's parts, in row order, into its work file (sidecar under ``key``); or the shard
@@ -278,13 +261,12 @@ def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, part
         if not (np.array_equal(firsts, ends - counts) and (ends[-1] if ends.size else 0) == o.rows):
             raise ShardError(f"{o.shard.path}: {int(counts.sum())} of {o.rows} rows embedded: "
                              f"Ray Data stopped: {stopped or 'parts are missing'}")
-        bounds = np.append(np.unique(parts.column("batch").to_numpy()), o.rows).tolist()  # the input's batches
         t = time.perf_counter()
         dims = [d for d in parts.column("dim").to_pylist() if d is not None]
         writer = workfile.WorkFileWriter(path, dims[0] if dims else dim, workfile.cache_dtype(config.embed.embedder),
                                          response=bool(config.input.response_column))
         try:
-            for batch in rebatch((writer.conform(b) for b in _part_batches(folder, firsts)), bounds):
+            for batch in _part_batches(folder, firsts.tolist()):
                 writer.append(batch)
         except ValueError as exc:  # parts of two embedding dimensions
             raise ShardError(f"{o.shard.path}: {exc}") from exc
@@ -332,20 +314,23 @@ def read_embed(engine: "RayEngine", pipeline: "ScanPipeline", todo: Sequence[Sha
         context.enable_progress_bars = False  # the CLI shows its own
         context.print_on_execution_start = False
         ray_log.setLevel(max(level, logging.ERROR))
-        # one read task per shard, its output not split further to reach a parallelism (each
-        # block is one or more whole input batches, up to Ray Data's block size target)
+        # one read task per shard, its output not split further to reach a parallelism
         ds = ray.data.read_datasource(shard_datasource(cfg, todo, parts), override_num_blocks=len(todo))
-        # Ray Data fuses the read into this map: a shard is read, validated and embedded in one
-        # actor, and only its part files and summary rows leave it. (A repartition between
-        # them, to embed one shard's batches in two actors, was slower on 2 CPUs: 10.4 s
-        # against 9.1 s for 100k rows; a pool of two actors from the start left the read no CPU.)
+        # On CPUs Ray Data fuses the read into this map (same resources): a shard is read,
+        # validated and embedded in one actor, and only part files and summary rows leave it.
+        # (A repartition between them, to embed one shard's batches in two actors, was slower
+        # on 2 CPUs: 10.4 s against 9.1 s for 100k rows; a pool of two actors from the start
+        # left the read no CPU.) With GPUs it does not: read tasks on the CPUs feed one actor
+        # per GPU, an input batch per call (Ray Data wants a batch size for GPU actors).
         if engine.gpus:
-            actors: dict[str, Any] = {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=engine.gpus)}
+            actors: dict[str, Any] = {"num_gpus": 1, "batch_size": 1,
+                                      "compute": ray.data.ActorPoolStrategy(size=engine.gpus)}
         else:
-            actors = {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=engine.cpus)}
+            actors = {"num_cpus": 1, "batch_size": None,
+                      "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=engine.cpus)}
         ds = ds.map_batches(EmbedParts, fn_constructor_args=(cfg, [str(p) for p in parts],
                                                              [str(o.shard.path) for o in todo]),
-                            batch_size=None, batch_format="pyarrow", **actors)
+                            batch_format="pyarrow", **actors)
         try:
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 summaries.append(summary)
