@@ -83,6 +83,15 @@ def test_parts_committed_in_row_order_equal_the_local_work_file(tmp_path, sample
     assert timings["read"] > 0 and timings["write_work"] > 0
 
 
+def test_a_batch_run_twice_counts_once(tmp_path, samples_dir, cfg):
+    """Ray Data retries a task whose node was lost: the same part is written again under its
+    name and its summary row arrives twice."""
+    shard = [s for s in discover_shards([samples_dir]) if s.name == "sms_000.parquet"][0]
+    _, local = _local(cfg, shard, tmp_path / "local")
+    o, _, ray = _ray_parts(cfg, shard, tmp_path / "ray", keep=lambda s: s + s[2:4])
+    assert o.status == "ok" and ray.equals(local)
+
+
 def test_a_lost_part_fails_the_shard_with_ray_datas_error(tmp_path, samples_dir, cfg):
     shard = [s for s in discover_shards([samples_dir]) if s.name == "sms_000.parquet"][0]
     o, _, table = _ray_parts(cfg, shard, tmp_path, keep=lambda s: s[:3] + s[4:],

@@ -256,6 +256,10 @@ def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, part
         errors = [e for e in parts.column("error").to_pylist() if e]
         if errors:
             raise ShardError(errors[0])
+        # a batch Ray Data ran twice (a task retried after its node was lost) wrote the same
+        # part twice under one name: one summary row of it counts
+        firsts = parts.column("first_row").to_numpy()
+        parts = parts.filter(pa.array(np.r_[True, np.diff(firsts) != 0] if firsts.size else np.zeros(0, bool)))
         firsts, counts = parts.column("first_row").to_numpy(), parts.column("rows").to_numpy()
         ends = np.cumsum(counts)
         if not (np.array_equal(firsts, ends - counts) and (ends[-1] if ends.size else 0) == o.rows):
