@@ -149,10 +149,11 @@ class RayEngine:
         """The engine's actors: one per CPU, made on first use (before the embedding map, so
         that they start beside it) and kept for the following maps and the reduce.
 
-        They take Ray's default actor resources: a CPU to be placed, none while they live. An
+        They ask Ray for no CPU (Ray's default actors hold none while they live either): an
         idle pool then leaves the CPUs to Ray Data's read tasks and embedding actors, and the
         engine keeps one job per actor in flight, so the pool never runs more jobs than the
-        cluster has CPUs. They are spread over the nodes (Ray would pack them onto one)."""
+        cluster has CPUs. They are spread over the nodes, which Ray does not do for actors
+        that ask for nothing."""
         if self._workers is None:
             cls = self.ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_Worker)
             self._workers = [cls.remote() for _ in range(self.cpus)]
