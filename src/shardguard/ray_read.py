@@ -2,8 +2,8 @@
 batches, embedded in actors, written per shard.
 
     ShardDatasource            one read task per shard: ShardReader + RowNormalizer; each input
-                               batch becomes one row of the dataset (the batch's rows, valid
-                               and invalid, as an Arrow IPC stream)
+                               batch becomes one row of the dataset (its valid and its
+                               invalid rows, each an Arrow IPC stream)
     .map_batches(EmbedParts)   actors (one GPU each where the cluster has GPUs, one CPU
                                otherwise) embed each input batch's valid rows and write the
                                batch as a part of its shard's work file
@@ -71,36 +71,27 @@ def parts_dir(work_dir: Path, shard: Shard) -> Path:
     return work_path(work_dir, shard).with_suffix(".parts")
 
 
-#: the dataset's rows: one per input batch
+#: the dataset's rows: one per input batch, its valid and its invalid rows each as an Arrow
+#: IPC stream (as the normaliser gave them, the two arguments of ``WorkFileWriter.write``)
 BATCH_SCHEMA = pa.schema([("shard", pa.int32()), ("batch", pa.int64()), ("rows", pa.int64()),
-                          ("data", pa.large_binary())])
+                          ("valid", pa.large_binary()), ("invalid", pa.large_binary())])
+
+
+def _ipc(data: pa.RecordBatch | pa.Table) -> pa.Array:
+    """``data`` as an Arrow IPC stream in a one-element ``large_binary`` array (no copy)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write(data)
+    buf = sink.getvalue()
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, buf.size], np.int64)), buf])
 
 
 def batch_row(nb: NormalizedBatch, index: int, start: int) -> pa.Table:
     """One input batch as one dataset row: the shard's position in the scan, the batch's first
-    row, its row count and its rows in row order as an Arrow IPC stream: the valid rows
-    (``detail`` null) and the invalid ones (``detail`` says why; their other columns null)."""
-    valid = pa.Table.from_batches([nb.valid])
-    valid = valid.append_column("detail", pa.nulls(valid.num_rows, pa.string()))
-    table = pa.concat_tables([valid, nb.invalid], promote_options="default")
-    table = table.take(pa.array(np.argsort(table.column("row").to_numpy(), kind="stable")))
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    buf = sink.getvalue()
-    data = pa.Array.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, buf.size], np.int64)), buf])
+    row, its row count, its valid and its invalid rows."""
     return pa.Table.from_arrays([pa.array([index], pa.int32()), pa.array([start], pa.int64()),
-                                 pa.array([table.num_rows], pa.int64()), data], schema=BATCH_SCHEMA)
-
-
-def split_rows(part: pa.Table) -> tuple[pa.RecordBatch, pa.Table]:
-    """One input batch's rows as the normaliser gave them: (valid rows, invalid rows as
-    ``row``, ``id``, ``detail``)."""
-    is_valid = pc.is_null(part.column("detail"))
-    valid = part.filter(is_valid).drop_columns(["detail"])
-    valid_batch = pa.RecordBatch.from_arrays([c.combine_chunks() for c in valid.columns], schema=valid.schema)
-    invalid = part.filter(pc.invert(is_valid)).select(["row", "id", "detail"])
-    return valid_batch, invalid
+                                 pa.array([nb.valid.num_rows + nb.invalid.num_rows], pa.int64()),
+                                 _ipc(nb.valid), _ipc(nb.invalid)], schema=BATCH_SCHEMA)
 
 
 def _id_of_row(shard: Shard, cfg: InputConfig, row: int) -> str:
@@ -187,18 +178,18 @@ class EmbedParts:
     def __call__(self, block: pa.Table) -> pa.Table:
         """``block``: dataset rows (:data:`BATCH_SCHEMA`), each a whole input batch; returns
         their summary rows (:data:`SUMMARY_SCHEMA`)."""
-        data = block.column("data")
+        valid, invalid = block.column("valid"), block.column("invalid")
         return pa.Table.from_pylist(
-            [self._part(index, first, pa.ipc.open_stream(data[k].as_buffer()).read_all())
+            [self._part(index, first, pa.ipc.open_stream(valid[k].as_buffer()).read_next_batch(),
+                        pa.ipc.open_stream(invalid[k].as_buffer()).read_all())
              for k, (index, first) in enumerate(zip(block.column("shard").to_pylist(), block.column("batch").to_pylist()))],
             schema=SUMMARY_SCHEMA)
 
-    def _part(self, index: int, first: int, part: pa.Table) -> dict[str, Any]:
-        summary: dict[str, Any] = {"shard": index, "first_row": first, "rows": part.num_rows, "dim": None,
-                                   "embed_s": 0.0, "error": None}
+    def _part(self, index: int, first: int, valid: pa.RecordBatch, invalid: pa.Table) -> dict[str, Any]:
+        summary: dict[str, Any] = {"shard": index, "first_row": first, "rows": valid.num_rows + invalid.num_rows,
+                                   "dim": None, "embed_s": 0.0, "error": None}
         folder = self.parts[index]
         try:
-            valid, invalid = split_rows(part)
             emb, dim = None, None
             if self.embedder is not None:
                 if valid.num_rows:
