@@ -1,8 +1,9 @@
 """Embedders: text rows -> float32 vectors (see :mod:`shardguard.embed.base`).
 
-``make_embedder`` builds the one a config asks for. The sentence-transformers
-module is imported lazily, so the hashing and precomputed paths never import
-torch.
+``make_embedder`` builds the one a config asks for. Each embedder's module is imported
+lazily, when that embedder is built or named: the hashing and precomputed paths never import
+torch, and the static path never imports scikit-learn (the hashing embedder's vectoriser,
+~1 s of every Ray embedding actor's start on 2 cores).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shardguard.embed.base import Embedder
-from shardguard.embed.hashing import HashingEmbedder
-from shardguard.embed.precomputed import PrecomputedEmbedder
 
 if TYPE_CHECKING:
     from shardguard.config import EmbedConfig
+    from shardguard.embed.hashing import HashingEmbedder
+    from shardguard.embed.precomputed import PrecomputedEmbedder
     from shardguard.embed.sentence_transformer import SentenceTransformerEmbedder
     from shardguard.embed.static import StaticEmbedder
 
@@ -75,8 +76,12 @@ def make_embedder(cfg: "EmbedConfig", random_state: int = 0) -> Embedder | None:
     if kind == "none":
         return None
     if kind == "hashing":
+        from shardguard.embed.hashing import HashingEmbedder
+
         emb = HashingEmbedder(dim=cfg.hashing_dim, random_state=random_state)
     elif kind == "precomputed":
+        from shardguard.embed.precomputed import PrecomputedEmbedder
+
         emb = PrecomputedEmbedder()
     elif kind == "static":
         from shardguard.embed.static import StaticEmbedder
@@ -100,7 +105,15 @@ def make_embedder(cfg: "EmbedConfig", random_state: int = 0) -> Embedder | None:
     return emb
 
 
-def __getattr__(name: str):  # lazy: keep torch out of the hashing / precomputed paths
+def __getattr__(name: str):  # lazy: each embedder's dependencies only where it is used
+    if name == "HashingEmbedder":
+        from shardguard.embed.hashing import HashingEmbedder
+
+        return HashingEmbedder
+    if name == "PrecomputedEmbedder":
+        from shardguard.embed.precomputed import PrecomputedEmbedder
+
+        return PrecomputedEmbedder
     if name == "SentenceTransformerEmbedder":
         from shardguard.embed.sentence_transformer import SentenceTransformerEmbedder
 
