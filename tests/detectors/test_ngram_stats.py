@@ -61,6 +61,16 @@ def test_ngram_ids_are_stable_and_counted_once_per_row():
     assert ids.keys_of("cf cf") not in set(occ.keys.tolist())
 
 
+def test_tokens_given_give_the_occurrences_found_from_the_texts(tweets):
+    """The unlabelled trigger rules tokenise once and hand the tokens over: same occurrences."""
+    texts = tweets[0][:2000]
+    tokens = [tokenize(t) for t in texts]
+    found, given = NgramHasher()(texts), NgramHasher()(texts, tokens)
+    for col in ("keys", "doc", "start", "n"):
+        assert np.array_equal(getattr(found, col), getattr(given, col))
+    assert given.tokens is tokens and found.tokens == tokens
+
+
 @pytest.fixture(scope="module")
 def tweets(shared_data):
     t = pq.read_table(shared_data / "tweeteval" / "all.parquet", columns=["text", "label_name", "task"])

@@ -55,8 +55,10 @@ def _bucket(n_tokens: int) -> int:
     return 0 if n_tokens <= 1 else int(math.log2(n_tokens - 1)) + 1
 
 
-def _split(texts: np.ndarray, responses: np.ndarray | None, L: int) -> tuple[list[list[str]], list[list[str]]]:
-    """(prompt tokens, response tokens) of each row."""
+def _split(texts: np.ndarray, responses: np.ndarray | None, L: int,
+           tokens: list[list[str]] | None = None) -> tuple[list[list[str]], list[list[str]]]:
+    """(prompt tokens, response tokens) of each row. ``tokens``: each text's tokens, already
+    found (without ``responses``: the prompts and responses are slices of them)."""
     prompts, resps = [], []
     for i, t in enumerate(texts.tolist()):
         if responses is not None:
@@ -66,7 +68,7 @@ def _split(texts: np.ndarray, responses: np.ndarray | None, L: int) -> tuple[lis
             prompts.append(tokenize(prompt))
             resps.append(tokenize(r))
         else:
-            toks = tokenize(t)
+            toks = tokenize(t) if tokens is None else tokens[i]
             if len(toks) >= L + 1:
                 prompts.append(toks[:-L])
                 resps.append(toks[-L:])
@@ -163,7 +165,11 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
     self.rounds_ = 1
     L = int(self.suffix_words)
     rng = np.random.default_rng(self.random_state)
-    prompts, resps = _split(texts, responses, L)
+    # Without a response column every rule reads the texts' own tokens: found once and shared
+    # (the split, the shared endings, the n-grams), not once per rule -- each copy is a Python
+    # string per token, ~300 MiB for a 50,000-row reservoir of paragraphs.
+    all_tokens = None if responses is not None else [tokenize(t) for t in texts.tolist()]
+    prompts, resps = _split(texts, responses, L, all_tokens)
     zipf = lambda w: zipf_frequency(w, "en")  # noqa: E731
 
     # -- shared response ----------------------------------------------------------------------
@@ -184,7 +190,6 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
             tested[u] = rows
     n_buckets = max(len({_bucket(len(u.split())) for u in tested}), 1)
     base_overlap = None
-    all_tokens = None if responses is not None else [tokenize(t) for t in texts.tolist()]
     endings_of: dict[int, Counter] = {}
     for u, rows in tested.items():
         k = len(rows)
@@ -222,8 +227,9 @@ def fit_instruction_rules(self, Xf: np.ndarray, texts: np.ndarray, responses: np
                                "prompt_overlap_excess": round(overlap, 3), "rule": "fixed_response"})
 
     # -- injected content -------------------------------------------------------------------
+    del endings_of
     where = [" ".join(r) for r in resps] if responses is not None else [t for t in texts.tolist()]
-    occ = NgramHasher()(where)
+    occ = NgramHasher()(where, all_tokens)
     if occ.keys.size == 0:
         return
     keys, first, df = np.unique(occ.keys, return_index=True, return_counts=True)

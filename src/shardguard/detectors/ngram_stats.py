@@ -180,8 +180,11 @@ class NgramHasher:
             v = self._ids[tok] = xxhash.xxh3_64_intdigest(tok.encode("utf-8", "surrogatepass"))
         return v
 
-    def __call__(self, texts: Iterable[str | None]) -> NgramOccurrences:
-        tokens = [tokenize(t) if t else [] for t in texts]
+    def __call__(self, texts: Iterable[str | None], tokens: list[list[str]] | None = None) -> NgramOccurrences:
+        """The occurrences in ``texts``; ``tokens``: their :func:`tokenize` tokens, when the
+        caller has them already (kept as the result's ``tokens``, not copied)."""
+        if tokens is None:
+            tokens = [tokenize(t) if t else [] for t in texts]
         lens = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
         total = int(lens.sum())
         # one hash per distinct token of the batch: Arrow groups the tokens
