@@ -501,3 +501,24 @@ def test_unlabelled_flood_of_edited_copies_is_found_and_natural_repeats_are_not(
     judged = report["judged_duplicate_clusters"]
     assert [c["flood"] for c in judged[:2]] == [True, True] and all(c["agreement"] >= 0.65 for c in judged[:2])
     assert all(not c["flood"] and c["agreement"] < 0.65 for c in judged[2:]) and len(judged) > 2
+
+
+def test_a_scan_frees_the_index_before_the_fit_and_a_guard_keeps_it(tmp_path, samples_dir):
+    """The index, its roots' features and the copies' labels go once the clusters are
+    resolved, before the fit (the scan's largest temporaries); pass 2 needs none of them.
+    ``remember_roots`` (a guard's fit) keeps them."""
+    from shardguard.pipeline import ScanPipeline
+
+    config = load_config(None, FAST)
+    scan_state = ScanPipeline(config, tmp_path / "scan").prepare([samples_dir])
+    guard_state = ScanPipeline(config, tmp_path / "guard").prepare([samples_dir], remember_roots=True)
+    assert guard_state.dup_index.n_docs > 0 and guard_state.root_features.nbytes > 0
+    assert guard_state.clusters.copies()[0].size > 0
+    assert scan_state.dup_index is not None and scan_state.dup_index.n_docs == 0  # "there is an index"
+    assert scan_state.dup_index.threshold == guard_state.dup_index.threshold
+    assert scan_state.root_features.nbytes < guard_state.root_features.nbytes
+    with pytest.raises(RuntimeError):
+        scan_state.clusters.copies()
+    a, b = scan_state.clusters.table(), guard_state.clusters.table()
+    assert a.roots.tolist() == b.roots.tolist() and a.sizes.tolist() == b.sizes.tolist()
+    assert a.flood.tolist() == b.flood.tolist() and a.roots.size > 0

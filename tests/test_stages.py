@@ -41,6 +41,24 @@ def test_sizes_reference_and_majority_with_ties():
     assert c.members("nowhere")[0].size == 0
 
 
+def test_released_clusters_keep_the_table_and_members_pass_two_reads():
+    """A scan frees the copies' labels and features once resolved; what pass 2 reads stays."""
+    c = DuplicateClusters(flood_size=3)
+    record_all(c, [("s1", [1, 2, 3, 4], [0, 0, -1, 0], ["b", "b", "x", "a"]), ("s2", [0, 1, 5], [3, 3, -1], ["y", "y", "z"])])
+    with pytest.raises(RuntimeError, match="before resolve"):
+        c.release_resolved()
+    c.resolve({0: "a", 3: "x"})
+    table, members = c.table(), [c.members(s) for s in ("s1", "s2")]
+    c.release_resolved()
+    assert c.table() is table
+    for before, s in zip(members, ("s1", "s2")):
+        after = c.members(s)
+        assert all(a.tolist() == b.tolist() for a, b in zip(after[:3], before[:3]))
+    assert c.all_roots().tolist() == [0, 3]
+    with pytest.raises(RuntimeError, match="release_resolved"):
+        c.copies()  # a guard, which reads them, never releases
+
+
 def test_root_labels_from_the_scans_root_table():
     """The scan resolves its clusters from its RootTable (labels of the sorted roots), as from a dict."""
     batches = [("s1", [1, 2, 3, 4], [0, 0, -1, 0], ["b", "b", "x", "a"]), ("s2", [0, 1, 5], [3, 3, -1], ["y", "y", "z"])]

@@ -135,6 +135,19 @@ class ScanState:
     #: Ids confirmed clean by a review (``review.allow``), as an Arrow array for ``is_in``.
     allow: pa.Array | None = None
 
+    def release_reduce_state(self) -> None:
+        """Free what only the near-duplicate reduce and the clusters' resolution read, once
+        both are done: the index (an empty one with its parameters says there is one), its
+        roots' features, and the copies' labels and features. The scan's lists need only
+        the resolved clusters and each shard's copies; a guard (``remember_roots``) keeps it
+        all. Done before the fit, whose temporaries are the scan's largest: the peak then
+        holds none of the index (docs/scaling.md, "memory")."""
+        idx = self.dup_index
+        if idx is not None:
+            self.dup_index = NearDuplicateIndex(idx.threshold, idx.num_perm, idx.ngram, idx.seed)
+        self.root_features = RootFeatures()
+        self.clusters.release_resolved()
+
 
 def build_detectors(config: Config, embedder: Any = None,
                     skipped: dict[str, str] | None = None) -> dict[str, EmbeddingDetector]:
@@ -416,23 +429,16 @@ class ScanPipeline:
 
         # Statistics per shard (map, merged in scan order), beside the near-duplicate reduce.
         t = time.perf_counter()
-        dup_index = (
-            NearDuplicateIndex(
-                threshold=cfg.near_duplicates.threshold,
-                num_perm=cfg.near_duplicates.num_perm,
-                ngram=cfg.near_duplicates.ngram,
-                seed=cfg.near_duplicates.seed,
-            )
-            if cfg.near_duplicates.enabled
-            else None
-        )
+        # the index lives in the state alone, which frees it before the fit (release_reduce_state)
         state = ScanState(
             outcomes=outcomes,
             work_dir=work_dir,
             embedder=embedder,
             embedder_info=embedder_info,
             detectors=detectors,
-            dup_index=dup_index,
+            dup_index=NearDuplicateIndex(threshold=cfg.near_duplicates.threshold, num_perm=cfg.near_duplicates.num_perm,
+                                         ngram=cfg.near_duplicates.ngram, seed=cfg.near_duplicates.seed)
+            if cfg.near_duplicates.enabled else None,
             clusters=DuplicateClusters(cfg.near_duplicates.flood_size, cfg.near_duplicates.flood_agreement),
             run_key=run_key,
             input_bytes=sum(o.size for o in outcomes),
@@ -460,7 +466,7 @@ class ScanPipeline:
             stats_future = pool.submit(statistics) if parallel else None
             stats = None if parallel else statistics()
             self.progress.start("index", sum(o.rows for o in ok))
-            if dup_index is not None:
+            if state.dup_index is not None:
                 self.engine.near_duplicates(self, ok, state, cfg.near_duplicates.copies)
             else:
                 self.progress.advance(sum(o.rows for o in ok))
@@ -471,11 +477,13 @@ class ScanPipeline:
                                lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
         self.timings["index"] += time.perf_counter() - t
         # The reduces' state that grows with the corpus (docs/scaling.md reads these).
-        if dup_index is not None and dup_index.n_docs:  # an engine that partitions the reduce reports its own
-            self.state_sizes["near_duplicate_index_bytes"] = int(dup_index.nbytes)
-            self.state_sizes["near_duplicate_roots"] = int(dup_index.n_roots)
+        if state.dup_index is not None and state.dup_index.n_docs:  # an engine that partitions the reduce reports its own
+            self.state_sizes["near_duplicate_index_bytes"] = int(state.dup_index.nbytes)
+            self.state_sizes["near_duplicate_roots"] = int(state.dup_index.n_roots)
         self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
         self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
+        if not remember_roots:
+            state.release_reduce_state()
 
         # Fit.
         t = time.perf_counter()

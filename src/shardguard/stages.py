@@ -196,6 +196,7 @@ class DuplicateClusters:
         self._feats: list[StatementFeatures | None] = []  # the copies' length, words, text hash
         self._code_of: dict[Any, int] = {}  # label -> code
         self._table: ClusterTable | None = None
+        self._released = False
 
     def _encode(self, labels: list[Any]) -> np.ndarray:
         return np.array([self._code_of.setdefault(lab, len(self._code_of)) for lab in labels], dtype=np.int32)
@@ -250,6 +251,9 @@ class DuplicateClusters:
         its root (int64), label (object), :class:`StatementFeatures` (``length``, ``words``
         and ``h_full`` only; None where not recorded) and sequence number (int64; None where
         not recorded). What a guard needs to keep growing the clusters."""
+        if self._released:
+            raise RuntimeError("DuplicateClusters.copies() after release_resolved(): the copies' labels "
+                               "and features are gone")
         if not self._roots:
             return np.zeros(0, np.int64), np.zeros(0, dtype=object), StatementFeatures.empty(), np.zeros(0, np.int64)
         labels = np.array(list(self._code_of) + [None], dtype=object)[:-1]
@@ -304,6 +308,16 @@ class DuplicateClusters:
                                        self.flood_agreement, seq, texts)
         self._table = ClusterTable(roots, np.bincount(inv, minlength=k) + 1,
                                    label_arr[ref_codes], label_arr[majority_codes], flood, agreement)
+
+    def release_resolved(self) -> None:
+        """Drop what only :meth:`resolve` and :meth:`copies` read -- the copies' label codes,
+        statement features and sequence numbers, 32 of the 57 bytes a copy -- keeping the
+        resolved table and each shard's members, which is all pass 2 reads. For a scan, after
+        :meth:`resolve`; a guard keeps them to go on growing the clusters."""
+        if self._table is None:
+            raise RuntimeError("DuplicateClusters.release_resolved() before resolve()")
+        self._codes, self._feats, self._seqs = [], [], []
+        self._released = True
 
     def table(self) -> "ClusterTable":
         """The clusters as sorted arrays, for vectorised lookups (after :meth:`resolve`)."""

@@ -48,7 +48,9 @@ def test_partitioned_reduce_equals_the_sequential_replay(tmp_path, shared_data, 
     cfg = load_config(None, {"input.id_column": "id", "input.label_column": "label", "input.batch_size": 700,
                              "embed.embedder": "none", "near_duplicates.copies": copies})
     pipe = ScanPipeline(cfg, tmp_path / "out")
-    state = pipe.prepare([tmp_path / "in"])
+    # a guard's pass 1 keeps the copies' labels and the roots' features, which a scan frees
+    # once its clusters are resolved: the comparison below reads them
+    state = pipe.prepare([tmp_path / "in"], remember_roots=True)
     ok = [o for o in state.outcomes if o.status == "ok"]
     names = [o.shard.name for o in ok]
     paths = [work_path(state.work_dir, o.shard) for o in ok]
