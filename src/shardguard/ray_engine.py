@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -52,6 +53,26 @@ def _import_ray():
     except ImportError as exc:
         raise RayMissing(f"--engine ray needs Ray, which this Python lacks; install it with: {RAY_PIP}") from exc
     return ray
+
+
+def _start_ray_data_coordinator() -> None:
+    """Start Ray Data's resource coordinator now, not when the first dataset runs.
+
+    Ray Data (2.5x) schedules nothing before a detached actor of its own, the
+    ``AutoscalingCoordinator``, has answered its first resource request; the first dataset
+    on a cluster starts it, a process that imports Ray Data (2-4 s on 2 CPUs, in the
+    read-and-embed stage's critical path). Started with the cluster, it comes up while the
+    driver reads its inputs' digests and loads the model. A cluster where it runs already
+    keeps it (``get_if_exists``). Internal to Ray Data, so a warm-up only: where it is missing
+    or fails, the first dataset starts it as before."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        get_or_create_autoscaling_coordinator()
+    except Exception as exc:  # noqa: BLE001 - an optimisation, never a failure
+        log.debug("Ray Data's coordinator not started ahead: %s", exc)
 
 
 class _Worker:
@@ -123,10 +144,12 @@ class RayEngine:
                 kw["runtime_env"] = {"env_vars": env} if env else None
             self.ray.init(**kw)
             self._started = True
+        _start_ray_data_coordinator()
         res = self.ray.cluster_resources()
         self.cpus = max(1, int(res.get("CPU", 1)))
         self.gpus = int(res.get("GPU", 0))
         self._workers: list[Any] | None = None
+        self._pool_lock = threading.Lock()
 
     def close(self) -> None:
         """Stop the engine's actors and the local cluster it started (a cluster given by address
@@ -154,10 +177,11 @@ class RayEngine:
         engine keeps one job per actor in flight, so the pool never runs more jobs than the
         cluster has CPUs. They are spread over the nodes, which Ray does not do for actors
         that ask for nothing."""
-        if self._workers is None:
-            cls = self.ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_Worker)
-            self._workers = [cls.remote() for _ in range(self.cpus)]
-        return self._workers
+        with self._pool_lock:  # the statistics' thread and the reduce may both ask first
+            if self._workers is None:
+                cls = self.ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(_Worker)
+                self._workers = [cls.remote() for _ in range(self.cpus)]
+            return self._workers
 
     def _kill(self, actors: Sequence[Any]) -> None:
         for a in actors:
@@ -195,7 +219,12 @@ class RayEngine:
         yield from pool.map(lambda a, job: a.call.remote(fn, *job), jobs)
 
     # -- the near-duplicate reduce, by component -------------------------------------------------
-    parallel_reduces = False  # the reduce's calls queue on the actors the statistics use
+    #: The statistics map runs in a thread beside the reduce, on the same actors: neither waits
+    #: on the other's results (the statistics' jobs take none; each reduce call only earlier
+    #: reduce calls'), so an actor's queue never waits on itself, and with fewer shards than
+    #: actors the two run at once (ActorPool hands jobs to actors from the end of the list,
+    #: the reduce's calls go round from its start).
+    parallel_reduces = True
 
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:
