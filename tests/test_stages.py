@@ -235,8 +235,11 @@ def test_reservoir_of_merged_parts_is_the_reservoir_of_one_pass(shared_data):
     X = HashingEmbedder().embed_texts(texts.tolist())
     n, k = len(texts), 500
     one = ReservoirSample(k, random_state=3, keep_text=True)
+    held = []
     for i in range(0, n, 256):
         one.add(X[i : i + 256], y[i : i + 256], texts[i : i + 256], np.arange(i, min(i + 256, n)))
+        held.append(one._held)
+    assert max(held) == k  # a fixed reservoir's rows once full, never more
     cuts = [0, 7, 1500, 1501, n]
     parts = []
     for lo, hi in zip(cuts[:-1], cuts[1:]):
@@ -259,3 +262,23 @@ def test_reservoir_of_merged_parts_is_the_reservoir_of_one_pass(shared_data):
     other = ReservoirSample(k, random_state=4)
     other.add(X, y, None, np.arange(n))
     assert len(set(other.sample_seqs()) & set(seqs)) < 0.3 * k
+
+
+def test_a_merged_reservoir_leaves_the_one_it_read_as_it_was():
+    """Merging hands over the other sample's arrays; the rows that later enter the merged
+    sample are written into copies, never into the other reservoir."""
+    from shardguard.stages import ReservoirSample
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4)).astype(np.float32)
+    y = np.array(["a", "b"] * 300, dtype=object)
+    part = ReservoirSample(100, random_state=1)
+    part.add(X[:300], y[:300], None, np.arange(300))
+    before = [a.copy() for a in (part.sample_seqs(), part.sample()[0])]
+    whole = ReservoirSample(100, random_state=1).merge(part)
+    whole.add(X[300:], y[300:], None, np.arange(300, 600))
+    assert np.array_equal(part.sample_seqs(), before[0]) and np.array_equal(part.sample()[0], before[1])
+    one = ReservoirSample(100, random_state=1)
+    one.add(X, y, None, np.arange(600))
+    assert np.array_equal(whole.sample_seqs(), one.sample_seqs())
+    assert np.array_equal(whole.sample()[0], X[one.sample_seqs()])

@@ -49,9 +49,11 @@ class ReservoirSample:
     exactly the sample of their union (in any order): the scan's statistics map runs
     per shard and the partial samples reduce into the one a single pass keeps.
 
-    Holds at most ``2 * size`` rows of embeddings (float32, ``(rows, dim)``),
-    labels and, with ``keep_text``, texts (for detectors that read the text) and
-    responses; it cuts back to ``size`` when it reaches that.
+    Holds at most ``size`` rows of embeddings (float32, ``(rows, dim)``), labels and, with
+    ``keep_text``, texts (for detectors that read the text) and responses, plus the batch
+    being offered: once full, a row with a key under the largest kept takes that row's place
+    in the same arrays, so the sample costs what a fixed reservoir costs at every size of the
+    stream (over ``N`` rows about ``size * ln(N / size)`` rows enter in all).
     """
 
     def __init__(self, size: int, random_state: int = 0, keep_text: bool = False):
@@ -61,6 +63,7 @@ class ReservoirSample:
         self.seen = 0
         self._parts: list[dict[str, Any]] = []
         self._held = 0
+        self._borrowed = False
         #: the largest key kept once ``size`` rows are held: a larger key can never enter
         self._bound: np.uint64 | None = None
 
@@ -87,25 +90,59 @@ class ReservoirSample:
         self._append(part)
 
     def _append(self, part: dict[str, Any]) -> None:
+        if self._held >= self.size and len(self._parts) == 1:
+            self._replace(part)
+            return
         self._parts.append(part)
         self._held += part["key"].size
-        if self._held >= 2 * self.size:
+        if self._held >= self.size:
             self._cut()
+
+    def _replace(self, part: dict[str, Any]) -> None:
+        """Full: the rows of ``part`` among the ``size`` smallest keys of both take the places
+        of the held rows that no longer are, in the held arrays."""
+        held = self._parts[0]
+        if self._borrowed:  # arrays another reservoir handed over in merge: written to, so copied once
+            held = self._parts[0] = {k: v.copy() for k, v in held.items()}
+            self._borrowed = False
+        for k in [k for k in held if k not in part]:
+            del held[k]
+        keys = np.concatenate([held["key"], part["key"]])
+        keep = np.lexsort((np.concatenate([held["seq"], part["seq"]]), keys))[: self.size]
+        incoming = keep[keep >= self.size] - self.size
+        if incoming.size:
+            stays = np.zeros(self.size, bool)
+            stays[keep[keep < self.size]] = True
+            slots = np.flatnonzero(~stays)  # as many as the rows coming in
+            for k, v in held.items():
+                v[slots] = part[k][incoming]
+        self._bound = keys[keep].max()
 
     def _cut(self) -> None:
         """Keep the ``size`` smallest keys (ties, impossible in practice, by sequence number)."""
-        if len(self._parts) == 0:
+        if len(self._parts) == 0 or (len(self._parts) == 1 and self._held <= self.size):
             return
-        names = set(self._parts[0])
-        for p in self._parts[1:]:
+        parts = self._parts
+        names = set(parts[0])
+        for p in parts[1:]:
             names &= set(p)
-        cat = {k: np.concatenate([p[k] for p in self._parts]) for k in names}
-        order = np.lexsort((cat["seq"], cat["key"]))[: self.size]
+        keys = np.concatenate([p["key"] for p in parts])
+        order = np.lexsort((np.concatenate([p["seq"] for p in parts]), keys))[: self.size]
         order.sort()  # keeps the arrival order: cheap for the next cut, and no meaning attached
-        self._parts = [{k: v[order] for k, v in cat.items()}]
+        starts = np.cumsum([0] + [p["key"].size for p in parts])
+        cuts = np.searchsorted(order, starts)  # each part's share of ``order``, a slice of it
+        kept: dict[str, np.ndarray] = {}
+        for k in names:
+            first = parts[0][k]
+            out = np.empty((order.size,) + first.shape[1:], dtype=first.dtype)
+            for j, p in enumerate(parts):
+                np.take(p[k], order[cuts[j]:cuts[j + 1]] - starts[j], axis=0, out=out[cuts[j]:cuts[j + 1]])
+            kept[k] = out
+        self._parts = [kept]
+        self._borrowed = False
         self._held = order.size
         if order.size >= self.size:
-            self._bound = cat["key"][order].max()
+            self._bound = keys[order].max()
 
     def merge(self, other: "ReservoirSample") -> "ReservoirSample":
         """Add the sample of a disjoint part of the stream (same ``size`` and ``random_state``):
@@ -115,6 +152,9 @@ class ReservoirSample:
         self.seen += other.seen
         for p in other._parts:
             self._append(dict(p))
+            # a part of ``other`` that became this reservoir's only one is still ``other``'s
+            self._borrowed = len(self._parts) == 1 and any(
+                v is w for v, w in zip(self._parts[0].values(), p.values()))
         return self
 
     def _final(self) -> dict[str, np.ndarray] | None:
@@ -124,6 +164,7 @@ class ReservoirSample:
         part = self._parts[0]
         order = np.argsort(part["seq"], kind="stable")  # scan order: the same for any split
         self._parts = [{k: v[order] for k, v in part.items()}]
+        self._borrowed = False
         return self._parts[0]
 
     def sample_responses(self) -> np.ndarray | None:
