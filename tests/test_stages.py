@@ -282,3 +282,28 @@ def test_a_merged_reservoir_leaves_the_one_it_read_as_it_was():
     one.add(X, y, None, np.arange(600))
     assert np.array_equal(whole.sample_seqs(), one.sample_seqs())
     assert np.array_equal(whole.sample()[0], X[one.sample_seqs()])
+
+
+def test_a_sample_is_put_in_scan_order_once_and_read_only():
+    """The fit asks for the rows, sequence numbers and responses in turn and keeps what it got:
+    the same arrays each time (no copy per call), which nobody may change; rows offered after
+    a sample enter a copy."""
+    from shardguard.stages import ReservoirSample
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3)).astype(np.float32)
+    y = np.array(["a"] * 400, dtype=object)
+    r = ReservoirSample(50, random_state=2, keep_text=True)
+    r.add(X[:300], y[:300], np.array([f"t{i}" for i in range(300)], dtype=object), np.arange(300),
+          np.array([f"r{i}" for i in range(300)], dtype=object))
+    first, again = r.sample(), r.sample()
+    assert first[0] is again[0] and r.sample_responses() is r.sample_responses()
+    with pytest.raises(ValueError):
+        first[0][0, 0] = 1.0
+    seqs = r.sample_seqs()
+    r.add(X[300:], y[300:], np.array([f"t{i}" for i in range(300, 400)], dtype=object), np.arange(300, 400),
+          np.array([f"r{i}" for i in range(300, 400)], dtype=object))
+    assert np.array_equal(first[0], X[seqs])  # what the fit was given is as it was
+    one = ReservoirSample(50, random_state=2)
+    one.add(X, y, None, np.arange(400))
+    assert np.array_equal(r.sample_seqs(), one.sample_seqs()) and np.array_equal(r.sample()[0], X[one.sample_seqs()])

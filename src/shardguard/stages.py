@@ -64,6 +64,7 @@ class ReservoirSample:
         self._parts: list[dict[str, Any]] = []
         self._held = 0
         self._borrowed = False
+        self._in_scan_order = False  # the single part sorted by sequence number, nothing added since
         #: the largest key kept once ``size`` rows are held: a larger key can never enter
         self._bound: np.uint64 | None = None
 
@@ -90,6 +91,7 @@ class ReservoirSample:
         self._append(part)
 
     def _append(self, part: dict[str, Any]) -> None:
+        self._in_scan_order = False
         if self._held >= self.size and len(self._parts) == 1:
             self._replace(part)
             return
@@ -102,7 +104,7 @@ class ReservoirSample:
         """Full: the rows of ``part`` among the ``size`` smallest keys of both take the places
         of the held rows that no longer are, in the held arrays."""
         held = self._parts[0]
-        if self._borrowed:  # arrays another reservoir handed over in merge: written to, so copied once
+        if self._borrowed or not held["key"].flags.writeable:  # another reservoir's (merge) or handed out (sample): copied once
             held = self._parts[0] = {k: v.copy() for k, v in held.items()}
             self._borrowed = False
         for k in [k for k in held if k not in part]:
@@ -158,13 +160,20 @@ class ReservoirSample:
         return self
 
     def _final(self) -> dict[str, np.ndarray] | None:
+        """The sample in scan order, put in that order once: the fit asks for its rows,
+        sequence numbers and responses in turn, and holds the arrays it was given."""
+        if self._in_scan_order:
+            return self._parts[0]
         self._cut()
         if not self._parts:
             return None
         part = self._parts[0]
         order = np.argsort(part["seq"], kind="stable")  # scan order: the same for any split
         self._parts = [{k: v[order] for k, v in part.items()}]
+        for v in self._parts[0].values():  # handed out as they are, so nobody may change them
+            v.flags.writeable = False
         self._borrowed = False
+        self._in_scan_order = True
         return self._parts[0]
 
     def sample_responses(self) -> np.ndarray | None:
