@@ -104,7 +104,8 @@ class ReservoirSample:
         """Full: the rows of ``part`` among the ``size`` smallest keys of both take the places
         of the held rows that no longer are, in the held arrays."""
         held = self._parts[0]
-        if self._borrowed or not held["key"].flags.writeable:  # another reservoir's (merge) or handed out (sample): copied once
+        # arrays another reservoir handed over (merge) or handed out read-only (sample): copied once
+        if self._borrowed or not held["key"].flags.writeable:
             held = self._parts[0] = {k: v.copy() for k, v in held.items()}
             self._borrowed = False
         for k in [k for k in held if k not in part]:
