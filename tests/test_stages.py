@@ -57,6 +57,8 @@ def test_released_clusters_keep_the_table_and_members_pass_two_reads():
     assert c.all_roots().tolist() == [0, 3]
     with pytest.raises(RuntimeError, match="release_resolved"):
         c.copies()  # a guard, which reads them, never releases
+    with pytest.raises(RuntimeError, match="release_resolved"):
+        c.resolve({0: "a", 3: "x"})  # nothing left to resolve from
 
 
 def test_root_labels_from_the_scans_root_table():

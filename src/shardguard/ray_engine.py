@@ -94,19 +94,16 @@ class _Worker:
 
 def _for_pass2(state: "ScanState") -> "ScanState":
     """What every pass-2 worker reads of the scan's state: the fitted detectors and the
-    sequence numbers. The embedder stays on the driver (pass 2 reads the cached embeddings) and
-    so does the near-duplicate index, which pass 2 asks only whether there is one (an empty
-    index with its parameters says so); the roots' features and ids stay too, and the copies
-    and clusters go with each shard's job, only that shard's (:meth:`RayEngine.score_write`)."""
-    from shardguard.dedup import NearDuplicateIndex, RootFeatures
+    sequence numbers. The embedder stays on the driver (pass 2 reads the cached embeddings);
+    the near-duplicate index and the roots' features are already stand-ins
+    (:meth:`ScanState.release_reduce_state`, before the fit); the roots' ids stay, and the
+    copies and clusters go with each shard's job, only that shard's
+    (:meth:`RayEngine.score_write`)."""
     from shardguard.scoring import LabelCodes, RootTable
     from shardguard.stages import DuplicateClusters
 
-    idx = state.dup_index
-    stand_in = None if idx is None else NearDuplicateIndex(idx.threshold, idx.num_perm, idx.ngram, idx.seed)
-    return dataclasses.replace(state, embedder=None, dup_index=stand_in, root_features=RootFeatures(),
-                               clusters=DuplicateClusters(state.clusters.flood_size), root_seqs=[],
-                               root_ids=None, root_rows=[], root_shards=[], root_labels=[],
+    return dataclasses.replace(state, embedder=None, clusters=DuplicateClusters(state.clusters.flood_size),
+                               root_seqs=[], root_ids=None, root_rows=[], root_shards=[], root_labels=[],
                                cluster_roots=RootTable(LabelCodes()))
 
 

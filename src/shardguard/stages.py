@@ -331,6 +331,8 @@ class DuplicateClusters:
         cluster whose agreement decides whether it is a flood (the copies' ``seqs`` must have
         been recorded).
         """
+        if self._released:
+            raise RuntimeError("DuplicateClusters.resolve() after release_resolved()")
         if not self._roots:
             self._table = ClusterTable(np.zeros(0, np.int64), np.zeros(0, np.int64),
                                        np.zeros(0, dtype=object), np.zeros(0, dtype=object), np.zeros(0, bool),
