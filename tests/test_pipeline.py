@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shardguard.config import load_config
-from shardguard.pipeline import scan
+from shardguard.passes.statistics import shard_statistics
+from shardguard.pipeline import LocalEngine, scan
 
 FAST = {"embed.embedder": "hashing", "input.id_column": "id", "input.label_column": "label"}
 
@@ -522,3 +523,41 @@ def test_a_scan_frees_the_index_before_the_fit_and_a_guard_keeps_it(tmp_path, sa
     a, b = scan_state.clusters.table(), guard_state.clusters.table()
     assert a.roots.tolist() == b.roots.tolist() and a.sizes.tolist() == b.sizes.tolist()
     assert a.flood.tolist() == b.flood.tolist() and a.roots.size > 0
+
+
+class _StatisticsRecorder(LocalEngine):
+    """The local engine, keeping the statistics map's per-shard results; ``in_process=False``
+    runs the statistics as an engine whose maps run elsewhere does (a reservoir per shard)."""
+
+    def __init__(self, in_process: bool):
+        self.in_process = in_process
+        self.parts: list = []
+
+    def map(self, fn, jobs):
+        for result in super().map(fn, jobs):
+            if fn is shard_statistics:
+                self.parts.append(result)
+            yield result
+
+
+def test_in_process_shards_share_one_reservoir_and_fit_what_per_shard_reservoirs_fit(tmp_path, samples_dir):
+    """The local engine offers every shard's rows to one reservoir (memory of one sample, not
+    one per shard); the fitted thresholds, lists and scores equal those of per-shard reservoirs
+    merged in scan order, with a sample smaller than the corpus so that rows compete."""
+    from shardguard.pipeline import ScanPipeline
+
+    config = load_config(None, {**FAST, "fit.reservoir_size": 300})
+    shared, separate = _StatisticsRecorder(True), _StatisticsRecorder(False)
+    a = ScanPipeline(config, tmp_path / "shared", engine=shared).run([samples_dir])
+    b = ScanPipeline(config, tmp_path / "separate", engine=separate).run([samples_dir])
+    assert len(shared.parts) == len(separate.parts) >= 3  # samples/ holds 3+ shards
+    assert len({id(p.reservoir) for p in shared.parts}) == 1
+    assert len({id(p.reservoir) for p in separate.parts}) == len(separate.parts)
+    assert shared.parts[0].reservoir.seen == a.report["totals"]["rows"] - a.report["totals"]["invalid"]
+    assert shared.parts[0].reservoir.sample()[0].shape[0] == 300
+    assert a.report["thresholds"] == b.report["thresholds"]
+    assert a.report["totals"] == b.report["totals"] and a.report["totals"]["quarantined"] > 0
+    lists_a, lists_b = _lists(tmp_path / "shared"), _lists(tmp_path / "separate")
+    assert sorted(lists_a) == sorted(lists_b)
+    for name, table in lists_a.items():
+        assert table.equals(lists_b[name]), name

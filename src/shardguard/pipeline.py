@@ -205,6 +205,10 @@ class Engine(Protocol):
     #: engine whose reduce needs the CPUs the maps hold runs them one after the other).
     parallel_reduces: bool
 
+    #: Whether :meth:`map` runs ``fn`` in the caller's process, so that a job may carry
+    #: state of the caller's to add into (the statistics map's reservoir).
+    in_process: bool
+
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:
         """The near-duplicate reduce over the valid rows of ``ok`` (scan order): records every
@@ -234,6 +238,7 @@ class LocalEngine:
             yield fn(*job)
 
     parallel_reduces = True
+    in_process = True
 
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:
@@ -452,7 +457,11 @@ class ScanPipeline:
         def statistics() -> ShardStatistics:
             total = spec.empty()
             if detectors:
-                jobs = [(p, seq_start[o.shard.name], spec) for p, o in zip(paths_ok, ok)]
+                # In this process every shard offers its rows to the one reservoir: a reservoir
+                # per shard would hold up to another full sample for each shard beside the
+                # total, and the sample is the same for any split (keys by sequence number).
+                shared = total.reservoir if getattr(self.engine, "in_process", False) else None
+                jobs = [(p, seq_start[o.shard.name], spec, shared) for p, o in zip(paths_ok, ok)]
                 for part in self.engine.map(shard_statistics, jobs):
                     total.merge(part)
             return total

@@ -222,6 +222,7 @@ class RayEngine:
     #: actors the two run at once (ActorPool hands jobs to actors from the end of the list,
     #: the reduce's calls go round from its start).
     parallel_reduces = True
+    in_process = False  # maps run in Ray workers: each shard brings a reservoir of its own
 
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:

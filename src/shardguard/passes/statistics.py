@@ -78,8 +78,11 @@ class StatisticsSpec:
                    any(getattr(d, "needs_text", False) for d in detectors.values()),
                    {n: d for n, d in detectors.items() if d.streaming}, dict(candidates))
 
-    def empty(self) -> "ShardStatistics":
-        return ShardStatistics(ReservoirSample(self.reservoir_size, self.random_state, keep_text=self.keep_text),
+    def empty(self, reservoir: ReservoirSample | None = None) -> "ShardStatistics":
+        """Empty statistics; with ``reservoir``, ones that offer their rows to that reservoir."""
+        if reservoir is None:
+            reservoir = ReservoirSample(self.reservoir_size, self.random_state, keep_text=self.keep_text)
+        return ShardStatistics(reservoir,
                                {n: clone(d) for n, d in self.streaming.items()},
                                {n: CandidateGatherer(c) for n, c in self.candidates.items()})
 
@@ -95,7 +98,8 @@ class ShardStatistics:
     gatherers: dict[str, CandidateGatherer]
 
     def merge(self, other: "ShardStatistics") -> "ShardStatistics":
-        self.reservoir.merge(other.reservoir)
+        if other.reservoir is not self.reservoir:  # the same one when the shards shared it
+            self.reservoir.merge(other.reservoir)
         for name, det in self.streaming.items():
             det.merge(other.streaming[name])
         for name, g in self.gatherers.items():
@@ -103,9 +107,13 @@ class ShardStatistics:
         return self
 
 
-def shard_statistics(path: Path, seq0: int, spec: StatisticsSpec) -> ShardStatistics:
-    """The statistics of one shard's valid rows, whose global sequence numbers start at ``seq0``."""
-    st = spec.empty()
+def shard_statistics(path: Path, seq0: int, spec: StatisticsSpec,
+                     reservoir: ReservoirSample | None = None) -> ShardStatistics:
+    """The statistics of one shard's valid rows, whose global sequence numbers start at ``seq0``.
+
+    ``reservoir``: offer the rows to this reservoir (one shared by every shard of an
+    in-process scan, merged once) instead of a new one of the shard's own."""
+    st = spec.empty(reservoir)
     seq = seq0
     with workfile.WorkFileReader(path) as reader:
         dim = embedding_dim(reader.schema)
