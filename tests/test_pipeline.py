@@ -561,3 +561,42 @@ def test_in_process_shards_share_one_reservoir_and_fit_what_per_shard_reservoirs
     assert sorted(lists_a) == sorted(lists_b)
     for name, table in lists_a.items():
         assert table.equals(lists_b[name]), name
+
+
+def test_an_engine_whose_reduce_runs_elsewhere_fits_beside_it_and_lists_the_same(tmp_path, samples_dir, monkeypatch):
+    """With ``fits_beside_reduce`` the fit follows the statistics in their thread while the
+    near-duplicate reduce runs (the Ray engine: the driver fits while the workers replay):
+    the reduce here waits for the fit to start, so a fit that waited for it would hang the
+    reduce past its timeout. The lists, scores and thresholds equal the local engine's."""
+    import threading
+
+    from shardguard.pipeline import ScanPipeline
+
+    fit_started = threading.Event()
+    fit_threads: list[str] = []
+    real_fit = ScanPipeline._fit
+
+    def fit(self, *args, **kwargs):
+        fit_threads.append(threading.current_thread().name)
+        fit_started.set()
+        return real_fit(self, *args, **kwargs)
+
+    class FitsBeside(LocalEngine):
+        fits_beside_reduce = True
+
+        def near_duplicates(self, pipeline, ok, state, copies):
+            assert fit_started.wait(60), "the fit did not start beside the reduce"
+            super().near_duplicates(pipeline, ok, state, copies)
+
+    monkeypatch.setattr(ScanPipeline, "_fit", fit)
+    config = load_config(None, {**FAST, "fit.reservoir_size": 300})
+    a = ScanPipeline(config, tmp_path / "beside", engine=FitsBeside()).run([samples_dir])
+    assert fit_threads and fit_threads[0].startswith("shardguard-statistics")
+    fit_threads.clear()
+    b = ScanPipeline(config, tmp_path / "after").run([samples_dir])
+    assert fit_threads == [threading.main_thread().name]  # the local engine fits after the reduce
+    assert a.report["thresholds"] == b.report["thresholds"] and a.report["totals"] == b.report["totals"]
+    lists_a, lists_b = _lists(tmp_path / "beside"), _lists(tmp_path / "after")
+    assert sorted(lists_a) == sorted(lists_b) and a.report["totals"]["quarantined"] > 0
+    for name, table in lists_a.items():
+        assert table.equals(lists_b[name]), name

@@ -21,8 +21,9 @@ whichever engine ran the maps. A shard that fails in the first map touches no gl
 state, and the other shards complete.
 
 :class:`LocalEngine` runs the maps in this process (the statistics map in a second
-thread, beside the near-duplicate reduce); ``shardguard.ray_engine.RayEngine`` runs the
-same functions as Ray tasks and actors.
+thread, beside the near-duplicate reduce; the fit once the reduce has freed its index);
+``shardguard.ray_engine.RayEngine`` runs the same functions as Ray tasks and actors, and
+the driver fits beside the reduce, whose state is on the workers.
 """
 
 from __future__ import annotations
@@ -209,6 +210,11 @@ class Engine(Protocol):
     #: state of the caller's to add into (the statistics map's reservoir).
     in_process: bool
 
+    #: Whether the fit may run beside :meth:`near_duplicates` (with ``parallel_reduces``):
+    #: true where the reduce's state lives elsewhere; in this process the fit waits for the
+    #: index to be freed, so that the peak memory is one of the two, not both.
+    fits_beside_reduce: bool
+
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:
         """The near-duplicate reduce over the valid rows of ``ok`` (scan order): records every
@@ -239,6 +245,7 @@ class LocalEngine:
 
     parallel_reduces = True
     in_process = True
+    fits_beside_reduce = False
 
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:
@@ -469,32 +476,50 @@ class ScanPipeline:
         # The statistics read the embeddings, the index the texts: independent, so the
         # statistics (numpy / BLAS, or waiting on Ray) run in a second thread. The index stays
         # in this thread: its temporaries grow with the index, and a second thread's allocator
-        # arena would keep what they leave behind.
+        # arena would keep what they leave behind. The fit needs the statistics only: where the
+        # reduce runs elsewhere, it follows them in that thread, beside the reduce.
         parallel = getattr(self.engine, "parallel_reduces", True)
+        fit_beside = parallel and getattr(self.engine, "fits_beside_reduce", False)
+
+        def statistics_then_fit() -> ShardStatistics:
+            stats = statistics()
+            if fit_beside:
+                self._fit(detectors, stats, embedder, ok, seq_start, work_dir)
+            return stats
+
         with ThreadPoolExecutor(1, "shardguard-statistics") as pool:
-            stats_future = pool.submit(statistics) if parallel else None
+            stats_future = pool.submit(statistics_then_fit) if parallel else None
             stats = None if parallel else statistics()
             self.progress.start("index", sum(o.rows for o in ok))
             if state.dup_index is not None:
                 self.engine.near_duplicates(self, ok, state, cfg.near_duplicates.copies)
             else:
                 self.progress.advance(sum(o.rows for o in ok))
-            stats = stats_future.result() if stats_future is not None else stats
-        self.progress.finish()
-        state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
-        state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
-                               lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
-        self.timings["index"] += time.perf_counter() - t
-        # The reduces' state that grows with the corpus (docs/scaling.md reads these).
-        if state.dup_index is not None and state.dup_index.n_docs:  # an engine that partitions the reduce reports its own
-            self.state_sizes["near_duplicate_index_bytes"] = int(state.dup_index.nbytes)
-            self.state_sizes["near_duplicate_roots"] = int(state.dup_index.n_roots)
-        self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
-        self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
-        if not remember_roots:
-            state.release_reduce_state()
+            if stats_future is not None and not fit_beside:
+                stats = stats_future.result()
+            self.progress.finish()
+            state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
+            state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
+                                   lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
+            self.timings["index"] += time.perf_counter() - t
+            # The reduces' state that grows with the corpus (docs/scaling.md reads these).
+            if state.dup_index is not None and state.dup_index.n_docs:  # an engine that partitions the reduce reports its own
+                self.state_sizes["near_duplicate_index_bytes"] = int(state.dup_index.nbytes)
+                self.state_sizes["near_duplicate_roots"] = int(state.dup_index.n_roots)
+            self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
+            self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
+            if not remember_roots:
+                state.release_reduce_state()
+            if fit_beside:
+                stats = stats_future.result()
+        if not fit_beside:
+            self._fit(detectors, stats, embedder, ok, seq_start, work_dir)
+        return state
 
-        # Fit.
+    def _fit(self, detectors: dict[str, EmbeddingDetector], stats: ShardStatistics, embedder: Any,
+             ok: Sequence[ShardOutcome], seq_start: dict[str, int], work_dir: Path) -> None:
+        """Fit (or calibrate, after merging their streaming state) the embedding detectors on
+        the reservoir sample of ``stats``; drops them all when fewer than 2 rows were sampled."""
         t = time.perf_counter()
         reservoir = stats.reservoir
         if detectors:
@@ -518,7 +543,6 @@ class ScanPipeline:
                     det.fit(X, y, **kw)
                 log.debug("fitted %s: %s", name, det.threshold_info())
         self.timings["fit"] += time.perf_counter() - t
-        return state
 
     # -- pass 2 ---------------------------------------------------------------------------------
     def _pass2_shard(self, o: ShardOutcome, state: "ScanState", clusters: ClusterTable,

@@ -223,6 +223,9 @@ class RayEngine:
     #: the reduce's calls go round from its start).
     parallel_reduces = True
     in_process = False  # maps run in Ray workers: each shard brings a reservoir of its own
+    #: The driver fits once the statistics are in, while the workers replay the components:
+    #: the reduce's index and texts are on the workers, the driver holds its edges and copies.
+    fits_beside_reduce = True
 
     def near_duplicates(self, pipeline: "ScanPipeline", ok: Sequence[ShardOutcome], state: "ScanState",
                         copies: str) -> None:
