@@ -109,3 +109,42 @@ def test_explicit_sequence_numbers_must_increase():
         index.add_judged(["x y z", "u v w"], seqs=np.array([12, 12]))
     with pytest.raises(ValueError, match="from 11"):
         index.add_judged(["x y z"], seqs=np.array([3]))
+
+
+@pytest.mark.parametrize("judged", [True, False])
+def test_a_partition_without_rows_replays_to_no_rows(judged):
+    """With one component, or fewer components than partitions, a partition gets no rows: its
+    replay is empty (it once replayed one phantom call and failed on the missing labels)."""
+    from shardguard.dedup.components import RESULT_SCHEMA, ROWS_SCHEMA, replay_partition
+
+    out = replay_partition(ROWS_SCHEMA.empty_table(), IndexParams.of(NearDuplicateIndex()), judged)
+    assert out.num_rows == 0 and out.schema.equals(RESULT_SCHEMA)
+
+
+def test_one_component_in_several_partitions_equals_the_sequential_replay(tmp_path):
+    """Every copy in one component (variants of one sentence, unlabelled) and partitions
+    to spare: the empty partitions give nothing, the full one what the replay gives."""
+    rng = np.random.default_rng(3)
+    base = "the quick brown fox jumps over the lazy dog near the river bank at dawn"
+    texts = [base.replace("dawn", w) for w in ("dawn", "dusk", "noon", "night")] * 20
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    texts = [t + f" {int(rng.integers(10))}" for t in texts] + [  # 40 texts of random letters: no copies
+        " ".join("".join(rng.choice(letters, 6)) for _ in range(8)) for _ in range(40)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for s in range(2):
+        part = texts[s::2]
+        pq.write_table(pa.table({"id": [f"s{s}-{i}" for i in range(len(part))], "text": part}), folder / f"{s}.parquet")
+    cfg = load_config(None, {"input.id_column": "id", "embed.embedder": "none"})
+    state = ScanPipeline(cfg, tmp_path / "out").prepare([folder], remember_roots=True)
+    ok = [o for o in state.outcomes if o.status == "ok"]
+    names = [o.shard.name for o in ok]
+    paths = [work_path(state.work_dir, o.shard) for o in ok]
+    starts = [state.seq_start[n] for n in names]
+    got = DuplicateClusters(cfg.near_duplicates.flood_size, cfg.near_duplicates.flood_agreement)
+    sizes = reduce_in_process(paths, starts, names, IndexParams.of(state.dup_index), True, 4, got, RootFeatures())
+    assert sizes["largest_partition_rows"] == sizes["component_rows"] >= 80  # one component, three empty partitions
+    np.testing.assert_array_equal(state.clusters.all_roots(), got.all_roots())
+    for name in names:
+        for a, b in zip(state.clusters.members(name), got.members(name)):
+            np.testing.assert_array_equal(a, b)

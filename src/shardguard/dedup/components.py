@@ -349,6 +349,8 @@ def replay_partition(rows: pa.Table, params: IndexParams, judged: bool) -> pa.Ta
     ``judged``: labels are judged (``near_duplicates.copies`` is "conflicting").
 
     Returns :data:`RESULT_SCHEMA` rows: the copies and the roots they copy, in scan order."""
+    if rows.num_rows == 0:  # no component fell in this partition (one large component, or none)
+        return RESULT_SCHEMA.empty_table()
     rows = rows.sort_by("seq")
     index, kept = params.index(), RootFeatures()
     calls = rows.column("call").to_numpy()
