@@ -220,3 +220,45 @@ def test_ray_engine_gpu_branch_on_a_declared_gpu_equals_the_local_engine(tmp_pat
     scan([samples_dir], tmp_path / "local", cfg)
     report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
     assert report["totals"]["quarantined"] > 0
+
+
+@pytest.mark.slow  # ~10 s on the module's Ray cluster
+def test_ray_engine_with_one_component_and_a_shard_failing_mid_way_equals_the_local_engine(tmp_path, ray_engine):
+    """Unlabelled precomputed vectors. One shard's copies are all variants of one sentence:
+    one component, so the reduce's other partitions get no rows (the Ray engine once failed
+    there). Another shard has a NaN vector in its third batch of 64: both engines fail it
+    alone with the same reason and count the same rows read before the failing batch, the
+    invalid ones among them."""
+    rng = np.random.default_rng(8)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    base = "the quick brown fox jumps over the lazy dog near the river bank at dawn"
+    from shardguard.bench.attacks import typo
+
+    copies = [typo(base, rng) for _ in range(80)]  # a flood of 80 typo'd copies of one sentence
+    distinct = [" ".join("".join(rng.choice(letters, 6)) for _ in range(8)) for _ in range(90)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+
+    def write(name: str, texts: list) -> None:
+        emb = rng.normal(size=(len(texts), 8)).astype(np.float32)
+        if name == "nan.parquet":
+            emb[150, 3] = np.nan
+        pq.write_table(pa.table({"id": [f"{name}-{i}" for i in range(len(texts))], "text": texts,
+                                 "emb": pa.array(list(emb), pa.list_(pa.float32()))}), folder / name)
+
+    write("copies.parquet", copies + distinct)
+    nan_texts = [" ".join("".join(rng.choice(letters, 5)) for _ in range(7)) for _ in range(200)]
+    nan_texts[10] = nan_texts[70] = ""  # invalid rows in the two batches read before the failing one
+    write("nan.parquet", nan_texts)
+    cfg = load_config(None, {"input": {"id_column": "id", "batch_size": 64, "embedding_column": "emb"},
+                             "embed": {"embedder": "precomputed"}})
+    local = scan([folder], tmp_path / "local", cfg)
+    ray = scan([folder], tmp_path / "ray", cfg, engine=ray_engine)
+    assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    failed = {o.shard.name: (o.status, o.rows, o.invalid) for o in ray.shards if o.status != "ok"}
+    assert failed == {o.shard.name: (o.status, o.rows, o.invalid) for o in local.shards if o.status != "ok"}
+    assert list(failed) == ["nan.parquet"] and "NaN" in failed["nan.parquet"][0]
+    assert failed["nan.parquet"][1:] == (128, 2)
+    assert ray.report["state_sizes"]["near_duplicate_largest_partition_rows"] == \
+        ray.report["state_sizes"]["near_duplicate_component_rows"] >= 30
+    assert ray.report["reasons"].get("duplicate_flood", 0) >= 50  # the lists compared are not empty

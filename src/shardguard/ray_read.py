@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 #: the read task's closing record, beside the parts
 READ_DONE = "read.json"
 #: one row per part written: what the driver and the commits learn of a batch
-SUMMARY_SCHEMA = pa.schema([("shard", pa.int32()), ("first_row", pa.int64()), ("rows", pa.int64()),
+SUMMARY_SCHEMA = pa.schema([("shard", pa.int32()), ("first_row", pa.int64()), ("rows", pa.int64()), ("invalid", pa.int64()),
                             ("dim", pa.int64()), ("embed_s", pa.float64()), ("error", pa.string())])
 
 
@@ -187,6 +187,7 @@ class EmbedParts:
 
     def _part(self, index: int, first: int, valid: pa.RecordBatch, invalid: pa.Table) -> dict[str, Any]:
         summary: dict[str, Any] = {"shard": index, "first_row": first, "rows": valid.num_rows + invalid.num_rows,
+                                   "invalid": invalid.num_rows,
                                    "dim": None, "embed_s": 0.0, "error": None}
         folder = self.parts[index]
         try:
@@ -244,13 +245,17 @@ def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, part
         if done["status"] != "ok":
             raise ShardError(done["status"])
         parts = parts.sort_by("first_row")
-        errors = [e for e in parts.column("error").to_pylist() if e]
-        if errors:
-            raise ShardError(errors[0])
         # a batch Ray Data ran twice (a task retried after its node was lost) wrote the same
         # part twice under one name: one summary row of it counts
         firsts = parts.column("first_row").to_numpy()
         parts = parts.filter(pa.array(np.r_[True, np.diff(firsts) != 0] if firsts.size else np.zeros(0, bool)))
+        errors = parts.column("error").to_pylist()
+        bad = next((k for k, e in enumerate(errors) if e), None)
+        if bad is not None:
+            # as the local engine counts a shard that fails: the rows read before the failing batch
+            o.rows = int(parts.column("first_row")[bad].as_py())
+            o.invalid = int(pc.sum(parts.column("invalid").slice(0, bad)).as_py() or 0)
+            raise ShardError(errors[bad])
         firsts, counts = parts.column("first_row").to_numpy(), parts.column("rows").to_numpy()
         ends = np.cumsum(counts)
         if not (np.array_equal(firsts, ends - counts) and (ends[-1] if ends.size else 0) == o.rows):
