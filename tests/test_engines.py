@@ -262,3 +262,40 @@ def test_ray_engine_with_one_component_and_a_shard_failing_mid_way_equals_the_lo
     assert ray.report["state_sizes"]["near_duplicate_largest_partition_rows"] == \
         ray.report["state_sizes"]["near_duplicate_component_rows"] >= 30
     assert ray.report["reasons"].get("duplicate_flood", 0) >= 50  # the lists compared are not empty
+
+
+@pytest.mark.slow  # ~10 s on the module's Ray cluster
+def test_ray_engine_checks_precomputed_widths_in_scan_order_as_the_local_engine(tmp_path, ray_engine):
+    """Precomputed vectors of different widths. The local engine's one embedder takes its width
+    from the first batch it accepts, in scan order, and fails every later shard of another
+    width. Here the first shard fails inside its first batch (a row of 9 among 8s: nothing is
+    learned), the second sets 16, the third (8) fails against it, the last two (16, and a shard
+    whose rows are all invalid) pass. The Ray engine fails the same shards with the same
+    reasons and row counts, however many embedding actors it runs. No row has a near-duplicate
+    (the Ray engine's reduce once failed on a corpus without one)."""
+    rng = np.random.default_rng(4)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, (width, n) in enumerate([(8, 150), (16, 150), (8, 150), (16, 150), (16, 20)]):
+        texts = [" ".join("".join(rng.choice(letters, 5)) for _ in range(7)) for _ in range(n)]
+        vectors = [rng.normal(size=width).astype(np.float32) for _ in range(n)]
+        if k == 0:
+            vectors[5] = rng.normal(size=9).astype(np.float32)
+        if k == 4:
+            texts = [""] * n
+        pq.write_table(pa.table({"id": [f"{k}-{i}" for i in range(n)], "text": texts,
+                                 "emb": pa.array(vectors, pa.list_(pa.float32()))}), folder / f"s{k}.parquet")
+    cfg = load_config(None, {"input": {"id_column": "id", "batch_size": 64, "embedding_column": "emb"},
+                             "embed": {"embedder": "precomputed"}})
+    local = scan([folder], tmp_path / "local", cfg)
+    ray = scan([folder], tmp_path / "ray", cfg, engine=ray_engine)
+    assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    status = {o.shard.name: o.status for o in ray.shards}
+    assert status == {o.shard.name: o.status for o in local.shards}
+    assert [name for name, s in status.items() if s != "ok"] == ["s0.parquet", "s2.parquet"]
+    assert "expected 8 (the first row's length)" in status["s0.parquet"] and "expected 16" in status["s2.parquet"]
+    assert ray.report["state_sizes"]["near_duplicate_component_rows"] == 0  # no copies: the reduce has no edges
+    for path in sorted((tmp_path / "local" / ".work").glob("*.arrow")):  # the work files too, widths included
+        other = tmp_path / "ray" / path.relative_to(tmp_path / "local")
+        assert pa.ipc.open_file(str(other)).read_all().equals(pa.ipc.open_file(str(path)).read_all()), path.name

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from shardguard.passes.read_embed import ShardOutcome, reuse_work_file
+from shardguard.passes.read_embed import ShardOutcome, read_embed_shard, reuse_work_file
 
 if TYPE_CHECKING:
     from shardguard.pipeline import ScanPipeline, ScanState
@@ -196,6 +196,13 @@ class RayEngine:
             shutil.rmtree(ray_read.parts_dir(work_dir, o.shard), ignore_errors=True)
         pipeline.progress.advance(sum(o.rows for o in resumed))
         todo = [o for o in todo if not o.resumed]
+        # An embedder that learns its width from the first vectors it sees (precomputed) reads
+        # the leading shards here, in scan order, as the local engine does, until it has one;
+        # the actors then check every other shard against that width, as the local engine's
+        # one embedder would (each actor learning its own would fail other shards than it).
+        while todo and getattr(embedder, "learns_width", False) and embedder.dim is None:
+            read_embed_shard(pipeline.config, todo.pop(0), embedder, embedder_info, work_dir, pipeline.timings,
+                             pipeline.progress.advance)
         if not todo:
             return
         self._pool()  # its processes start while Ray Data's do; it commits the shards
@@ -293,7 +300,8 @@ class RayEngine:
         del src, dst
         parts, new_word = C.partition_of(comp, P), np.isin(seqs, first)
         pipeline.state_sizes["near_duplicate_largest_partition_rows"] = int(np.bincount(parts, minlength=P).max())
-        pipeline.state_sizes["near_duplicate_largest_component_rows"] = int(np.unique(comp, return_counts=True)[1].max())
+        sizes = np.unique(comp, return_counts=True)[1]  # none where no row has a near-duplicate
+        pipeline.state_sizes["near_duplicate_largest_component_rows"] = int(sizes.max()) if sizes.size else 0
         # group by partition -> the sequential replay of each partition's components
         bounds = np.searchsorted(seqs, np.append(np.asarray(starts, np.int64), np.iinfo(np.int64).max))
         pieces = [task(C.shard_rows_split, p, s, k, *(a[bounds[k]:bounds[k + 1]] for a in (seqs, parts, new_word)), P,

@@ -166,13 +166,16 @@ class EmbedParts:
     """The Ray Data actor of the map: holds an embedder (built once: loading a model is the
     slow part) and turns each input batch into a part file of its shard and a summary row."""
 
-    def __init__(self, config: Config, parts: Sequence[str], inputs: Sequence[str]) -> None:
+    def __init__(self, config: Config, parts: Sequence[str], inputs: Sequence[str], width: int | None = None) -> None:
         from shardguard.embed import make_embedder
 
         self.config = config
         self.parts = [Path(p) for p in parts]
         self.inputs = list(inputs)  # each shard's path, for the messages
         self.embedder = make_embedder(config.embed, config.random_state)
+        if width is not None and getattr(self.embedder, "learns_width", False):
+            # the width the driver learned from the scan's first vectors (RayEngine.read_embed)
+            self.embedder = type(self.embedder)(dim=width, column=self.embedder.column)
         self.dtype = workfile.cache_dtype(config.embed.embedder)
 
     def __call__(self, block: pa.Table) -> pa.Table:
@@ -329,7 +332,7 @@ def read_embed(engine: "RayEngine", pipeline: "ScanPipeline", todo: Sequence[Sha
             actors = {"num_cpus": 1, "batch_size": None,
                       "compute": ray.data.ActorPoolStrategy(min_size=1, max_size=engine.cpus)}
         ds = ds.map_batches(EmbedParts, fn_constructor_args=(cfg, [str(p) for p in parts],
-                                                             [str(o.shard.path) for o in todo]),
+                                                             [str(o.shard.path) for o in todo], dim),
                             batch_format="pyarrow", **actors)
         try:
             for summary in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

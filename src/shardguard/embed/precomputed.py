@@ -49,6 +49,9 @@ class PrecomputedEmbedder:
     """
 
     kind = "precomputed"
+    #: its width is the first vectors' unless given: an engine that embeds in several
+    #: processes learns it first, in scan order, so that every process checks against it
+    learns_width = True
 
     def __init__(self, dim: int | None = None, column: str = COLUMN) -> None:
         if dim is not None and int(dim) < 1:
