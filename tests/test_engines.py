@@ -299,3 +299,20 @@ def test_ray_engine_checks_precomputed_widths_in_scan_order_as_the_local_engine(
     for path in sorted((tmp_path / "local" / ".work").glob("*.arrow")):  # the work files too, widths included
         other = tmp_path / "ray" / path.relative_to(tmp_path / "local")
         assert pa.ipc.open_file(str(other)).read_all().equals(pa.ipc.open_file(str(path)).read_all()), path.name
+
+
+@pytest.mark.slow  # a few seconds on the module's Ray cluster
+@pytest.mark.parametrize("rows", [
+    [{"id": f"a{i}", "text": "", "label": "x"} for i in range(50)],  # no valid row: nothing to index or fit
+    [{"id": f"s{i}", "text": "the very same text every time", "label": "xy"[i % 2]} for i in range(60)],  # one cluster
+], ids=["all-invalid", "all-the-same"])
+def test_ray_engine_on_degenerate_corpora_equals_the_local_engine(tmp_path, ray_engine, rows):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), folder / "a.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:1]), folder / "b.parquet")
+    cfg = load_config(None, {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "hashing"})
+    local = scan([folder], tmp_path / "local", cfg)
+    scan([folder], tmp_path / "ray", cfg, engine=ray_engine)
+    assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert local.report["totals"]["quarantined"] > 0 and not local.failed
