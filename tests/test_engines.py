@@ -226,9 +226,9 @@ def test_ray_engine_gpu_branch_on_a_declared_gpu_equals_the_local_engine(tmp_pat
 def test_ray_engine_with_one_component_and_a_shard_failing_mid_way_equals_the_local_engine(tmp_path, ray_engine):
     """Unlabelled precomputed vectors. One shard's copies are all variants of one sentence:
     one component, so the reduce's other partitions get no rows (the Ray engine once failed
-    there). Another shard has a NaN vector in its third batch of 64: both engines fail it
-    alone with the same reason and count the same rows read before the failing batch, the
-    invalid ones among them."""
+    there). Another shard has a NaN vector in its third batch of 64 and a repeated id in its
+    fourth: both engines fail it alone at the NaN, with the same reason, and count the same
+    rows read before the failing batch, the invalid ones among them."""
     rng = np.random.default_rng(8)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     base = "the quick brown fox jumps over the lazy dog near the river bank at dawn"
@@ -241,9 +241,11 @@ def test_ray_engine_with_one_component_and_a_shard_failing_mid_way_equals_the_lo
 
     def write(name: str, texts: list) -> None:
         emb = rng.normal(size=(len(texts), 8)).astype(np.float32)
+        ids = [f"{name}-{i}" for i in range(len(texts))]
         if name == "nan.parquet":
             emb[150, 3] = np.nan
-        pq.write_table(pa.table({"id": [f"{name}-{i}" for i in range(len(texts))], "text": texts,
+            ids[190] = ids[3]  # a repeated id, which the read finds after its last batch: too late
+        pq.write_table(pa.table({"id": ids, "text": texts,
                                  "emb": pa.array(list(emb), pa.list_(pa.float32()))}), folder / name)
 
     write("copies.parquet", copies + distinct)

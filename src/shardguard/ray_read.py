@@ -245,8 +245,6 @@ def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, part
         done = json.loads(done_path.read_text())
         timings.update(done["timings"])
         o.rows, o.invalid = int(done["rows"]), int(done["invalid"])
-        if done["status"] != "ok":
-            raise ShardError(done["status"])
         parts = parts.sort_by("first_row")
         # a batch Ray Data ran twice (a task retried after its node was lost) wrote the same
         # part twice under one name: one summary row of it counts
@@ -255,10 +253,14 @@ def commit_parts(config: Config, o: ShardOutcome, key: str, work_dir: Path, part
         errors = parts.column("error").to_pylist()
         bad = next((k for k, e in enumerate(errors) if e), None)
         if bad is not None:
-            # as the local engine counts a shard that fails: the rows read before the failing batch
+            # as the local engine fails a shard: at its first failing batch, which comes before
+            # a failure of the read (every part is a batch read before it), with the rows read
+            # before that batch
             o.rows = int(parts.column("first_row")[bad].as_py())
             o.invalid = int(pc.sum(parts.column("invalid").slice(0, bad)).as_py() or 0)
             raise ShardError(errors[bad])
+        if done["status"] != "ok":
+            raise ShardError(done["status"])
         firsts, counts = parts.column("first_row").to_numpy(), parts.column("rows").to_numpy()
         ends = np.cumsum(counts)
         if not (np.array_equal(firsts, ends - counts) and (ends[-1] if ends.size else 0) == o.rows):
