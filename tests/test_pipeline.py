@@ -600,3 +600,46 @@ def test_an_engine_whose_reduce_runs_elsewhere_fits_beside_it_and_lists_the_same
     assert sorted(lists_a) == sorted(lists_b) and a.report["totals"]["quarantined"] > 0
     for name, table in lists_a.items():
         assert table.equals(lists_b[name]), name
+
+
+def test_a_failed_reduce_does_not_wait_for_the_fit_beside_it(tmp_path, samples_dir, monkeypatch):
+    """A reduce that fails (or a Ctrl-C while it runs) ends the scan at once, with its own
+    error, while the fit beside it is still running: the thread it runs in is a daemon, so
+    the process need not wait minutes for a large fit before it can exit."""
+    import threading
+
+    from shardguard.pipeline import ScanPipeline
+
+    started, release = threading.Event(), threading.Event()
+    real_fit = ScanPipeline._fit
+
+    def slow_fit(self, *args, **kwargs):
+        started.set()
+        release.wait(60)
+        return real_fit(self, *args, **kwargs)
+
+    class FailingReduce(LocalEngine):
+        fits_beside_reduce = True
+
+        def near_duplicates(self, pipeline, ok, state, copies):
+            assert started.wait(60)
+            raise RuntimeError("the reduce failed")
+
+    monkeypatch.setattr(ScanPipeline, "_fit", slow_fit)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            ScanPipeline(load_config(None, FAST), tmp_path / "out", engine=FailingReduce()).run([samples_dir])
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+
+    scan_thread = threading.Thread(target=run, daemon=True)
+    try:
+        scan_thread.start()
+        scan_thread.join(30)
+        assert outcome.get("error") == "the reduce failed"
+        fit_threads = [t for t in threading.enumerate() if t.name == "shardguard-statistics"]
+        assert fit_threads and all(t.daemon for t in fit_threads)  # still fitting, and no one waits
+    finally:
+        release.set()

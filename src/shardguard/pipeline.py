@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +225,31 @@ class Engine(Protocol):
                     clusters: ClusterTable, roots: RootTable,
                     columns: list[str]) -> Iterable[ShardOutcome]:
         """Pass 2 for every shard in ``todo``; yields each outcome (updated) once its lists are written."""
+
+
+class _Beside:
+    """``fn()`` in a thread beside the caller's work; :meth:`result` waits for it and raises
+    what it raised. A daemon thread, unlike an executor's: a scan that fails or is
+    interrupted (Ctrl-C) in the caller's thread does not wait for the statistics or the fit
+    beside it to finish (minutes, for a large labelled fit) before the process can exit."""
+
+    def __init__(self, fn: Any, name: str) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Any) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class LocalEngine:
@@ -477,7 +502,8 @@ class ScanPipeline:
         # statistics (numpy / BLAS, or waiting on Ray) run in a second thread. The index stays
         # in this thread: its temporaries grow with the index, and a second thread's allocator
         # arena would keep what they leave behind. The fit needs the statistics only: where the
-        # reduce runs elsewhere, it follows them in that thread, beside the reduce.
+        # reduce runs elsewhere, it follows them in that thread, beside the reduce. A failure
+        # here leaves that thread to finish alone (a daemon): nothing waits for it.
         parallel = getattr(self.engine, "parallel_reduces", True)
         fit_beside = parallel and getattr(self.engine, "fits_beside_reduce", False)
 
@@ -487,32 +513,31 @@ class ScanPipeline:
                 self._fit(detectors, stats, embedder, ok, seq_start, work_dir)
             return stats
 
-        with ThreadPoolExecutor(1, "shardguard-statistics") as pool:
-            stats_future = pool.submit(statistics_then_fit) if parallel else None
-            stats = None if parallel else statistics()
-            self.progress.start("index", sum(o.rows for o in ok))
-            if state.dup_index is not None:
-                self.engine.near_duplicates(self, ok, state, cfg.near_duplicates.copies)
-            else:
-                self.progress.advance(sum(o.rows for o in ok))
-            if stats_future is not None and not fit_beside:
-                stats = stats_future.result()
-            self.progress.finish()
-            state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
-            state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
-                                   lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
-            self.timings["index"] += time.perf_counter() - t
-            # The reduces' state that grows with the corpus (docs/scaling.md reads these).
-            if state.dup_index is not None and state.dup_index.n_docs:  # an engine that partitions the reduce reports its own
-                self.state_sizes["near_duplicate_index_bytes"] = int(state.dup_index.nbytes)
-                self.state_sizes["near_duplicate_roots"] = int(state.dup_index.n_roots)
-            self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
-            self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
-            if not remember_roots:
-                state.release_reduce_state()
-            if fit_beside:
-                stats = stats_future.result()
-        if not fit_beside:
+        stats_future = _Beside(statistics_then_fit, "shardguard-statistics") if parallel else None
+        stats = None if parallel else statistics()
+        self.progress.start("index", sum(o.rows for o in ok))
+        if state.dup_index is not None:
+            self.engine.near_duplicates(self, ok, state, cfg.near_duplicates.copies)
+        else:
+            self.progress.advance(sum(o.rows for o in ok))
+        if stats_future is not None and not fit_beside:
+            stats = stats_future.result()
+        self.progress.finish()
+        state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
+        state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
+                               lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
+        self.timings["index"] += time.perf_counter() - t
+        # The reduces' state that grows with the corpus (docs/scaling.md reads these).
+        if state.dup_index is not None and state.dup_index.n_docs:  # an engine that partitions the reduce reports its own
+            self.state_sizes["near_duplicate_index_bytes"] = int(state.dup_index.nbytes)
+            self.state_sizes["near_duplicate_roots"] = int(state.dup_index.n_roots)
+        self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
+        self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
+        if not remember_roots:
+            state.release_reduce_state()
+        if fit_beside:
+            stats = stats_future.result()
+        else:
             self._fit(detectors, stats, embedder, ok, seq_start, work_dir)
         return state
 
