@@ -5,12 +5,18 @@ near-copies and a planted trigger (found, so the comparison is not between two e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +87,80 @@ def test_missing_ray_is_a_one_line_usage_error(tmp_path, samples_dir):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "pip install 'shardguard[ray]'" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_ray_address_nobody_answers_is_a_one_line_usage_error(tmp_path, samples_dir):
+    """Found before any work, at once (``ray.init`` alone retries it for many minutes)."""
+    with socket.socket() as sock:  # a port just freed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = _cli("scan", str(samples_dir), "--out", str(tmp_path / "out"), "--engine", "ray",
+                "--ray-address", f"127.0.0.1:{port}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert f"could not join the Ray cluster at 127.0.0.1:{port}: ConnectionError: nothing answers" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@contextlib.contextmanager
+def _running_cluster(env: dict[str, str]) -> Iterator[str]:
+    """A one-CPU cluster as ``ray start --head`` leaves one running, started with ``env``;
+    yields its address. ``--block`` ties its processes to the command, so ending the command
+    stops them (``ray stop`` would stop every cluster on the machine)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=1",
+                             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--port={port}"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
+    address = None
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in (text := (log.seek(0), log.read())[1]):
+            assert proc.poll() is None and time.monotonic() < deadline, text[-2000:]
+            time.sleep(0.5)
+        address = re.search(r"--address='([^']+)'", text).group(1)
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+        # `ray start` recorded the cluster as this machine's latest, which ray.init() without
+        # an address would try to join; `ray stop` forgets it, ending --block does not
+        latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if address and latest.is_file() and latest.read_text().strip() == address:
+            latest.unlink()
+
+
+@pytest.mark.slow  # ~90 s: a running cluster and three scans, each in a subprocess
+def test_ray_engine_joins_a_running_cluster_by_address_and_starts_its_own_without_one(tmp_path, samples_dir):
+    """A cluster that ``ray start`` left running. ``--ray-address`` joins it: its workers,
+    started without shardguard's cache, get the driver's (``SHARDGUARD_CACHE_DIR``, where
+    the static model is), and the lists equal the local engine's. Without an address the
+    scan starts a cluster of its own (``ray.init()`` alone would join the running one, and
+    fail with ``--ray-cpus``); ``--ray-cpus`` beside ``RAY_ADDRESS`` is a one-line usage error."""
+    cols = ("--id-column", "id", "--label-column", "label", "--embedder", "static", "--no-progress")
+    local = _cli("scan", str(samples_dir), "--out", str(tmp_path / "local"), *cols)
+    assert local.returncode == 0, local.stderr[-2000:]
+    # a cache the workers cannot use: only the driver's, passed on, finds the model
+    cluster_env = {**os.environ, "SHARDGUARD_CACHE_DIR": os.devnull + "/no-cache", "RAY_ADDRESS": ""}
+    with _running_cluster(cluster_env) as address:
+        # a driver joins a cluster that `ray start` made with token authentication (on by
+        # default since Ray 2.59) by its address with RAY_AUTH_MODE=token, as Ray documents
+        joined = _cli("scan", str(samples_dir), "--out", str(tmp_path / "joined"), *cols, "--engine", "ray",
+                      "--ray-address", address, env={"RAY_AUTH_MODE": "token"})
+        assert joined.returncode == 0, joined.stderr[-2000:]
+        own = _cli("scan", str(samples_dir), "--out", str(tmp_path / "own"), *cols, "--engine", "ray",
+                   "--ray-cpus", "2")
+        assert own.returncode == 0, own.stderr[-2000:]
+        both = _cli("scan", str(samples_dir), "--out", str(tmp_path / "both"), *cols, "--engine", "ray",
+                    "--ray-cpus", "2", env={"RAY_ADDRESS": address})
+    assert both.returncode == 2 and both.stderr.strip().count("\n") == 0, both.stderr
+    assert "--ray-cpus sizes a new local cluster" in both.stderr and not (tmp_path / "both").exists()
+    report = assert_same_scan(tmp_path / "local", tmp_path / "joined")
+    assert report["totals"]["quarantined"] > 0
+    assert_same_scan(tmp_path / "local", tmp_path / "own")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +274,7 @@ def test_ray_data_read_fails_bad_shards_alone_as_the_local_engine_does(tmp_path,
 
 _GPU_BRANCH = """
 import sys, ray
-ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+ray.init("local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
 from shardguard.config import load_config
 from shardguard.pipeline import scan
 from shardguard.ray_engine import RayEngine

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -75,6 +76,38 @@ def _start_ray_data_coordinator() -> None:
         log.debug("Ray Data's coordinator not started ahead: %s", exc)
 
 
+def cluster_address(address: str | None) -> str:
+    """The cluster a scan's ``ray.init`` joins: ``address``, else ``$RAY_ADDRESS``, else
+    ``local`` (Ray starts a new local cluster)."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _check_answers(address: str, timeout_s: float = 10.0) -> None:
+    """Raise ConnectionError at once where nothing listens at a ``HOST:PORT`` address:
+    ``ray.init`` would retry it for many minutes (``local``, ``auto`` and ``ray://`` pass)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from None
+
+
+def ray_failure(address: str | None, exc: BaseException) -> str:
+    """One line for a cluster that could not be started or joined: ``ray.init``'s error, and
+    where the cluster runs with token authentication (Ray >= 2.59 turns it on for clusters
+    that ``ray start`` makes) what a driver joining it by address needs."""
+    target = cluster_address(address)
+    where = "could not start a local Ray cluster" if target == "local" else f"could not join the Ray cluster at {target}"
+    msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    hint = ""
+    if target != "local" and os.environ.get("RAY_AUTH_MODE") != "token" and not str(exc).startswith("nothing answers"):
+        hint = ("; if it uses token authentication, set RAY_AUTH_MODE=token (the token from ~/.ray/auth_token "
+                "or RAY_AUTH_TOKEN): https://docs.ray.io/en/latest/ray-security/token-auth.html")
+    return f"{where}: {msg}{hint}"
+
+
 class _Worker:
     """A Ray actor that runs stage functions: it imports shardguard once, so the calls after
     the first do not pay for it again."""
@@ -118,8 +151,12 @@ class RayEngine:
 
     Parameters
     ----------
-    address : a running cluster's address (``ray.init(address=...)``); None starts a local one.
-    num_cpus : CPUs of the local cluster (default: all); ignored with ``address``.
+    address : a running cluster's address (``ray.init(address=...)``, e.g. ``auto`` or
+        ``HOST:6379``); None: ``$RAY_ADDRESS`` where it is set (Ray's own convention, which
+        ``ray job submit`` sets), else a new local cluster, ``local``. Never the cluster that
+        ``ray start`` left running on this machine, which ``ray.init()`` without an address
+        would join: a scan without an address starts and stops its own.
+    num_cpus : CPUs of a new local cluster (default: all); a ValueError with any other address.
 
     The maps run on one actor per CPU of the cluster (one shard each at a time), so the
     driver holds at most that many partial states besides the merged one.
@@ -131,10 +168,14 @@ class RayEngine:
         self.ray = _import_ray()
         self._started = False
         if not self.ray.is_initialized():
+            address = cluster_address(address)
+            if num_cpus is not None and address != "local":
+                raise ValueError(f"a CPU count sizes a new local cluster, not the running one at {address}")
+            _check_answers(address)
             # the workers inherit this process's environment on a local cluster (caches, offline flags)
             kw: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
                                   "configure_logging": False}
-            if address is None:
+            if address == "local":
                 kw["num_cpus"] = num_cpus or os.cpu_count() or 1
             else:  # a running cluster's workers do not inherit this environment: pass what shardguard reads
                 env = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
