@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scale.py [--data ../shared/data] [--cache /tmp/shardguard-bench-scale]
                                      [--local-sizes 100000 500000 2000000] [--ray-sizes 100000 500000]
-                                     [--ray-cpus 2] [--json bench-out/scale.json]
+                                     [--ray-cpus 2] [--ray-running] [--json bench-out/scale.json]
 
 Run by hand, not a test. Every scan is ``python -m shardguard scan`` in a fresh process with
 the default CPU embedder (static) and every knob at its default; unlabelled unless
@@ -37,6 +37,11 @@ edges the driver joined), the root features
 candidate rows (16 bytes each while gathered); and the disk the scan's ``OUT/.work`` held
 (work files: texts and float16 embeddings; n-gram runs).
 
+With ``--ray-running`` each Ray size is scanned a second time (``ray-running``) on a cluster
+of ``--ray-cpus`` CPUs that ``ray start --head`` started once before the first scan, joined
+with ``--ray-address``: a team's cluster runs between jobs, so the scan pays neither its
+start nor its stop (Ray Data's helper actors start with the first scan that uses them).
+
 **Targets** (issue 14): the Ray engine within 1.5x of the local engine's wall time at each
 size; local peak-RSS growth from the smallest to the largest size no more than the growth of
 the near-duplicate index (with its root features) plus 16 bytes per candidate row. Printed
@@ -50,12 +55,15 @@ what it measured. The machine is shared: timings swing by up to 2x between runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -159,16 +167,59 @@ def _du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def run_scan(shards: list[Path], out: Path, engine: str, ray_cpus: int, labelled: bool) -> dict:
-    """One scan in a fresh process: wall time, peak RSS, and report.json's figures."""
+class RunningCluster:
+    """A local Ray cluster started once with ``ray start --head`` (as a team's cluster runs
+    between jobs), for the scans measured with ``--ray-address``. ``--block`` ties the
+    cluster's processes to the command, so ending it stops them (``ray stop`` would stop
+    every cluster on the machine)."""
+
+    def __init__(self, cpus: int):
+        self.cpus = cpus
+        self.address: str | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "RunningCluster":
+        t = time.perf_counter()
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                                      f"--num-cpus={self.cpus}", "--num-gpus=0", "--include-dashboard=false",
+                                      "--disable-usage-stats"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        while "Ray runtime started" not in (text := (self.log.seek(0), self.log.read())[1]):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
+            time.sleep(0.2)
+        self.address = re.search(r"--address='([^']+)'", text).group(1)
+        print(f"ray start --head: {time.perf_counter() - t:.1f} s, cluster at {self.address}", flush=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=120)
+        self.log.close()
+        # `ray start` recorded the cluster as the machine's latest (ray.init() without an
+        # address would try to join it); `ray stop` forgets it, ending --block does not
+        latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if self.address and latest.is_file() and latest.read_text().strip() == self.address:
+            latest.unlink()
+
+
+def run_scan(shards: list[Path], out: Path, engine: str, ray_cpus: int, labelled: bool,
+             ray_address: str | None = None) -> dict:
+    """One scan in a fresh process: wall time, peak RSS, and report.json's figures. With
+    ``ray_address`` the Ray engine joins that running cluster instead of starting one."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "shardguard", "-q", "scan", *map(str, shards), "--out", str(out),
            "--id-column", "id", "--embedder", "static", "--no-progress"]
     if labelled:
         cmd += ["--label-column", "label"]
     if engine == "ray":
-        cmd += ["--engine", "ray", "--ray-cpus", str(ray_cpus)]
+        cmd += ["--engine", "ray"] + (["--ray-address", ray_address] if ray_address else ["--ray-cpus", str(ray_cpus)])
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    if ray_address:  # `ray start` clusters use token authentication (Ray >= 2.59): join with it
+        env["RAY_AUTH_MODE"] = "token"
     t = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tree = psutil.Process(child.pid)
@@ -196,7 +247,7 @@ def run_scan(shards: list[Path], out: Path, engine: str, ray_cpus: int, labelled
     report = json.loads((out / "report.json").read_text())
     rows = report["totals"]["rows"]
     result = {
-        "engine": engine,
+        "engine": "ray-running" if ray_address else engine,
         "rows": rows,
         "shards": len(shards),
         "process_wall_s": round(wall, 1),
@@ -219,13 +270,14 @@ def run_scan(shards: list[Path], out: Path, engine: str, ray_cpus: int, labelled
 def summarise(results: list[dict]) -> dict:
     """The issue's two targets, from the scans that ran."""
     local = {r["rows"]: r for r in results if r["engine"] == "local"}
-    ray = {r["rows"]: r for r in results if r["engine"] == "ray"}
-    summary: dict = {"ray_over_local_wall": {}}
-    for n in sorted(set(local) & set(ray)):
-        summary["ray_over_local_wall"][n] = {
-            "process": round(ray[n]["process_wall_s"] / local[n]["process_wall_s"], 2),
-            "scan": round(ray[n]["scan_wall_s"] / local[n]["scan_wall_s"], 2),
-        }
+    summary: dict = {}
+    for engine in ("ray", "ray-running"):
+        ray = {r["rows"]: r for r in results if r["engine"] == engine}
+        for n in sorted(set(local) & set(ray)):
+            summary.setdefault(f"{engine.replace('-', '_')}_over_local_wall", {})[n] = {
+                "process": round(ray[n]["process_wall_s"] / local[n]["process_wall_s"], 2),
+                "scan": round(ray[n]["scan_wall_s"] / local[n]["scan_wall_s"], 2),
+            }
     if len(local) >= 2:
         lo, hi = local[min(local)], local[max(local)]
 
@@ -263,6 +315,9 @@ def main() -> None:
     ap.add_argument("--local-sizes", type=int, nargs="*", default=[100_000, 500_000, 2_000_000])
     ap.add_argument("--ray-sizes", type=int, nargs="*", default=[100_000, 500_000])
     ap.add_argument("--ray-cpus", type=int, default=2)
+    ap.add_argument("--ray-running", action="store_true",
+                    help="also scan each Ray size on a cluster started once beforehand (ray start --head, "
+                         "--ray-cpus CPUs) with --ray-address: a scan without the cluster's start and stop")
     ap.add_argument("--labelled", action="store_true", help="scan with the label column (default: unlabelled)")
     ap.add_argument("--json", type=Path, default=REPO / "bench-out" / "scale.json")
     args = ap.parse_args()
@@ -279,24 +334,33 @@ def main() -> None:
             "load_average_start": os.getloadavg(), "config": f"defaults, {'labelled' if args.labelled else 'unlabelled'}, --embedder static",
             "corpus": f"4 shared sets, {VARIANTS} variants (1-3 character edits), shards of {SHARD_ROWS} rows"}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    for engine, n in plan:
-        r = run_scan(shards[: -(-n // SHARD_ROWS)], args.cache / f"out-{engine}-{n}", engine, args.ray_cpus,
-                     args.labelled)
-        r["load_average_end"] = os.getloadavg()
-        results.append(r)
-        s = r["state_sizes"]
-        print(f"{engine:5s} {r['rows']:>9,} rows: {r['process_wall_s']:7.1f} s ({r['process_rows_per_s']:,} rows/s; "
-              f"scan {r['scan_wall_s']:.1f} s, {r['scan_rows_per_s']:,.0f} rows/s), peak RSS {r['peak_rss_mib']:,} MiB "
-              f"(tree {r['peak_tree_rss_mib']:,}), "
-              + (f"index {s['near_duplicate_index_bytes'] / 2**20:.1f} MiB, " if "near_duplicate_index_bytes" in s else
-                 f"{s.get('near_duplicate_component_rows', 0):,} rows in components (largest "
-                 f"{s.get('near_duplicate_largest_component_rows', 0):,}, partitions of <= "
-                 f"{s.get('near_duplicate_largest_partition_rows', 0):,}), {s.get('near_duplicate_edges', 0):,} edges, ")
-              + f"candidate rows {sum(v for k, v in s.items() if k.endswith('_candidate_rows')):,}", flush=True)
-        args.json.write_text(json.dumps({**meta, "results": results, "summary": summarise(results)}, indent=1))
+    if args.ray_running:
+        plan = [step for engine, n in plan for step in [(engine, n)] + [("ray-running", n)] * (engine == "ray")]
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(RunningCluster(args.ray_cpus)) if args.ray_running else None
+        for engine, n in plan:
+            results.append(measure(args, shards, engine, n, cluster))
+            args.json.write_text(json.dumps({**meta, "results": results, "summary": summarise(results)}, indent=1))
     summary = summarise(results)
     print(json.dumps(summary, indent=1))
     print(f"written to {args.json}")
+
+
+def measure(args: argparse.Namespace, shards: list[Path], engine: str, n: int, cluster: RunningCluster | None) -> dict:
+    """One scan of the plan, printed."""
+    r = run_scan(shards[: -(-n // SHARD_ROWS)], args.cache / f"out-{engine}-{n}", engine.split("-")[0],
+                 args.ray_cpus, args.labelled, cluster.address if engine == "ray-running" else None)
+    r["load_average_end"] = os.getloadavg()
+    s = r["state_sizes"]
+    print(f"{engine:11s} {r['rows']:>9,} rows: {r['process_wall_s']:7.1f} s ({r['process_rows_per_s']:,} rows/s; "
+          f"scan {r['scan_wall_s']:.1f} s, {r['scan_rows_per_s']:,.0f} rows/s), peak RSS {r['peak_rss_mib']:,} MiB "
+          f"(tree {r['peak_tree_rss_mib']:,}), "
+          + (f"index {s['near_duplicate_index_bytes'] / 2**20:.1f} MiB, " if "near_duplicate_index_bytes" in s else
+             f"{s.get('near_duplicate_component_rows', 0):,} rows in components (largest "
+             f"{s.get('near_duplicate_largest_component_rows', 0):,}, partitions of <= "
+             f"{s.get('near_duplicate_largest_partition_rows', 0):,}), {s.get('near_duplicate_edges', 0):,} edges, ")
+          + f"candidate rows {sum(v for k, v in s.items() if k.endswith('_candidate_rows')):,}", flush=True)
+    return r
 
 
 if __name__ == "__main__":
