@@ -643,3 +643,41 @@ def test_a_failed_reduce_does_not_wait_for_the_fit_beside_it(tmp_path, samples_d
         assert fit_threads and all(t.daemon for t in fit_threads)  # still fitting, and no one waits
     finally:
         release.set()
+
+
+def test_a_failed_reduce_ends_the_statistics_beside_it_at_their_next_shard(tmp_path, samples_dir):
+    """A reduce that fails while the statistics map is half-way through the shards: the
+    statistics' thread stops at its next shard instead of reading every other work file for
+    a scan that has already failed."""
+    import threading
+
+    from shardguard.pipeline import ScanPipeline
+
+    table = pq.read_table(samples_dir / "sms_000.parquet")
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(5):
+        pq.write_table(table.slice(k * 100, 100), data / f"part-{k}.parquet")
+    go, failed, statistics_of = threading.Event(), threading.Event(), []
+
+    class FailingReduce(LocalEngine):
+        def map(self, fn, jobs):
+            for k, job in enumerate(jobs):
+                if fn.__name__ == "shard_statistics":
+                    if k == 1:  # one shard's statistics are in; the next waits for the failure
+                        failed.set()
+                        assert go.wait(60)
+                    statistics_of.append(k)
+                yield fn(*job)
+
+        def near_duplicates(self, pipeline, ok, state, copies):
+            assert failed.wait(60)
+            raise RuntimeError("the reduce failed")
+
+    with pytest.raises(RuntimeError, match="the reduce failed"):
+        ScanPipeline(load_config(None, FAST), tmp_path / "out", engine=FailingReduce()).run([data])
+    go.set()
+    for thread in [t for t in threading.enumerate() if t.name == "shardguard-statistics"]:
+        thread.join(30)
+        assert not thread.is_alive()
+    assert statistics_of == [0, 1]  # the shard in flight when the scan failed, and none after it

@@ -31,9 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +225,11 @@ class Engine(Protocol):
                     clusters: ClusterTable, roots: RootTable,
                     columns: list[str]) -> Iterable[ShardOutcome]:
         """Pass 2 for every shard in ``todo``; yields each outcome (updated) once its lists are written."""
+
+
+class ScanAbandoned(RuntimeError):
+    """Raised in the statistics' thread once the scan beside it has failed: it stops there,
+    between shards, instead of reading the rest of the work files for nobody."""
 
 
 class _Beside:
@@ -486,6 +491,8 @@ class ScanPipeline:
         )
         spec = StatisticsSpec.of(cfg, detectors, candidates)
 
+        abandoned = threading.Event()  # the scan failed beside the statistics: nothing reads them
+
         def statistics() -> ShardStatistics:
             total = spec.empty()
             if detectors:
@@ -495,6 +502,8 @@ class ScanPipeline:
                 shared = total.reservoir if getattr(self.engine, "in_process", False) else None
                 jobs = [(p, seq_start[o.shard.name], spec, shared) for p, o in zip(paths_ok, ok)]
                 for part in self.engine.map(shard_statistics, jobs):
+                    if abandoned.is_set():  # stop reading work files for a scan that has failed
+                        raise ScanAbandoned("the scan failed beside its statistics")
                     total.merge(part)
             return total
 
@@ -503,43 +512,47 @@ class ScanPipeline:
         # in this thread: its temporaries grow with the index, and a second thread's allocator
         # arena would keep what they leave behind. The fit needs the statistics only: where the
         # reduce runs elsewhere, it follows them in that thread, beside the reduce. A failure
-        # here leaves that thread to finish alone (a daemon): nothing waits for it.
+        # here ends that thread at its next shard (a daemon: nothing waits for it).
         parallel = getattr(self.engine, "parallel_reduces", True)
         fit_beside = parallel and getattr(self.engine, "fits_beside_reduce", False)
 
         def statistics_then_fit() -> ShardStatistics:
             stats = statistics()
-            if fit_beside:
+            if fit_beside and not abandoned.is_set():
                 self._fit(detectors, stats, embedder, ok, seq_start, work_dir)
             return stats
 
         stats_future = _Beside(statistics_then_fit, "shardguard-statistics") if parallel else None
-        stats = None if parallel else statistics()
-        self.progress.start("index", sum(o.rows for o in ok))
-        if state.dup_index is not None:
-            self.engine.near_duplicates(self, ok, state, cfg.near_duplicates.copies)
-        else:
-            self.progress.advance(sum(o.rows for o in ok))
-        if stats_future is not None and not fit_beside:
-            stats = stats_future.result()
-        self.progress.finish()
-        state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
-        state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
-                               lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
-        self.timings["index"] += time.perf_counter() - t
-        # The reduces' state that grows with the corpus (docs/scaling.md reads these).
-        if state.dup_index is not None and state.dup_index.n_docs:  # an engine that partitions the reduce reports its own
-            self.state_sizes["near_duplicate_index_bytes"] = int(state.dup_index.nbytes)
-            self.state_sizes["near_duplicate_roots"] = int(state.dup_index.n_roots)
-        self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
-        self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
-        if not remember_roots:
-            state.release_reduce_state()
-        if fit_beside:
-            stats = stats_future.result()
-        else:
-            self._fit(detectors, stats, embedder, ok, seq_start, work_dir)
-        return state
+        try:  # a failure here ends the statistics beside it too, between shards
+            stats = None if parallel else statistics()
+            self.progress.start("index", sum(o.rows for o in ok))
+            if state.dup_index is not None:
+                self.engine.near_duplicates(self, ok, state, cfg.near_duplicates.copies)
+            else:
+                self.progress.advance(sum(o.rows for o in ok))
+            if stats_future is not None and not fit_beside:
+                stats = stats_future.result()
+            self.progress.finish()
+            state.cluster_roots = root_table(state.clusters.all_roots(), ok, seq_start, work_dir)
+            state.clusters.resolve(state.cluster_roots.label_of, state.root_features,
+                                   lambda seqs: fetch_rows(ok, seq_start, work_dir, seqs, embeddings=False)[2])
+            self.timings["index"] += time.perf_counter() - t
+            # The reduces' state that grows with the corpus (docs/scaling.md reads these).
+            if state.dup_index is not None and state.dup_index.n_docs:  # an engine that partitions the reduce reports its own
+                self.state_sizes["near_duplicate_index_bytes"] = int(state.dup_index.nbytes)
+                self.state_sizes["near_duplicate_roots"] = int(state.dup_index.n_roots)
+            self.state_sizes["root_features_bytes"] = int(state.root_features.nbytes)
+            self.state_sizes["cluster_roots_bytes"] = int(state.cluster_roots.nbytes)
+            if not remember_roots:
+                state.release_reduce_state()
+            if fit_beside:
+                stats = stats_future.result()
+            else:
+                self._fit(detectors, stats, embedder, ok, seq_start, work_dir)
+            return state
+        except BaseException:
+            abandoned.set()
+            raise
 
     def _fit(self, detectors: dict[str, EmbeddingDetector], stats: ShardStatistics, embedder: Any,
              ok: Sequence[ShardOutcome], seq_start: dict[str, int], work_dir: Path) -> None:
