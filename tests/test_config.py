@@ -94,6 +94,10 @@ def test_digest_changes_with_any_knob():
     ("input.label_column", "", r"input\.label_column must name a column"),
     ("random_state", -3, r"random_state must be an integer >= 0"),
     ("input.id_column", {"a": 1}, r"input\.id_column must be a single value"),
+    ("engine.kind", "spark", r"engine\.kind must be one of local, ray, got 'spark'"),
+    ("engine.ray_cpus", 0, r"engine\.ray_cpus must be an integer >= 1, got 0"),
+    ("engine.ray_cpus", "2", r"engine\.ray_cpus must be an integer >= 1, got '2'"),
+    ("engine.ray_address", "", r"engine\.ray_address must be an address"),
 ])
 def test_every_knob_is_checked_for_type_and_range_before_a_run(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -117,3 +121,17 @@ def test_broken_yaml_is_one_line_naming_file_line_and_column(tmp_path):
         load_config(p)
     assert "\n" not in str(exc.value)
     assert str(exc.value).startswith(f"{p}: not valid YAML at line 3, column 1: ")
+
+
+def test_the_engine_section_is_checked_as_a_whole_and_is_not_part_of_what_a_scan_finds(tmp_path):
+    """Ray's knobs only with ``kind: ray``, a CPU count only for a new cluster; and the
+    engine, unlike every other knob, leaves the scan's run key alone (the lists are the
+    same on both engines, and either resumes the other's run)."""
+    with pytest.raises(ConfigError, match=r"engine\.ray_address and engine\.ray_cpus .* go with engine\.kind: ray"):
+        load_config(None, {"engine.ray_cpus": 2})
+    with pytest.raises(ConfigError, match=r"engine\.ray_cpus \(--ray-cpus\) sizes a new local cluster"):
+        load_config(None, {"engine.kind": "ray", "engine.ray_address": "auto", "engine.ray_cpus": 2})
+    cfg = tmp_path / "ray.yaml"
+    cfg.write_text("engine:\n  kind: ray\n  ray_address: local\n  ray_cpus: 2\n")
+    engine = load_config(cfg).engine
+    assert (engine.kind, engine.ray_address, engine.ray_cpus) == ("ray", "local", 2)

@@ -89,13 +89,19 @@ def test_missing_ray_is_a_one_line_usage_error(tmp_path, samples_dir):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_ray_address_nobody_answers_is_a_one_line_usage_error(tmp_path, samples_dir):
-    """Found before any work, at once (``ray.init`` alone retries it for many minutes)."""
+@pytest.mark.parametrize("where", ["flags", "config file"])
+def test_a_ray_address_nobody_answers_is_a_one_line_usage_error(tmp_path, samples_dir, where):
+    """Found before any work, at once (``ray.init`` alone retries it for many minutes); the
+    config file's ``engine`` section selects the engine as the flags do."""
     with socket.socket() as sock:  # a port just freed: nothing listens there
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = _cli("scan", str(samples_dir), "--out", str(tmp_path / "out"), "--engine", "ray",
-                "--ray-address", f"127.0.0.1:{port}")
+    if where == "flags":
+        how = ("--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
+    else:
+        (tmp_path / "ray.yaml").write_text(f"engine:\n  kind: ray\n  ray_address: '127.0.0.1:{port}'\n")
+        how = ("--config", str(tmp_path / "ray.yaml"))
+    proc = _cli("scan", str(samples_dir), "--out", str(tmp_path / "out"), *how)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert f"could not join the Ray cluster at 127.0.0.1:{port}: ConnectionError: nothing answers" in proc.stderr
@@ -157,7 +163,7 @@ def test_ray_engine_joins_a_running_cluster_by_address_and_starts_its_own_withou
         both = _cli("scan", str(samples_dir), "--out", str(tmp_path / "both"), *cols, "--engine", "ray",
                     "--ray-cpus", "2", env={"RAY_ADDRESS": address})
     assert both.returncode == 2 and both.stderr.strip().count("\n") == 0, both.stderr
-    assert "--ray-cpus sizes a new local cluster" in both.stderr and not (tmp_path / "both").exists()
+    assert "(--ray-cpus) sizes a new local cluster" in both.stderr and not (tmp_path / "both").exists()
     report = assert_same_scan(tmp_path / "local", tmp_path / "joined")
     assert report["totals"]["quarantined"] > 0
     assert_same_scan(tmp_path / "local", tmp_path / "own")
@@ -230,6 +236,21 @@ def test_ray_engine_on_the_samples_unlabelled_and_with_the_hashing_embedder(tmp_
     scan([samples_dir], tmp_path / "ray", cfg, engine=ray_engine)
     report = assert_same_scan(tmp_path / "local", tmp_path / "ray")
     assert report["totals"]["quarantined"] > report["totals"]["invalid"]
+
+
+@pytest.mark.slow  # a few seconds on the module's Ray cluster
+def test_a_config_whose_engine_is_ray_scans_on_ray_through_the_library(tmp_path, samples_dir, ray_engine):
+    """``scan`` with no engine given runs the one the config names: here the Ray engine, on
+    the cluster this process already holds (which it leaves running); the report says which
+    engine ran, and the lists and the run key are the local engine's."""
+    import ray
+
+    overrides = {"input.id_column": "id", "input.label_column": "label", "embed.embedder": "hashing"}
+    local = scan([samples_dir], tmp_path / "local", load_config(None, overrides))
+    on_ray = scan([samples_dir], tmp_path / "ray", load_config(None, {**overrides, "engine.kind": "ray"}))
+    assert (local.report["engine"], on_ray.report["engine"]) == ("local", "ray")
+    assert_same_scan(tmp_path / "local", tmp_path / "ray")
+    assert ray.is_initialized()
 
 
 @pytest.mark.slow  # ~15 s on the module's Ray cluster

@@ -127,15 +127,15 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                    help="ids confirmed clean after reviewing an earlier scan (one per line, or a Parquet 'id' "
                         "column): flagged rows with these ids are reported as 'allowed' and kept")
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: the maps (read + embed, statistics, score + write) "
-                        "and the near-duplicate reduce (split by component) on Ray actors, same lists "
-                        "(needs pip install 'shardguard[ray]')")
+    g.add_argument("--engine", choices=["local", "ray"],
+                   help="local: this process (default); ray: the maps (read + embed, statistics, score + "
+                        "write) and the near-duplicate reduce (split by component) on Ray actors, same lists "
+                        "(needs pip install 'shardguard[ray]'); config: engine.kind")
     g.add_argument("--ray-address", metavar="ADDR",
                    help="a running Ray cluster, e.g. auto or HOST:6379 (inputs and OUT on a file system every "
                         "node sees); default: $RAY_ADDRESS where set, else start a local cluster for the scan "
-                        "(never join one that 'ray start' left running)")
-    g.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray cluster the scan starts (default: all)")
+                        "(never join one that 'ray start' left running); config: engine.ray_address")
+    g.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray cluster the scan starts (default: all); config: engine.ray_cpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=_cmd_scan)
 
@@ -161,6 +161,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "device": "embed.device",
         "random_state": "random_state",
         "allow": "review.allow",
+        "engine": "engine.kind",
+        "ray_address": "engine.ray_address",
+        "ray_cpus": "engine.ray_cpus",
     }
     for attr, key in simple.items():
         v = getattr(args, attr, None)
@@ -273,23 +276,18 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from shardguard.pipeline import ScanPipeline
 
     config = load_config(args.config, _overrides(args))
-    if args.engine != "ray" and (args.ray_address or args.ray_cpus):
-        raise UsageError("--ray-address and --ray-cpus go with --engine ray")
-    if args.ray_cpus is not None and args.ray_cpus < 1:
-        raise UsageError(f"--ray-cpus must be at least 1, got {args.ray_cpus}")
-    if args.ray_cpus is not None and (args.ray_address or os.environ.get("RAY_ADDRESS") or "local") != "local":
-        raise UsageError("--ray-cpus sizes a new local cluster: it does not go with a running one "
-                         + ("(--ray-address)" if args.ray_address else "(RAY_ADDRESS is set; --ray-address local starts one)"))
     engine = None
-    if args.engine == "ray":
-        from shardguard.ray_engine import RayEngine, RayMissing, ray_failure
+    if config.engine.kind == "ray":
+        from shardguard.ray_engine import RayMissing, make_ray_engine, ray_failure
 
         try:
-            engine = RayEngine(args.ray_address, args.ray_cpus)
+            engine = make_ray_engine(config.engine)
         except RayMissing as exc:
             raise UsageError(str(exc)) from None
+        except ConfigError:
+            raise
         except Exception as exc:  # ray.init's own errors: an address nobody answers, a refused token
-            raise UsageError(f"--engine ray: {ray_failure(args.ray_address, exc)}") from None
+            raise UsageError(f"the Ray engine {ray_failure(config.engine.ray_address, exc)}") from None
     # Off a terminal (CI logs, pipes) rich would fold the table to 80 columns.
     console = Console(stderr=False) if sys.stdout.isatty() else Console(stderr=False, width=200)
     tty = sys.stderr.isatty() and not args.no_progress

@@ -155,6 +155,34 @@ class ReviewConfig:
             raise ConfigError("review.text_chars must be >= 0")
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class EngineConfig:
+    """Where ``scan`` runs its maps and reduces. Never part of a run's key: the lists do not
+    depend on it, and either engine resumes the other's run."""
+
+    kind: str = "local"  # local: this process; ray: a Ray cluster (pip install 'shardguard[ray]')
+    ray_address: str | None = None  # a running cluster; None: $RAY_ADDRESS, else a new local one
+    ray_cpus: int | None = None  # CPUs of the new local cluster (None: all)
+
+    def validate(self) -> None:
+        if self.kind not in ENGINES:
+            raise ConfigError(f"engine.kind must be one of {', '.join(ENGINES)}, got {self.kind!r}")
+        if self.ray_cpus is not None and (isinstance(self.ray_cpus, bool) or not isinstance(self.ray_cpus, int)
+                                          or self.ray_cpus < 1):
+            raise ConfigError(f"engine.ray_cpus must be an integer >= 1, got {self.ray_cpus!r}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError(f"engine.ray_address must be an address such as auto or HOST:6379, got {self.ray_address!r}")
+        if self.kind != "ray" and (self.ray_address is not None or self.ray_cpus is not None):
+            raise ConfigError("engine.ray_address and engine.ray_cpus (--ray-address, --ray-cpus) go with "
+                              "engine.kind: ray (--engine ray)")
+        if self.ray_cpus is not None and self.ray_address not in (None, "local"):
+            raise ConfigError("engine.ray_cpus (--ray-cpus) sizes a new local cluster: it does not go with "
+                              "engine.ray_address (--ray-address)")
+
+
 @dataclass
 class GuardConfig:
     """The library ``Guard``'s own knobs (``scan`` ignores them)."""
@@ -192,6 +220,7 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     detectors: dict[str, dict[str, Any]] = field(default_factory=_default_detectors)
     random_state: int = 0
 
@@ -202,6 +231,7 @@ class Config:
         self.fit.validate()
         self.review.validate()
         self.guard.validate()
+        self.engine.validate()
         from shardguard.detectors import REGISTRY
 
         for name, params in self.detectors.items():
@@ -259,6 +289,7 @@ _SECTIONS = {
     "fit": FitConfig,
     "review": ReviewConfig,
     "guard": GuardConfig,
+    "engine": EngineConfig,
 }
 
 

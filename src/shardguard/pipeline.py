@@ -435,7 +435,8 @@ class ScanPipeline:
         run_key = _digest(
             {
                 "version": __version__,
-                "config": cfg.to_dict(),
+                # where it runs is not what it finds: either engine resumes the other's run
+                "config": {k: v for k, v in cfg.to_dict().items() if k != "engine"},
                 "embedder": embedder_info,
                 "shards": [(o.shard.name, o.sha256) for o in outcomes],
                 "allow_sha256": file_sha256(cfg.review.allow) if cfg.review.allow else None,
@@ -760,6 +761,7 @@ class ScanPipeline:
             "runtime": {"arrow_memory_pool": pa.default_memory_pool().backend_name,
                         "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")},
             "wall_s": round(wall, 3),
+            "engine": self.engine.name,
             "throughput_rows_per_s": round(rows / wall, 1) if wall > 0 else None,
             "input_bytes": total_bytes,
             "failed": [{"name": o.shard.name, "error": o.status} for o in outcomes if o.status != "ok"],
@@ -768,5 +770,14 @@ class ScanPipeline:
 
 def scan(paths: Sequence[str | Path], out_dir: str | Path, config: Config | None = None,
          progress: Progress | None = None, engine: Engine | None = None) -> ScanResult:
-    """Library entry point for ``shardguard scan``."""
-    return ScanPipeline(config or Config(), out_dir, progress, engine).run(paths)
+    """Library entry point for ``shardguard scan``. ``engine``: None runs the one the config's
+    ``engine`` section names (with ``kind: ray``, a Ray engine made for this call and closed
+    after it); an engine given (a :class:`~shardguard.ray_engine.RayEngine` kept across
+    scans) runs instead."""
+    config = config or Config()
+    if engine is None and config.engine.kind == "ray":
+        from shardguard.ray_engine import make_ray_engine
+
+        with make_ray_engine(config.engine) as ray_engine:
+            return ScanPipeline(config, out_dir, progress, ray_engine).run(paths)
+    return ScanPipeline(config, out_dir, progress, engine).run(paths)

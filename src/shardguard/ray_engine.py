@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from shardguard.passes.read_embed import ShardOutcome, read_embed_shard, reuse_work_file
 
 if TYPE_CHECKING:
+    from shardguard.config import EngineConfig
     from shardguard.pipeline import ScanPipeline, ScanState
     from shardguard.scoring import RootTable
     from shardguard.stages import ClusterTable
@@ -92,6 +93,17 @@ def _check_answers(address: str, timeout_s: float = 10.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from None
+
+
+def make_ray_engine(cfg: "EngineConfig") -> "RayEngine":
+    """The engine ``cfg`` (a config's ``engine`` section, ``kind: ray``) names. A ConfigError
+    where ``ray_cpus`` would size a new cluster but ``$RAY_ADDRESS`` names a running one."""
+    from shardguard.config import ConfigError
+
+    if cfg.ray_cpus is not None and cluster_address(cfg.ray_address) != "local":
+        raise ConfigError("engine.ray_cpus (--ray-cpus) sizes a new local cluster: it does not go with a running one "
+                          "(RAY_ADDRESS is set; engine.ray_address: local starts one)")
+    return RayEngine(cfg.ray_address, cfg.ray_cpus)
 
 
 def ray_failure(address: str | None, exc: BaseException) -> str:
