@@ -135,7 +135,8 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                    help="a running Ray cluster, e.g. auto or HOST:6379 (inputs and OUT on a file system every "
                         "node sees); default: $RAY_ADDRESS where set, else start a local cluster for the scan "
                         "(never join one that 'ray start' left running); config: engine.ray_address")
-    g.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray cluster the scan starts (default: all); config: engine.ray_cpus")
+    g.add_argument("--ray-cpus", type=int, metavar="N",
+                   help="CPUs of the local Ray cluster the scan starts (default: all); config: engine.ray_cpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.set_defaults(func=_cmd_scan)
 

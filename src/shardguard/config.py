@@ -174,7 +174,8 @@ class EngineConfig:
                                           or self.ray_cpus < 1):
             raise ConfigError(f"engine.ray_cpus must be an integer >= 1, got {self.ray_cpus!r}")
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
-            raise ConfigError(f"engine.ray_address must be an address such as auto or HOST:6379, got {self.ray_address!r}")
+            raise ConfigError("engine.ray_address must be an address such as auto or HOST:6379, "
+                              f"got {self.ray_address!r}")
         if self.kind != "ray" and (self.ray_address is not None or self.ray_cpus is not None):
             raise ConfigError("engine.ray_address and engine.ray_cpus (--ray-address, --ray-cpus) go with "
                               "engine.kind: ray (--engine ray)")

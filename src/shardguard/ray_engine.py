@@ -111,7 +111,8 @@ def ray_failure(address: str | None, exc: BaseException) -> str:
     where the cluster runs with token authentication (Ray >= 2.59 turns it on for clusters
     that ``ray start`` makes) what a driver joining it by address needs."""
     target = cluster_address(address)
-    where = "could not start a local Ray cluster" if target == "local" else f"could not join the Ray cluster at {target}"
+    where = ("could not start a local Ray cluster" if target == "local"
+             else f"could not join the Ray cluster at {target}")
     msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
     hint = ""
     if target != "local" and os.environ.get("RAY_AUTH_MODE") != "token" and not str(exc).startswith("nothing answers"):
