@@ -59,11 +59,9 @@ import contextlib
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -74,6 +72,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from shardguard.bench.ray_cluster import running_cluster  # noqa: E402
+
 #: Each distinct text appears this many times: itself, then copies with seeded edits.
 VARIANTS = 4
 SHARD_ROWS = 100_000
@@ -165,45 +167,6 @@ def _tree_rss(proc: psutil.Process) -> int:
 def _du(folder: Path) -> int:
     """Bytes of the files under ``folder``."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-class RunningCluster:
-    """A local Ray cluster started once with ``ray start --head`` (as a team's cluster runs
-    between jobs), for the scans measured with ``--ray-address``. ``--block`` ties the
-    cluster's processes to the command, so ending it stops them (``ray stop`` would stop
-    every cluster on the machine)."""
-
-    def __init__(self, cpus: int):
-        self.cpus = cpus
-        self.address: str | None = None
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "RunningCluster":
-        t = time.perf_counter()
-        self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
-                                      f"--num-cpus={self.cpus}", "--num-gpus=0", "--include-dashboard=false",
-                                      "--disable-usage-stats"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        while "Ray runtime started" not in (text := (self.log.seek(0), self.log.read())[1]):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
-            time.sleep(0.2)
-        self.address = re.search(r"--address='([^']+)'", text).group(1)
-        print(f"ray start --head: {time.perf_counter() - t:.1f} s, cluster at {self.address}", flush=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=120)
-        self.log.close()
-        # `ray start` recorded the cluster as the machine's latest (ray.init() without an
-        # address would try to join it); `ray stop` forgets it, ending --block does not
-        latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if self.address and latest.is_file() and latest.read_text().strip() == self.address:
-            latest.unlink()
 
 
 def run_scan(shards: list[Path], out: Path, engine: str, ray_cpus: int, labelled: bool,
@@ -337,19 +300,23 @@ def main() -> None:
     if args.ray_running:
         plan = [step for engine, n in plan for step in [(engine, n)] + [("ray-running", n)] * (engine == "ray")]
     with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(RunningCluster(args.ray_cpus)) if args.ray_running else None
+        address = None
+        if args.ray_running:
+            t = time.perf_counter()
+            address = stack.enter_context(running_cluster(args.ray_cpus, {**os.environ, "HF_HUB_OFFLINE": "1"}))
+            print(f"ray start --head: {time.perf_counter() - t:.1f} s, cluster at {address}", flush=True)
         for engine, n in plan:
-            results.append(measure(args, shards, engine, n, cluster))
+            results.append(measure(args, shards, engine, n, address))
             args.json.write_text(json.dumps({**meta, "results": results, "summary": summarise(results)}, indent=1))
     summary = summarise(results)
     print(json.dumps(summary, indent=1))
     print(f"written to {args.json}")
 
 
-def measure(args: argparse.Namespace, shards: list[Path], engine: str, n: int, cluster: RunningCluster | None) -> dict:
+def measure(args: argparse.Namespace, shards: list[Path], engine: str, n: int, address: str | None) -> dict:
     """One scan of the plan, printed."""
     r = run_scan(shards[: -(-n // SHARD_ROWS)], args.cache / f"out-{engine}-{n}", engine.split("-")[0],
-                 args.ray_cpus, args.labelled, cluster.address if engine == "ray-running" else None)
+                 args.ray_cpus, args.labelled, address if engine == "ray-running" else None)
     r["load_average_end"] = os.getloadavg()
     s = r["state_sizes"]
     print(f"{engine:11s} {r['rows']:>9,} rows: {r['process_wall_s']:7.1f} s ({r['process_rows_per_s']:,} rows/s; "

@@ -5,24 +5,20 @@ near-copies and a planted trigger (found, so the comparison is not between two e
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from shardguard.bench.ray_cluster import running_cluster
 from shardguard.config import load_config
 from shardguard.pipeline import scan
 
@@ -108,37 +104,6 @@ def test_a_ray_address_nobody_answers_is_a_one_line_usage_error(tmp_path, sample
     assert not (tmp_path / "out").exists()
 
 
-@contextlib.contextmanager
-def _running_cluster(env: dict[str, str]) -> Iterator[str]:
-    """A one-CPU cluster as ``ray start --head`` leaves one running, started with ``env``;
-    yields its address. ``--block`` ties its processes to the command, so ending the command
-    stops them (``ray stop`` would stop every cluster on the machine)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--num-cpus=1",
-                             "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--port={port}"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
-    address = None
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in (text := (log.seek(0), log.read())[1]):
-            assert proc.poll() is None and time.monotonic() < deadline, text[-2000:]
-            time.sleep(0.5)
-        address = re.search(r"--address='([^']+)'", text).group(1)
-        yield address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
-        # `ray start` recorded the cluster as this machine's latest, which ray.init() without
-        # an address would try to join; `ray stop` forgets it, ending --block does not
-        latest = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if address and latest.is_file() and latest.read_text().strip() == address:
-            latest.unlink()
-
-
 @pytest.mark.slow  # ~90 s: a running cluster and three scans, each in a subprocess
 def test_ray_engine_joins_a_running_cluster_by_address_and_starts_its_own_without_one(tmp_path, samples_dir):
     """A cluster that ``ray start`` left running. ``--ray-address`` joins it: its workers,
@@ -151,7 +116,7 @@ def test_ray_engine_joins_a_running_cluster_by_address_and_starts_its_own_withou
     assert local.returncode == 0, local.stderr[-2000:]
     # a cache the workers cannot use: only the driver's, passed on, finds the model
     cluster_env = {**os.environ, "SHARDGUARD_CACHE_DIR": os.devnull + "/no-cache", "RAY_ADDRESS": ""}
-    with _running_cluster(cluster_env) as address:
+    with running_cluster(1, cluster_env) as address:
         # a driver joins a cluster that `ray start` made with token authentication (on by
         # default since Ray 2.59) by its address with RAY_AUTH_MODE=token, as Ray documents
         joined = _cli("scan", str(samples_dir), "--out", str(tmp_path / "joined"), *cols, "--engine", "ray",
@@ -296,6 +261,7 @@ def test_ray_data_read_fails_bad_shards_alone_as_the_local_engine_does(tmp_path,
 _GPU_BRANCH = """
 import sys, ray
 ray.init("local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+from shardguard.bench.ray_cluster import running_cluster
 from shardguard.config import load_config
 from shardguard.pipeline import scan
 from shardguard.ray_engine import RayEngine

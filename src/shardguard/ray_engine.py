@@ -83,6 +83,10 @@ def cluster_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
+#: how :func:`_check_answers`' ConnectionError begins
+NOTHING_ANSWERS = "nothing answers at"
+
+
 def _check_answers(address: str, timeout_s: float = 10.0) -> None:
     """Raise ConnectionError at once where nothing listens at a ``HOST:PORT`` address:
     ``ray.init`` would retry it for many minutes (``local``, ``auto`` and ``ray://`` pass)."""
@@ -92,7 +96,7 @@ def _check_answers(address: str, timeout_s: float = 10.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from None
+        raise ConnectionError(f"{NOTHING_ANSWERS} {address} ({exc.strerror or exc})") from None
 
 
 def make_ray_engine(cfg: "EngineConfig") -> "RayEngine":
@@ -115,7 +119,9 @@ def ray_failure(address: str | None, exc: BaseException) -> str:
              else f"could not join the Ray cluster at {target}")
     msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
     hint = ""
-    if target != "local" and os.environ.get("RAY_AUTH_MODE") != "token" and not str(exc).startswith("nothing answers"):
+    # a refused token reaches the driver as ray.init's ConnectionError, after its retries
+    if (target != "local" and isinstance(exc, ConnectionError) and not str(exc).startswith(NOTHING_ANSWERS)
+            and os.environ.get("RAY_AUTH_MODE") != "token"):
         hint = ("; if it uses token authentication, set RAY_AUTH_MODE=token (the token from ~/.ray/auth_token "
                 "or RAY_AUTH_TOKEN): https://docs.ray.io/en/latest/ray-security/token-auth.html")
     return f"{where}: {msg}{hint}"
@@ -169,7 +175,8 @@ class RayEngine:
         ``ray job submit`` sets), else a new local cluster, ``local``. Never the cluster that
         ``ray start`` left running on this machine, which ``ray.init()`` without an address
         would join: a scan without an address starts and stops its own.
-    num_cpus : CPUs of a new local cluster (default: all); a ValueError with any other address.
+    num_cpus : CPUs of a new local cluster (default: all); with any other address, Ray's own
+        ValueError.
 
     The maps run on one actor per CPU of the cluster (one shard each at a time), so the
     driver holds at most that many partial states besides the merged one.
@@ -182,8 +189,6 @@ class RayEngine:
         self._started = False
         if not self.ray.is_initialized():
             address = cluster_address(address)
-            if num_cpus is not None and address != "local":
-                raise ValueError(f"a CPU count sizes a new local cluster, not the running one at {address}")
             _check_answers(address)
             # the workers inherit this process's environment on a local cluster (caches, offline flags)
             kw: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
