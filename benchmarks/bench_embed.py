@@ -294,7 +294,7 @@ def main() -> None:
     ap.add_argument("--static-scan-repeats", type=int, default=1, help="fresh-process static scans per corpus")
     ap.add_argument("--child-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment of the scan children, e.g. ARROW_DEFAULT_MEMORY_POOL=system "
-                         "MALLOC_ARENA_MAX=1 (allocator settings, read at process start); repeatable")
+                         "MALLOC_ARENA_MAX=2 (allocator settings, read at process start); repeatable")
     ap.add_argument("--plain-env", action="store_true",
                     help="run the scan children without the allocator settings the shardguard command sets "
                          "for itself (shardguard.launch.ALLOCATOR_ENV)")

@@ -31,9 +31,23 @@ def run_scan(tmp_path, samples_dir, env):
 
 
 @linux_only
-def test_command_runs_with_the_system_pool_and_one_arena(tmp_path, samples_dir):
+def test_command_runs_with_the_system_pool_and_one_arena_per_cpu(tmp_path, samples_dir):
     runtime = run_scan(tmp_path, samples_dir, clean_env())
-    assert runtime == {"arrow_memory_pool": "system", "malloc_arena_max": "1"}
+    assert runtime == {"arrow_memory_pool": "system", "malloc_arena_max": str(len(os.sched_getaffinity(0)))}
+
+
+@linux_only
+def test_arenas_follow_the_cpus_the_command_may_use(tmp_path, samples_dir):
+    """A command pinned to one CPU (taskset, a container's cpuset) gets one arena: the
+    count is the process's affinity, not the machine's CPUs."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "shardguard", "scan", str(samples_dir), "--out", str(out), "--embedder",
+           "hashing", "--id-column", "id", "--no-progress"]
+    cpu = min(os.sched_getaffinity(0))
+    proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "report.json").read_text())["runtime"]["malloc_arena_max"] == "1"
 
 
 @linux_only
