@@ -73,6 +73,18 @@ def test_ray_engine_on_the_samples_through_the_cli_equals_the_local_engine(tmp_p
     assert report["totals"]["invalid"] == sum(len(s["invalid"]) for s in planted["shards"].values())
 
 
+def test_importing_ray_builds_no_iri_grammar():
+    """Every process Ray starts (its agents, the dashboard, each worker) imports ray, and ray
+    imports jsonschema. jsonschema 4.25-4.26 then imports rfc3987-syntax wherever it is
+    installed (jupyter's jsonschema[format-nongpl] installs it), which builds ~35 Earley
+    parsers: ~1 CPU-second a process, 7-8 s of a 100k-row Ray scan on 2 CPUs. The ray extra
+    excludes those versions; this checks the environment it made."""
+    probe = "import sys, ray; print(sorted({m.split('.')[0] for m in sys.modules} & {'rfc3987_syntax', 'lark'}))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
 def test_missing_ray_is_a_one_line_usage_error(tmp_path, samples_dir):
     """Where Ray is not installed (a module named ray that fails to import stands in for it)."""
     fake = tmp_path / "noray" / "ray"
